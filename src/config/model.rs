@@ -1,0 +1,696 @@
+//! The checked pipeline: every reference resolved, every path found, every type
+//! parsed. Only this model crosses into the later stages.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use chrono_tz::Tz;
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use sha2::{Digest, Sha256};
+
+use super::env::interpolate;
+use super::error::Problem;
+use super::raw::{self, CsvOptions, FileFormat, RawKpi, RawPipeline, RawSource};
+pub use super::raw::{Direction, Grain};
+
+/// The four perspectives of the Balanced Scorecard, in the order a map is drawn.
+pub const PERSPECTIVES: [&str; 4] = [
+    "financial",
+    "customer",
+    "internal_process",
+    "learning_growth",
+];
+
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub description: Option<String>,
+    pub schedule: Option<String>,
+    pub timezone: Tz,
+    /// The pipeline file.
+    pub file: PathBuf,
+    /// Folder that relative paths resolve against (see `project_root`).
+    pub root: PathBuf,
+    pub output: PathBuf,
+    pub sources: Vec<Source>,
+    pub views: Vec<View>,
+    pub objectives: Vec<Objective>,
+    pub kpis: Vec<Kpi>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub description: Option<String>,
+    pub kind: SourceKind,
+}
+
+/// One variant per kind of source; `source::register` matches on it exhaustively.
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    File(FileSource),
+}
+
+#[derive(Debug, Clone)]
+pub struct FileSource {
+    /// As written (after `${VAR}` interpolation), for messages.
+    pub pattern: String,
+    /// The matching files, sorted.
+    pub paths: Vec<PathBuf>,
+    pub format: FileFormat,
+    pub csv: CsvOptions,
+    /// Declared column types, overriding inference.
+    pub columns: Vec<(String, DataType)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct View {
+    pub name: String,
+    pub sql: String,
+    pub sql_file: Option<PathBuf>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Objective {
+    pub id: String,
+    pub name: String,
+    pub perspective: String,
+    pub description: Option<String>,
+    pub causes: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Kpi {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub objective: Option<String>,
+    pub perspective: Option<String>,
+    pub sql: String,
+    pub sql_file: PathBuf,
+    pub grain: Grain,
+    pub dimensions: Vec<String>,
+    pub unit: Option<String>,
+    pub owner: Option<String>,
+    pub direction: Option<Direction>,
+    pub target: Option<f64>,
+    pub red_flag: Option<f64>,
+    pub weight: f64,
+    /// Hash of what determines the KPI's values: its SQL, grain and dimensions.
+    pub definition_hash: String,
+}
+
+/// Relative paths in a pipeline resolve from the project root: the folder above
+/// `pipelines/` when the file lives in a folder of that name, else the file's own folder.
+/// So `kpiforge run` gives the same answer from any working directory.
+pub fn project_root(pipeline_file: &Path) -> PathBuf {
+    let dir = pipeline_file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match (dir.file_name(), dir.parent()) {
+        (Some(name), Some(parent)) if name == "pipelines" => {
+            if parent.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                parent.to_path_buf()
+            }
+        }
+        _ => dir.to_path_buf(),
+    }
+}
+
+impl Pipeline {
+    /// Checks `raw` and resolves it against the file system. Returns every problem found.
+    pub fn from_raw(raw: RawPipeline, file: &Path) -> Result<Pipeline, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let root = project_root(file);
+
+        if !is_identifier(&raw.name) {
+            problems.push(
+                Problem::new(
+                    "name",
+                    format!("`{}` is not a valid pipeline name", raw.name),
+                )
+                .hint("use letters, digits and `_` (it names output partitions)"),
+            );
+        }
+        let timezone = match raw.timezone.as_deref() {
+            None => Tz::UTC,
+            Some(tz) => tz.parse::<Tz>().unwrap_or_else(|_| {
+                problems.push(
+                    Problem::new("timezone", format!("unknown time zone `{tz}`"))
+                        .hint("use an IANA name such as `Europe/Amsterdam` or `UTC`"),
+                );
+                Tz::UTC
+            }),
+        };
+        let output = match interpolate(&raw.output, "output") {
+            Ok(out) => root.join(out),
+            Err(p) => {
+                problems.push(p);
+                PathBuf::new()
+            }
+        };
+
+        let mut sources = Vec::new();
+        for (name, source) in raw.sources {
+            match check_source(&name, source, &root) {
+                Ok(s) => sources.push(s),
+                Err(mut p) => problems.append(&mut p),
+            }
+        }
+        if sources.is_empty() && problems.is_empty() {
+            problems.push(Problem::new(
+                "sources",
+                "a pipeline needs at least one source",
+            ));
+        }
+
+        let mut views = Vec::new();
+        for (name, view) in raw.views {
+            let path = format!("views.{name}");
+            if sources.iter().any(|s| s.name == name) {
+                problems.push(
+                    Problem::new(&path, format!("`{name}` is already a source name"))
+                        .hint("give the view its own name"),
+                );
+            }
+            if !is_identifier(&name) {
+                problems.push(identifier_problem(&path, &name));
+            }
+            let sql = match (view.sql, view.query) {
+                (Some(file), None) => read_sql(&root, &file, &format!("{path}.sql"))
+                    .map(|(sql, file)| (sql, Some(file))),
+                (None, Some(query)) => Ok((query, None)),
+                _ => Err(Problem::new(
+                    &path,
+                    "a view needs exactly one of `sql:` (a file) or `query:` (inline SQL)",
+                )),
+            };
+            match sql {
+                Ok((sql, sql_file)) => views.push(View {
+                    name,
+                    sql,
+                    sql_file,
+                    description: view.description,
+                }),
+                Err(p) => problems.push(p),
+            }
+        }
+
+        let objectives = check_objectives(
+            raw.scorecard.map(|s| s.objectives).unwrap_or_default(),
+            &mut problems,
+        );
+
+        let mut kpis: Vec<Kpi> = Vec::new();
+        for (i, kpi) in raw.kpis.into_iter().enumerate() {
+            let path = format!("kpis[{i}]");
+            if kpis.iter().any(|k| k.id == kpi.id) {
+                problems.push(Problem::new(
+                    format!("{path}.id"),
+                    format!("KPI id `{}` is used twice", kpi.id),
+                ));
+            }
+            match check_kpi(kpi, &path, &root, &objectives) {
+                Ok(k) => kpis.push(k),
+                Err(mut p) => problems.append(&mut p),
+            }
+        }
+
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Pipeline {
+            name: raw.name,
+            description: raw.description,
+            schedule: raw.schedule,
+            timezone,
+            file: file.to_path_buf(),
+            root,
+            output,
+            sources,
+            views,
+            objectives,
+            kpis,
+        })
+    }
+
+    pub fn objective(&self, id: &str) -> Option<&Objective> {
+        self.objectives.iter().find(|o| o.id == id)
+    }
+}
+
+fn check_source(name: &str, raw: RawSource, root: &Path) -> Result<Source, Vec<Problem>> {
+    let path = format!("sources.{name}");
+    let mut problems = Vec::new();
+    if !is_identifier(name) {
+        problems.push(identifier_problem(&path, name));
+    }
+    let Some(pattern) = raw.file else {
+        problems.push(
+            Problem::new(&path, "the source names no kind")
+                .hint("add `file: path/to/data.csv` (csv, parquet, json or ndjson)"),
+        );
+        return Err(problems);
+    };
+    let file_path = format!("{path}.file");
+    let pattern = interpolate(&pattern, &file_path).map_err(|p| vec![p])?;
+    let format = match raw.format.or_else(|| format_from_extension(&pattern)) {
+        Some(f) => f,
+        None => {
+            problems.push(
+                Problem::new(
+                    &file_path,
+                    format!("cannot tell the format of `{pattern}` from its extension"),
+                )
+                .hint("add `format: csv` (or parquet, json, ndjson)"),
+            );
+            FileFormat::Csv
+        }
+    };
+    let paths = match expand(root, &pattern) {
+        Ok(paths) => paths,
+        Err(message) => {
+            problems
+                .push(Problem::new(&file_path, message).hint(
+                    "paths are relative to the project root (the folder above `pipelines/`)",
+                ));
+            Vec::new()
+        }
+    };
+    if raw.csv.is_some() && format != FileFormat::Csv {
+        problems.push(Problem::new(
+            format!("{path}.csv"),
+            "`csv:` options apply only to CSV files",
+        ));
+    }
+    if !raw.columns.is_empty() && format == FileFormat::Parquet {
+        problems.push(
+            Problem::new(
+                format!("{path}.columns"),
+                "Parquet files carry their own column types",
+            )
+            .hint("remove `columns:`, or cast in a view: `SELECT CAST(x AS DOUBLE) AS x FROM ...`"),
+        );
+    }
+    let mut csv = raw.csv.unwrap_or(CsvOptions {
+        header: true,
+        delimiter: None,
+        quote: None,
+        escape: None,
+        null_values: None,
+    });
+    if csv.delimiter.is_none() && pattern.ends_with(".tsv") {
+        csv.delimiter = Some('\t');
+    }
+    for (field, c) in [
+        ("delimiter", csv.delimiter),
+        ("quote", csv.quote),
+        ("escape", csv.escape),
+    ] {
+        if c.is_some_and(|c| !c.is_ascii()) {
+            problems.push(Problem::new(
+                format!("{path}.csv.{field}"),
+                "must be a single ASCII character",
+            ));
+        }
+    }
+    let mut columns = Vec::new();
+    for (column, type_name) in raw.columns {
+        match parse_type(&type_name) {
+            Ok(t) => columns.push((column, t)),
+            Err(message) => problems.push(Problem::new(format!("{path}.columns.{column}"), message)
+                .hint("use one of: boolean, int, bigint, double, decimal(p,s), varchar, date, timestamp, timestamptz")),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Source {
+        name: name.to_string(),
+        description: raw.description,
+        kind: SourceKind::File(FileSource {
+            pattern,
+            paths,
+            format,
+            csv,
+            columns,
+        }),
+    })
+}
+
+fn format_from_extension(path: &str) -> Option<FileFormat> {
+    let ext = Path::new(path).extension()?.to_str()?.to_ascii_lowercase();
+    match ext.as_str() {
+        "csv" | "tsv" => Some(FileFormat::Csv),
+        "parquet" | "pq" => Some(FileFormat::Parquet),
+        "json" => Some(FileFormat::Json),
+        "ndjson" | "jsonl" => Some(FileFormat::Ndjson),
+        _ => None,
+    }
+}
+
+/// The files a path or glob names, sorted; an error when there are none.
+fn expand(root: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
+    let full = root.join(pattern);
+    let text = full.to_string_lossy();
+    if !text.contains(['*', '?', '[']) {
+        return if full.is_file() {
+            Ok(vec![full])
+        } else {
+            Err(format!(
+                "file `{pattern}` not found (looked at {})",
+                full.display()
+            ))
+        };
+    }
+    let entries =
+        glob::glob(&text).map_err(|e| format!("`{pattern}` is not a valid glob: {}", e.msg))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|p| p.is_file())
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        return Err(format!(
+            "no file matches `{pattern}` (looked in {})",
+            root.display()
+        ));
+    }
+    Ok(paths)
+}
+
+/// Parses a declared column type: SQL names (`bigint`, `decimal(12,2)`, `timestamp`).
+pub fn parse_type(name: &str) -> Result<DataType, String> {
+    let lower = name.trim().to_ascii_lowercase();
+    let t = match lower.as_str() {
+        "boolean" | "bool" => DataType::Boolean,
+        "smallint" | "int16" => DataType::Int16,
+        "int" | "integer" | "int32" => DataType::Int32,
+        "bigint" | "int64" | "long" => DataType::Int64,
+        "real" | "float" | "float32" => DataType::Float32,
+        "double" | "float64" => DataType::Float64,
+        "varchar" | "text" | "string" | "utf8" => DataType::Utf8,
+        "date" => DataType::Date32,
+        "timestamp" => DataType::Timestamp(TimeUnit::Microsecond, None),
+        "timestamptz" | "timestamp with time zone" => {
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+        }
+        _ => return parse_decimal(&lower).ok_or_else(|| format!("unknown column type `{name}`")),
+    };
+    Ok(t)
+}
+
+fn parse_decimal(lower: &str) -> Option<DataType> {
+    let inner = lower
+        .strip_prefix("decimal")
+        .or_else(|| lower.strip_prefix("numeric"))?;
+    let inner = inner.trim().strip_prefix('(')?.strip_suffix(')')?;
+    let (p, s) = inner.split_once(',')?;
+    let (p, s): (u8, i8) = (p.trim().parse().ok()?, s.trim().parse().ok()?);
+    (1..=38).contains(&p).then_some(())?;
+    (0..=p as i8)
+        .contains(&s)
+        .then_some(DataType::Decimal128(p, s))
+}
+
+fn check_objectives(raw: Vec<raw::RawObjective>, problems: &mut Vec<Problem>) -> Vec<Objective> {
+    let ids: HashSet<&str> = raw.iter().map(|o| o.id.as_str()).collect();
+    for (i, o) in raw.iter().enumerate() {
+        let path = format!("scorecard.objectives[{i}]");
+        if raw[..i].iter().any(|p| p.id == o.id) {
+            problems.push(Problem::new(
+                format!("{path}.id"),
+                format!("objective id `{}` is used twice", o.id),
+            ));
+        }
+        if !PERSPECTIVES.contains(&o.perspective.as_str()) {
+            problems.push(unknown(
+                &format!("{path}.perspective"),
+                "perspective",
+                &o.perspective,
+                PERSPECTIVES.iter().copied(),
+            ));
+        }
+        for (j, cause) in o.causes.iter().enumerate() {
+            if !ids.contains(cause.as_str()) {
+                problems.push(unknown(
+                    &format!("{path}.causes[{j}]"),
+                    "objective",
+                    cause,
+                    ids.iter().copied(),
+                ));
+            }
+        }
+    }
+    if let Some(cycle) = find_cycle(&raw) {
+        let index = raw.iter().position(|o| o.id == cycle[0]).unwrap_or(0);
+        problems.push(
+            Problem::new(
+                format!("scorecard.objectives[{index}].causes"),
+                format!("the strategy map has a cycle: {}", cycle.join(" -> ")),
+            )
+            .hint("cause-and-effect links must flow one way; remove one link of the cycle"),
+        );
+    }
+    raw.into_iter()
+        .map(|o| Objective {
+            name: o.name.unwrap_or_else(|| o.id.clone()),
+            id: o.id,
+            perspective: o.perspective,
+            description: o.description,
+            causes: o.causes,
+        })
+        .collect()
+}
+
+/// A cycle of `causes:` links, as `[a, b, c, a]`, if there is one.
+fn find_cycle(objectives: &[raw::RawObjective]) -> Option<Vec<String>> {
+    let edges: HashMap<&str, &[String]> = objectives
+        .iter()
+        .map(|o| (o.id.as_str(), o.causes.as_slice()))
+        .collect();
+    // 0 = unvisited, 1 = on the current path, 2 = done.
+    let mut state: HashMap<&str, u8> = HashMap::new();
+    fn visit<'a>(
+        node: &'a str,
+        edges: &HashMap<&'a str, &'a [String]>,
+        state: &mut HashMap<&'a str, u8>,
+        path: &mut Vec<&'a str>,
+    ) -> Option<Vec<String>> {
+        match state.get(node) {
+            Some(2) => return None,
+            Some(1) => {
+                let start = path.iter().position(|n| *n == node)?;
+                let mut cycle: Vec<String> = path[start..].iter().map(|s| s.to_string()).collect();
+                cycle.push(node.to_string());
+                return Some(cycle);
+            }
+            _ => {}
+        }
+        state.insert(node, 1);
+        path.push(node);
+        for next in edges.get(node).copied().unwrap_or_default() {
+            if let Some(c) = visit(next, edges, state, path) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        state.insert(node, 2);
+        None
+    }
+    objectives
+        .iter()
+        .find_map(|o| visit(&o.id, &edges, &mut state, &mut Vec::new()))
+}
+
+fn check_kpi(
+    raw: RawKpi,
+    path: &str,
+    root: &Path,
+    objectives: &[Objective],
+) -> Result<Kpi, Vec<Problem>> {
+    let mut problems = Vec::new();
+    if !is_identifier(&raw.id) {
+        problems.push(identifier_problem(&format!("{path}.id"), &raw.id));
+    }
+    let perspective = match &raw.objective {
+        None => None,
+        Some(id) => match objectives.iter().find(|o| &o.id == id) {
+            Some(o) => Some(o.perspective.clone()),
+            None => {
+                let mut p = unknown(
+                    &format!("{path}.objective"),
+                    "objective",
+                    id,
+                    objectives.iter().map(|o| o.id.as_str()),
+                );
+                if objectives.is_empty() {
+                    p = p.hint("declare it under `scorecard: objectives:`");
+                }
+                problems.push(p);
+                None
+            }
+        },
+    };
+    let sql = read_sql(root, &raw.sql, &format!("{path}.sql"));
+    if let Some(w) = raw.weight.filter(|w| !(w.is_finite() && *w >= 0.0)) {
+        problems.push(Problem::new(
+            format!("{path}.weight"),
+            format!("weight {w} must be a number >= 0"),
+        ));
+    }
+    for (i, d) in raw.dimensions.iter().enumerate() {
+        if ["period", "value", "numerator", "denominator"].contains(&d.as_str())
+            || raw.dimensions[..i].contains(d)
+        {
+            problems.push(Problem::new(format!("{path}.dimensions[{i}]"), format!("`{d}` cannot be a dimension here"))
+                .hint("dimensions are distinct columns other than period, value, numerator and denominator"));
+        }
+    }
+    let (sql, sql_file) = match sql {
+        Ok(ok) => ok,
+        Err(p) => {
+            problems.push(p);
+            return Err(problems);
+        }
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let definition_hash = {
+        let mut h = Sha256::new();
+        h.update(sql.as_bytes());
+        h.update(raw.grain.as_str().as_bytes());
+        for d in &raw.dimensions {
+            h.update(b"\0");
+            h.update(d.as_bytes());
+        }
+        h.finalize()
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    Ok(Kpi {
+        name: raw.name.unwrap_or_else(|| raw.id.clone()),
+        id: raw.id,
+        description: raw.description,
+        objective: raw.objective,
+        perspective,
+        sql,
+        sql_file,
+        grain: raw.grain,
+        dimensions: raw.dimensions,
+        unit: raw.unit,
+        owner: raw.owner,
+        direction: raw.direction,
+        target: raw.target,
+        red_flag: raw.red_flag,
+        weight: raw.weight.unwrap_or(1.0),
+        definition_hash,
+    })
+}
+
+fn read_sql(root: &Path, file: &str, path: &str) -> Result<(String, PathBuf), Problem> {
+    let full = root.join(interpolate(file, path)?);
+    match std::fs::read_to_string(&full) {
+        Ok(sql) if sql.trim().is_empty() => {
+            Err(Problem::new(path, format!("SQL file `{file}` is empty")))
+        }
+        Ok(sql) => Ok((sql, full)),
+        Err(e) => Err(Problem::new(
+            path,
+            format!("cannot read SQL file `{file}` ({}): {e}", full.display()),
+        )
+        .hint("paths are relative to the project root (the folder above `pipelines/`)")),
+    }
+}
+
+/// "unknown X `y`", with the closest known name when one is near.
+pub(crate) fn unknown<'a>(
+    path: &str,
+    what: &str,
+    name: &str,
+    known: impl Iterator<Item = &'a str>,
+) -> Problem {
+    let known: Vec<&str> = {
+        let mut k: Vec<&str> = known.collect();
+        k.sort_unstable();
+        k
+    };
+    let problem = Problem::new(path, format!("unknown {what} `{name}`"));
+    match closest(name, known.iter().copied()) {
+        Some(best) => problem.hint(format!("did you mean `{best}`?")),
+        None if known.is_empty() => problem,
+        None => problem.hint(format!("known: {}", known.join(", "))),
+    }
+}
+
+/// The candidate nearest to `name`, if it is near enough to be a typo.
+pub(crate) fn closest<'a>(
+    name: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .map(|c| (strsim::jaro_winkler(name, c), c))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+}
+
+fn identifier_problem(path: &str, name: &str) -> Problem {
+    Problem::new(path, format!("`{name}` is not a valid name")).hint(
+        "names are letters, digits and `_`, starting with a letter: they become SQL table names",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_declared_types() {
+        assert_eq!(
+            parse_type("decimal(12, 2)"),
+            Ok(DataType::Decimal128(12, 2))
+        );
+        assert_eq!(parse_type("BIGINT"), Ok(DataType::Int64));
+        assert_eq!(parse_type("date"), Ok(DataType::Date32));
+        assert!(parse_type("decimal(40,2)").is_err());
+        assert!(parse_type("money").is_err());
+    }
+
+    #[test]
+    fn project_root_is_above_pipelines() {
+        assert_eq!(
+            project_root(Path::new("pipelines/demo.yaml")),
+            PathBuf::from(".")
+        );
+        assert_eq!(
+            project_root(Path::new("/a/b/pipelines/x.yaml")),
+            PathBuf::from("/a/b")
+        );
+        assert_eq!(
+            project_root(Path::new("/a/b/x.yaml")),
+            PathBuf::from("/a/b")
+        );
+        assert_eq!(project_root(Path::new("x.yaml")), PathBuf::from("."));
+    }
+
+    #[test]
+    fn closest_finds_typos_only() {
+        let keys = ["target", "red_flag", "weight"];
+        assert_eq!(closest("tagret", keys.iter().copied()), Some("target"));
+        assert_eq!(closest("zzz", keys.iter().copied()), None);
+    }
+}

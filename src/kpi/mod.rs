@@ -1,0 +1,266 @@
+//! KPIs: plan each KPI's SQL against the registered tables, check it against the
+//! KPI contract, run the KPIs concurrently and return typed values with their
+//! period comparisons.
+
+mod compare;
+pub mod contract;
+pub mod period;
+pub mod views;
+
+use std::path::PathBuf;
+
+use chrono::NaiveDate;
+use datafusion::common::ScalarValue;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use futures::future::try_join_all;
+
+pub use contract::{KpiRow, Measure};
+
+use crate::config::{Kpi, Pipeline};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KpiError {
+    /// The query does not return what a KPI must.
+    #[error("KPI `{kpi}` ({}): {message}", file.display())]
+    Contract {
+        kpi: String,
+        file: PathBuf,
+        message: String,
+    },
+    /// The SQL does not plan against the tables: a definition error.
+    #[error("KPI `{kpi}` ({}): {source}", file.display())]
+    Plan {
+        kpi: String,
+        file: PathBuf,
+        #[source]
+        source: DataFusionError,
+    },
+    /// The SQL fails while running.
+    #[error("KPI `{kpi}` ({}): {source}", file.display())]
+    Sql {
+        kpi: String,
+        file: PathBuf,
+        #[source]
+        source: DataFusionError,
+    },
+    #[error("view `{view}` ({}): {source}", file.display())]
+    View {
+        view: String,
+        file: PathBuf,
+        #[source]
+        source: DataFusionError,
+    },
+    /// A bug in kpiforge, not in the pipeline.
+    #[error("internal error: {0}; please report it")]
+    Internal(String),
+    #[error("views read each other in a cycle: {views}")]
+    ViewCycle { views: String },
+    /// Several KPIs failed to plan: each is listed.
+    #[error("{} KPIs cannot be planned:\n  {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  "))]
+    Many(Vec<KpiError>),
+}
+
+impl KpiError {
+    /// Whether the pipeline's definitions are at fault (as opposed to the data or the run).
+    pub fn is_definition_error(&self) -> bool {
+        match self {
+            KpiError::Contract { .. } | KpiError::Plan { .. } | KpiError::ViewCycle { .. } => true,
+            KpiError::Many(all) => all.iter().all(KpiError::is_definition_error),
+            _ => false,
+        }
+    }
+}
+
+/// A KPI whose SQL has been planned and checked.
+#[derive(Debug, Clone)]
+pub struct PlannedKpi {
+    pub kpi: Kpi,
+    pub measure: Measure,
+    plan: LogicalPlan,
+}
+
+/// The computed rows of one KPI, with comparisons, ready to score and publish.
+#[derive(Debug, Clone)]
+pub struct KpiSeries {
+    pub kpi: Kpi,
+    pub measure: Measure,
+    pub values: Vec<KpiValue>,
+}
+
+/// One KPI value for one period and segment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KpiValue {
+    pub period_start: NaiveDate,
+    pub period_end: NaiveDate,
+    /// `dim=value` pairs in declared order, `, `-separated; `None` without dimensions.
+    pub segment: Option<String>,
+    pub value: Option<f64>,
+    pub numerator: Option<f64>,
+    pub denominator: Option<f64>,
+    pub previous_value: Option<f64>,
+    pub change_abs: Option<f64>,
+    pub change_pct: Option<f64>,
+    pub last_year_value: Option<f64>,
+}
+
+/// Plans every KPI of `pipeline` against the tables registered in `ctx` and checks
+/// each against the contract, without running anything. `$as_of` in KPI SQL is the run date.
+pub async fn plan_all(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    as_of: NaiveDate,
+) -> Result<Vec<PlannedKpi>, KpiError> {
+    let mut planned = Vec::new();
+    let mut errors = Vec::new();
+    for kpi in &pipeline.kpis {
+        match plan(ctx, kpi, as_of).await {
+            Ok(p) => planned.push(p),
+            Err(e) => errors.push(e),
+        }
+    }
+    match errors.len() {
+        0 => Ok(planned),
+        1 => Err(errors.remove(0)),
+        _ => Err(KpiError::Many(errors)),
+    }
+}
+
+async fn plan(ctx: &SessionContext, kpi: &Kpi, as_of: NaiveDate) -> Result<PlannedKpi, KpiError> {
+    let sql_error = |source| KpiError::Plan {
+        kpi: kpi.id.clone(),
+        file: kpi.sql_file.clone(),
+        source,
+    };
+    let plan = ctx
+        .state()
+        .create_logical_plan(&kpi.sql)
+        .await
+        .map_err(sql_error)?;
+    let plan = plan
+        .with_param_values(vec![(
+            "as_of",
+            ScalarValue::Date32(Some(epoch_days(as_of))),
+        )])
+        .map_err(sql_error)?;
+    let measure =
+        contract::check(kpi, plan.schema().as_arrow()).map_err(|message| KpiError::Contract {
+            kpi: kpi.id.clone(),
+            file: kpi.sql_file.clone(),
+            message,
+        })?;
+    Ok(PlannedKpi {
+        kpi: kpi.clone(),
+        measure,
+        plan,
+    })
+}
+
+/// Days since 1970-01-01, Arrow's `Date32`.
+pub fn epoch_days(date: NaiveDate) -> i32 {
+    (date - NaiveDate::default()).num_days() as i32
+}
+
+/// Runs the planned KPIs concurrently and returns their values, periods after
+/// `as_of` left out.
+pub async fn compute(
+    ctx: &SessionContext,
+    planned: Vec<PlannedKpi>,
+    as_of: NaiveDate,
+) -> Result<Vec<KpiSeries>, KpiError> {
+    let tasks = planned.into_iter().map(|p| {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let sql_error = |source| KpiError::Sql { kpi: p.kpi.id.clone(), file: p.kpi.sql_file.clone(), source };
+            let batches = ctx.execute_logical_plan(p.plan).await.map_err(sql_error)?.collect().await.map_err(sql_error)?;
+            let rows = contract::rows(&p.kpi, p.measure, &batches).map_err(sql_error)?;
+            let values = series(&p.kpi, rows, as_of)?;
+            tracing::info!(kpi = %p.kpi.id, rows = values.len(), ms = started.elapsed().as_millis() as u64, "KPI computed");
+            Ok::<_, KpiError>(KpiSeries { kpi: p.kpi, measure: p.measure, values })
+        })
+    });
+    let joined = try_join_all(tasks)
+        .await
+        .map_err(|e| KpiError::Internal(e.to_string()))?;
+    joined.into_iter().collect()
+}
+
+/// Checks periods against the grain, drops periods after `as_of`, sorts, and adds comparisons.
+fn series(kpi: &Kpi, rows: Vec<KpiRow>, as_of: NaiveDate) -> Result<Vec<KpiValue>, KpiError> {
+    let contract_error = |message| KpiError::Contract {
+        kpi: kpi.id.clone(),
+        file: kpi.sql_file.clone(),
+        message,
+    };
+    let mut values = Vec::with_capacity(rows.len());
+    for row in rows {
+        if period::start_of(kpi.grain, row.period) != row.period {
+            return Err(contract_error(format!(
+                "period {} is not the start of a {} (grain: {}); truncate it: `CAST(date_trunc('{}', d) AS DATE) AS period`",
+                row.period,
+                kpi.grain.as_str(),
+                kpi.grain.as_str(),
+                kpi.grain.as_str()
+            )));
+        }
+        if row.period > as_of {
+            continue;
+        }
+        let segment = (!kpi.dimensions.is_empty()).then(|| {
+            kpi.dimensions
+                .iter()
+                .zip(&row.dimensions)
+                .map(|(d, v)| format!("{d}={}", v.as_deref().unwrap_or("NULL")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        values.push(KpiValue {
+            period_start: row.period,
+            period_end: period::end_of(kpi.grain, row.period),
+            segment,
+            value: row.value,
+            numerator: row.numerator,
+            denominator: row.denominator,
+            previous_value: None,
+            change_abs: None,
+            change_pct: None,
+            last_year_value: None,
+        });
+    }
+    values.sort_by(|a, b| (&a.segment, a.period_start).cmp(&(&b.segment, b.period_start)));
+    if let Some(pair) = values
+        .windows(2)
+        .find(|w| w[0].segment == w[1].segment && w[0].period_start == w[1].period_start)
+    {
+        return Err(contract_error(format!(
+            "period {} appears twice{}; return one row per period{}",
+            pair[0].period_start,
+            pair[0]
+                .segment
+                .as_ref()
+                .map(|s| format!(" for {s}"))
+                .unwrap_or_default(),
+            if kpi.dimensions.is_empty() {
+                " (or declare the segment columns under `dimensions:`)"
+            } else {
+                " and segment"
+            }
+        )));
+    }
+    compare::fill(kpi.grain, &mut values);
+    Ok(values)
+}
+
+/// The tables a SQL statement reads, lower-cased as DataFusion resolves them.
+pub fn tables_read(ctx: &SessionContext, sql: &str) -> Result<Vec<String>, DataFusionError> {
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let statement = state.sql_to_statement(sql, &dialect)?;
+    Ok(state
+        .resolve_table_references(&statement)?
+        .into_iter()
+        .map(|t| t.table().to_string())
+        .collect())
+}

@@ -1,0 +1,17 @@
+//! kpiforge: scheduled KPI computation for data teams.
+//!
+//! A pipeline (YAML beside plain SQL files) pulls source tables, computes KPI
+//! values with SQL in Apache DataFusion and publishes them as Parquet. The modules
+//! follow the data: [`config`] -> [`source`] -> [`kpi`] -> [`publish`], and
+//! [`run`] strings them together, so one run reads top to bottom in [`run::run`].
+
+pub mod config;
+pub mod error;
+pub mod init;
+pub mod kpi;
+pub mod publish;
+pub mod run;
+pub mod source;
+
+pub use error::Error;
+pub use run::{RunOptions, RunReport, run, validate};

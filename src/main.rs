@@ -1,0 +1,196 @@
+//! The `kpiforge` command line: parse arguments, call the library, print, and map
+//! errors to the documented exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::NaiveDate;
+use clap::{Parser, Subcommand, ValueEnum};
+use kpiforge::error::exit;
+use kpiforge::{Error, RunOptions, config};
+
+/// Scheduled KPI computation: pull, check, compute in DataFusion, publish Parquet.
+#[derive(Parser)]
+#[command(name = "kpiforge", version, about, long_about = None)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// More logging (-v: debug, -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Less logging (-q: warnings only, -qq: errors only).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "verbose")]
+    quiet: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Scaffold a working example project in DIR.
+    Init { dir: PathBuf },
+    /// Check a pipeline's config and plan every KPI query, computing nothing.
+    Validate { pipeline: PathBuf },
+    /// Pull sources, compute KPIs and publish the results.
+    Run {
+        pipeline: PathBuf,
+        /// The run date (YYYY-MM-DD); defaults to today in the pipeline's time zone.
+        #[arg(long, value_parser = parse_date)]
+        as_of: Option<NaiveDate>,
+        /// Write results here instead of the pipeline's `output:`.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+fn parse_date(s: &str) -> Result<NaiveDate, String> {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|_| format!("`{s}` is not a date; write YYYY-MM-DD"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::RUN_FAILED as u8);
+        }
+    };
+    match runtime.block_on(execute(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((context, e)) => {
+            match context {
+                Some(pipeline) if !matches!(e, Error::Config(_)) => {
+                    eprintln!("error: pipeline `{pipeline}`: {e}")
+                }
+                _ => eprintln!("error: {e}"),
+            }
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+/// Runs a command; an error comes with the pipeline's name when one was loaded.
+async fn execute(command: Command) -> Result<(), (Option<String>, Error)> {
+    match command {
+        Command::Init { dir } => {
+            let files = kpiforge::init::scaffold(&dir).map_err(|e| (None, e))?;
+            for f in &files {
+                println!("created {}", f.display());
+            }
+            println!(
+                "\nnext: kpiforge run {}",
+                dir.join("pipelines/example.yaml").display()
+            );
+            Ok(())
+        }
+        Command::Validate { pipeline } => {
+            let pipeline = config::load(&pipeline).map_err(|e| (None, e.into()))?;
+            let name = Some(pipeline.name.clone());
+            let checked = kpiforge::validate(&pipeline).await.map_err(|e| (name, e))?;
+            for s in &checked.sources {
+                println!(
+                    "source {:<28} {:<8} {} columns",
+                    s.name,
+                    s.kind,
+                    s.schema.fields().len()
+                );
+            }
+            for k in &checked.kpis {
+                println!(
+                    "kpi    {:<28} {:<8} {:?}",
+                    k.kpi.id,
+                    k.kpi.grain.as_str(),
+                    k.measure
+                );
+            }
+            println!(
+                "pipeline `{}` is valid: {} sources, {} views, {} KPIs",
+                pipeline.name,
+                checked.sources.len(),
+                pipeline.views.len(),
+                checked.kpis.len()
+            );
+            Ok(())
+        }
+        Command::Run {
+            pipeline,
+            as_of,
+            output,
+        } => {
+            let pipeline = config::load(&pipeline).map_err(|e| (None, e.into()))?;
+            let name = Some(pipeline.name.clone());
+            let report = kpiforge::run(&pipeline, &RunOptions { as_of, output })
+                .await
+                .map_err(|e| (name, e))?;
+            print_report(&report);
+            Ok(())
+        }
+    }
+}
+
+fn print_report(report: &kpiforge::RunReport) {
+    println!(
+        "run {} (as of {}) finished in {:.2}s",
+        report.run_id,
+        report.as_of,
+        report.elapsed.as_secs_f64()
+    );
+    for s in &report.sources {
+        let rows = s.rows.map_or("-".to_string(), |r| r.to_string());
+        println!("  source {:<28} {:>10} rows  {}", s.name, rows, s.kind);
+    }
+    for series in &report.series {
+        let latest = series
+            .values
+            .iter()
+            .filter(|v| v.segment.is_none())
+            .max_by_key(|v| v.period_start);
+        let latest = match latest {
+            Some(v) => format!(
+                "{} = {}",
+                v.period_start,
+                v.value.map_or("null".into(), |x| format!("{x:.4}"))
+            ),
+            None if series.values.is_empty() => "no rows".to_string(),
+            None => format!("{} segmented rows", series.values.len()),
+        };
+        println!(
+            "  kpi    {:<28} {:>4} periods  latest {latest}",
+            series.kpi.id,
+            series.values.len()
+        );
+    }
+    println!("results: {}", report.output.display());
+}
+
+fn init_logging(cli: &Cli) {
+    let level = match (cli.verbose, cli.quiet) {
+        (0, 0) => "info",
+        (1, _) => "debug",
+        (v, _) if v >= 2 => "trace",
+        (_, 1) => "warn",
+        _ => "error",
+    };
+    // KPIFORGE_LOG overrides, e.g. `KPIFORGE_LOG=kpiforge=debug,datafusion=info`.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KPIFORGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("kpiforge={level},warn")));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match cli.log_format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

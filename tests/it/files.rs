@@ -1,0 +1,248 @@
+//! File sources: CSV options, declared types, JSON, NDJSON, Parquet, globs, and
+//! malformed input named by file and line.
+
+use super::util::{assert_fails, kpiforge, project, read_parquet, stderr};
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::Float64Type;
+
+const KPI_SQL: &str = "SELECT CAST(date_trunc('month', d) AS DATE) AS period, CAST(sum(amount) AS DOUBLE) AS value FROM t GROUP BY CAST(date_trunc('month', d) AS DATE) ORDER BY 1";
+
+fn pipeline(source: &str) -> String {
+    format!(
+        "name: p\noutput: out\nsources:\n  t:\n{source}\nkpis:\n  - id: total\n    sql: sql/k.sql\n    grain: month\n"
+    )
+}
+
+/// Runs the one-KPI pipeline and returns the published monthly values.
+fn run(files: &[(&str, &str)], source: &str, sql: &str) -> Result<Vec<f64>, std::process::Output> {
+    let yaml = pipeline(source);
+    let mut all = vec![("pipelines/p.yaml", yaml.as_str()), ("sql/k.sql", sql)];
+    all.extend_from_slice(files);
+    let dir = project(&all);
+    let out = kpiforge(
+        dir.path(),
+        &["run", "pipelines/p.yaml", "--as-of", "2026-12-31"],
+    );
+    if !out.status.success() {
+        return Err(out);
+    }
+    let batches: Vec<RecordBatch> = read_parquet(
+        &dir.path()
+            .join("out/kpi_values/pipeline=p/as_of=2026-12-31/part-0.parquet"),
+    );
+    Ok(batches
+        .iter()
+        .flat_map(|b| b.column(9).as_primitive::<Float64Type>().values().to_vec())
+        .collect())
+}
+
+#[test]
+fn csv_with_options_and_null_markers() {
+    let csv = "d;amount;note\n2026-01-03;1,5;x\n2026-01-09;NA;'a;b'\n2026-02-01;2;-\n";
+    // Decimal commas are not a CSV feature: declare amount as text and convert in SQL.
+    let source = "    file: data/t.csv\n    csv: {delimiter: ';', quote: \"'\", null_values: ['NA', '-']}\n    columns: {d: date, amount: varchar}";
+    let sql = "SELECT CAST(date_trunc('month', d) AS DATE) AS period, CAST(sum(CAST(replace(amount, ',', '.') AS DOUBLE)) AS DOUBLE) AS value, count(note) AS n FROM t GROUP BY CAST(date_trunc('month', d) AS DATE)";
+    // An extra column is a contract error: assert it first, then run the fixed SQL.
+    let err = run(&[("data/t.csv", csv)], source, sql).unwrap_err();
+    assert_fails(&err, 2, &["column `n` is not part of the KPI contract"]);
+    let sql = sql.replace(", count(note) AS n", "");
+    assert_eq!(
+        run(&[("data/t.csv", csv)], source, &sql).unwrap(),
+        vec![1.5, 2.0]
+    );
+}
+
+#[test]
+fn csv_declared_types_override_inference() {
+    // `amount` looks like integers in the first rows; the declared decimal keeps 2.5.
+    let csv = "d,amount\n2026-01-03,1\n2026-01-04,2.5\n";
+    let source = "    file: data/t.csv\n    columns: {d: date, amount: \"decimal(10,2)\"}";
+    assert_eq!(
+        run(&[("data/t.csv", csv)], source, KPI_SQL).unwrap(),
+        vec![3.5]
+    );
+}
+
+#[test]
+fn csv_without_header() {
+    let csv = "2026-01-03,4\n2026-03-04,6\n";
+    let source = "    file: data/t.csv\n    csv: {header: false}";
+    let sql = "SELECT CAST(date_trunc('month', CAST(column_1 AS DATE)) AS DATE) AS period, CAST(sum(column_2) AS DOUBLE) AS value FROM t GROUP BY 1 ORDER BY 1";
+    assert_eq!(
+        run(&[("data/t.csv", csv)], source, sql).unwrap(),
+        vec![4.0, 6.0]
+    );
+}
+
+#[test]
+fn glob_reads_every_matching_file() {
+    let files = [
+        ("data/a.csv", "d,amount\n2026-01-03,1\n"),
+        ("data/b.csv", "d,amount\n2026-01-04,2\n"),
+        ("data/c.txt", "ignored"),
+    ];
+    assert_eq!(
+        run(&files, "    file: data/*.csv", KPI_SQL).unwrap(),
+        vec![3.0]
+    );
+}
+
+#[test]
+fn json_array_and_ndjson() {
+    let array = r#"[{"d": "2026-01-03", "amount": 1.5}, {"d": "2026-02-03", "amount": 2}]"#;
+    let source = "    file: data/t.json\n    columns: {d: date}";
+    assert_eq!(
+        run(&[("data/t.json", array)], source, KPI_SQL).unwrap(),
+        vec![1.5, 2.0]
+    );
+    let lines =
+        "{\"d\": \"2026-01-03\", \"amount\": 1.5}\n{\"d\": \"2026-01-05\", \"amount\": null}\n";
+    let source = "    file: data/t.ndjson\n    columns: {d: date}";
+    assert_eq!(
+        run(&[("data/t.ndjson", lines)], source, KPI_SQL).unwrap(),
+        vec![1.5]
+    );
+}
+
+#[test]
+fn parquet_is_scanned_in_place() {
+    // Write a Parquet source with kpiforge itself: a first pipeline's output is the
+    // second one's input, as in a chain of pipelines.
+    let csv = "d,amount\n2026-01-03,1\n2026-02-04,2\n";
+    let dir = project(&[
+        ("pipelines/p.yaml", &pipeline("    file: data/t.csv")),
+        ("sql/k.sql", KPI_SQL),
+        ("data/t.csv", csv),
+    ]);
+    let out = kpiforge(
+        dir.path(),
+        &["run", "pipelines/p.yaml", "--as-of", "2026-12-31"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let second = "name: q\noutput: out2\nsources:\n  t:\n    file: out/kpi_values/**/*.parquet\nkpis:\n  - id: again\n    sql: sql/k2.sql\n    grain: month\n";
+    std::fs::write(dir.path().join("pipelines/q.yaml"), second).unwrap();
+    std::fs::write(
+        dir.path().join("sql/k2.sql"),
+        "SELECT period_start AS period, value * 10 AS value FROM t",
+    )
+    .unwrap();
+    let out = kpiforge(
+        dir.path(),
+        &["run", "pipelines/q.yaml", "--as-of", "2026-12-31"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(super::util::stdout(&out).contains("parquet"));
+    let batches = read_parquet(
+        &dir.path()
+            .join("out2/kpi_values/pipeline=q/as_of=2026-12-31/part-0.parquet"),
+    );
+    let values: Vec<f64> = batches
+        .iter()
+        .flat_map(|b| b.column(9).as_primitive::<Float64Type>().values().to_vec())
+        .collect();
+    assert_eq!(values, vec![10.0, 20.0]);
+}
+
+#[test]
+fn ragged_csv_row_names_file_and_line_and_publishes_nothing() {
+    let mut csv = String::from("d,amount,extra\n");
+    for i in 0..50 {
+        csv.push_str(&format!("2026-01-{:02},{i},x\n", 1 + i % 28));
+    }
+    csv.push_str("2026-02-01,7\n");
+    let yaml = pipeline("    file: data/t.csv\n    columns: {d: date}");
+    let dir = project(&[
+        ("pipelines/p.yaml", &yaml),
+        ("sql/k.sql", KPI_SQL),
+        ("data/t.csv", &csv),
+    ]);
+    let out = kpiforge(
+        dir.path(),
+        &["run", "pipelines/p.yaml", "--as-of", "2026-12-31"],
+    );
+    assert_fails(
+        &out,
+        1,
+        &[
+            "pipeline `p`",
+            "source `t`",
+            "data/t.csv",
+            "line 52: expected 3 fields, found 2",
+        ],
+    );
+    assert!(
+        !dir.path().join("out/kpi_values").exists(),
+        "nothing published"
+    );
+}
+
+#[test]
+fn unparsable_value_names_file_line_and_column() {
+    let csv = "d,amount\n2026-01-03,1\n2026-01-04,lots\n";
+    let source = "    file: data/t.csv\n    columns: {d: date, amount: double}";
+    let err = run(&[("data/t.csv", csv)], source, KPI_SQL).unwrap_err();
+    assert_fails(&err, 1, &["source `t`", "data/t.csv", "'lots'", "line 3"]);
+}
+
+#[test]
+fn declared_column_missing_from_file() {
+    let csv = "d,amount\n2026-01-03,1\n";
+    let source = "    file: data/t.csv\n    columns: {amount_eur: double}";
+    let err = run(&[("data/t.csv", csv)], source, KPI_SQL).unwrap_err();
+    assert_fails(
+        &err,
+        2,
+        &[
+            "source `t`",
+            "`columns:` declares `amount_eur`",
+            "its columns: d, amount",
+        ],
+    );
+}
+
+#[test]
+fn period_not_at_grain_start_is_a_contract_error() {
+    let csv = "d,amount\n2026-01-03,1\n";
+    let sql = "SELECT d AS period, CAST(amount AS DOUBLE) AS value FROM t";
+    let err = run(
+        &[("data/t.csv", csv)],
+        "    file: data/t.csv\n    columns: {d: date}",
+        sql,
+    )
+    .unwrap_err();
+    assert_fails(
+        &err,
+        2,
+        &[
+            "KPI `total`",
+            "period 2026-01-03 is not the start of a month",
+        ],
+    );
+}
+
+#[test]
+fn as_of_parameter_and_future_periods() {
+    let csv = "d,amount\n2026-01-03,1\n2026-02-04,2\n2026-03-04,4\n";
+    let yaml = pipeline("    file: data/t.csv\n    columns: {d: date}");
+    let sql = "SELECT CAST(date_trunc('month', d) AS DATE) AS period, CAST(sum(amount) AS DOUBLE) AS value FROM t WHERE d <= $as_of GROUP BY CAST(date_trunc('month', d) AS DATE)";
+    let dir = project(&[
+        ("pipelines/p.yaml", &yaml),
+        ("sql/k.sql", sql),
+        ("data/t.csv", csv),
+    ]);
+    let out = kpiforge(
+        dir.path(),
+        &["run", "pipelines/p.yaml", "--as-of", "2026-02-01"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let batches = read_parquet(
+        &dir.path()
+            .join("out/kpi_values/pipeline=p/as_of=2026-02-01/part-0.parquet"),
+    );
+    let values: Vec<f64> = batches
+        .iter()
+        .flat_map(|b| b.column(9).as_primitive::<Float64Type>().values().to_vec())
+        .collect();
+    // January in full; February holds only rows up to the as-of date (none); March is in the future.
+    assert_eq!(values, vec![1.0]);
+}

@@ -1,0 +1,8 @@
+//! kpiforge's integration tests: one binary, one module per area. They run the
+//! real `kpiforge` binary on files in temporary folders.
+
+mod config_errors;
+mod demo;
+mod files;
+mod publish;
+mod util;

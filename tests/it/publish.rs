@@ -1,0 +1,200 @@
+//! Published datasets: atomic and idempotent, the previous results kept when a
+//! run fails, and readable by an independent reader (pyarrow).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::util::{assert_fails, have_pyarrow, kpiforge, project, repo, stderr};
+
+const SQL: &str = "SELECT CAST(date_trunc('month', d) AS DATE) AS period, CAST(sum(amount) AS DOUBLE) AS value FROM t GROUP BY CAST(date_trunc('month', d) AS DATE)";
+const YAML: &str = "name: p\noutput: out\nsources:\n  t:\n    file: data/t.csv\n    columns: {d: date}\nkpis:\n  - id: total\n    sql: sql/k.sql\n    grain: month\n";
+
+/// Every file under `dir` (hidden ones included) with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.insert(
+                    path.strip_prefix(dir).unwrap().display().to_string(),
+                    std::fs::read(&path).unwrap(),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn failed_run_leaves_previous_results_unchanged_and_is_recorded() {
+    let dir = project(&[
+        ("pipelines/p.yaml", YAML),
+        ("sql/k.sql", SQL),
+        ("data/t.csv", "d,amount\n2026-01-03,1\n"),
+    ]);
+    let ok = kpiforge(
+        dir.path(),
+        &["run", "pipelines/p.yaml", "--as-of", "2026-02-01"],
+    );
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let values = dir.path().join("out/kpi_values");
+    let before = snapshot(&values);
+    assert_eq!(before.len(), 1, "{:?}", before.keys());
+
+    // Same pipeline and date, now with a broken file: the run fails...
+    std::fs::write(
+        dir.path().join("data/t.csv"),
+        "d,amount\n2026-01-03,1\n2026-01-04\n",
+    )
+    .unwrap();
+    let failed = kpiforge(
+        dir.path(),
+        &["run", "pipelines/p.yaml", "--as-of", "2026-02-01"],
+    );
+    assert_fails(&failed, 1, &["line 3: expected 2 fields, found 1"]);
+    // ...and the previous values are byte for byte what they were.
+    assert_eq!(snapshot(&values), before);
+    // The runs dataset holds both runs, the failure with its error.
+    let runs = snapshot(&dir.path().join("out/runs/pipeline=p/as_of=2026-02-01"));
+    assert_eq!(runs.len(), 2, "{:?}", runs.keys());
+}
+
+#[test]
+fn rerun_replaces_exactly_its_own_partition() {
+    let dir = project(&[
+        ("pipelines/p.yaml", YAML),
+        ("sql/k.sql", SQL),
+        ("data/t.csv", "d,amount\n2026-01-03,1\n"),
+    ]);
+    for as_of in ["2026-02-01", "2026-03-01"] {
+        assert!(
+            kpiforge(dir.path(), &["run", "pipelines/p.yaml", "--as-of", as_of])
+                .status
+                .success()
+        );
+    }
+    let values = dir.path().join("out/kpi_values");
+    let other = snapshot(&values.join("pipeline=p/as_of=2026-02-01"));
+    std::fs::write(dir.path().join("data/t.csv"), "d,amount\n2026-01-03,5\n").unwrap();
+    assert!(
+        kpiforge(
+            dir.path(),
+            &["run", "pipelines/p.yaml", "--as-of", "2026-03-01"]
+        )
+        .status
+        .success()
+    );
+    let after = snapshot(&values);
+    // Still one file per partition, no temporary files left; the other date untouched.
+    assert_eq!(
+        after.keys().cloned().collect::<Vec<_>>(),
+        vec![
+            "pipeline=p/as_of=2026-02-01/part-0.parquet".to_string(),
+            "pipeline=p/as_of=2026-03-01/part-0.parquet".to_string(),
+        ]
+    );
+    assert_eq!(snapshot(&values.join("pipeline=p/as_of=2026-02-01")), other);
+}
+
+/// Reads every dataset of a demo run with pyarrow as Hive-partitioned tables and
+/// checks schemas, partition keys and a value.
+#[test]
+fn pyarrow_reads_every_dataset() {
+    if !have_pyarrow("pyarrow_reads_every_dataset") {
+        return;
+    }
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = kpiforge(
+        &repo(),
+        &[
+            "run",
+            "pipelines/demo.yaml",
+            "--as-of",
+            "2026-11-27",
+            "--output",
+            out_dir.path().to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let script = r#"
+import sys, json
+import pyarrow.dataset as ds
+root = sys.argv[1]
+out = {}
+for name in ["kpi_values", "runs"]:
+    t = ds.dataset(f"{root}/{name}", format="parquet", partitioning="hive").to_table()
+    out[name] = {"rows": t.num_rows, "columns": t.column_names,
+                 "pipelines": sorted(set(t.column("pipeline").to_pylist()))}
+t = ds.dataset(f"{root}/kpi_values", format="parquet", partitioning="hive").to_table().to_pylist()
+rev = [r for r in t if r["kpi_id"] == "monthly_revenue" and str(r["period_start"]) == "2025-12-01"]
+out["revenue_dec_2025"] = rev[0]["value"]
+out["types"] = {f.name: str(f.type) for f in ds.dataset(f"{root}/kpi_values", format="parquet", partitioning="hive").schema}
+print(json.dumps(out))
+"#;
+    let result = std::process::Command::new("python3")
+        .args(["-c", script, out_dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    let kv = &got["kpi_values"];
+    assert!(kv["rows"].as_u64().unwrap() > 150, "{kv}");
+    assert_eq!(kv["pipelines"], serde_json::json!(["demo"]));
+    let columns: Vec<&str> = kv["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    for c in [
+        "run_id",
+        "kpi_id",
+        "kpi_name",
+        "perspective",
+        "objective",
+        "grain",
+        "period_start",
+        "period_end",
+        "segment",
+        "value",
+        "numerator",
+        "denominator",
+        "unit",
+        "direction",
+        "target",
+        "red_flag",
+        "score",
+        "status",
+        "previous_value",
+        "change_abs",
+        "change_pct",
+        "last_year_value",
+        "quality_status",
+        "computed_at",
+        "definition_hash",
+        "pipeline",
+        "as_of",
+    ] {
+        assert!(columns.contains(&c), "kpi_values lacks {c}: {columns:?}");
+    }
+    assert_eq!(got["types"]["period_start"], "date32[day]");
+    assert_eq!(got["types"]["computed_at"], "timestamp[us, tz=UTC]");
+    assert_eq!(got["runs"]["rows"], 1);
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("fixtures/retail/expected.json")).unwrap(),
+    )
+    .unwrap();
+    let want = expected["monthly_revenue"]["2025-12-01"].as_f64().unwrap();
+    assert!(
+        (got["revenue_dec_2025"].as_f64().unwrap() - want).abs() < 1e-6,
+        "{got}"
+    );
+}

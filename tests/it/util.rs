@@ -1,0 +1,80 @@
+//! Helpers: run the binary, make scratch projects, read published Parquet.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// The repository root (where `pipelines/demo.yaml` lives).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `kpiforge ARGS` in `dir`.
+pub fn kpiforge(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kpiforge"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("KPIFORGE_LOG")
+        .output()
+        .expect("the kpiforge binary runs")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A scratch project folder with the given files (path, content).
+pub fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (path, content) in files {
+        let full = dir.path().join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, content).unwrap();
+    }
+    dir
+}
+
+/// All record batches of one Parquet file.
+pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
+    let file = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+}
+
+/// Asserts a command failed with `code` and its stderr contains every needle.
+#[track_caller]
+pub fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "exit code; stderr:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
+    }
+}
+
+/// Whether `python3 -c "import pyarrow"` works. In CI it must; elsewhere a test
+/// that needs it says it skips.
+pub fn have_pyarrow(test: &str) -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import pyarrow"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: pyarrow is required in CI (.ci/run installs it)"
+        );
+        eprintln!("SKIP {test}: python3 with pyarrow not found (pip install pyarrow)");
+    }
+    ok
+}
