@@ -6,8 +6,19 @@ use std::process::ExitCode;
 
 use chrono::NaiveDate;
 use clap::{Parser, Subcommand, ValueEnum};
+use kpiforge::config::env::redact;
 use kpiforge::error::exit;
 use kpiforge::{Error, RunOptions, config};
+
+/// Prints a line to stdout with environment-variable values redacted.
+macro_rules! out {
+    ($($arg:tt)*) => { println!("{}", redact(&format!($($arg)*))) };
+}
+
+/// Prints a line to stderr with environment-variable values redacted.
+macro_rules! err {
+    ($($arg:tt)*) => { eprintln!("{}", redact(&format!($($arg)*))) };
+}
 
 /// Scheduled KPI computation: pull, check, compute in DataFusion, publish Parquet.
 #[derive(Parser)]
@@ -61,7 +72,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            err!("error: cannot start the async runtime: {e}");
             return ExitCode::from(exit::RUN_FAILED as u8);
         }
     };
@@ -70,9 +81,9 @@ fn main() -> ExitCode {
         Err((context, e)) => {
             match context {
                 Some(pipeline) if !matches!(e, Error::Config(_)) => {
-                    eprintln!("error: pipeline `{pipeline}`: {e}")
+                    err!("error: pipeline `{pipeline}`: {e}")
                 }
-                _ => eprintln!("error: {e}"),
+                _ => err!("error: {e}"),
             }
             ExitCode::from(e.exit_code() as u8)
         }
@@ -85,9 +96,9 @@ async fn execute(command: Command) -> Result<(), (Option<String>, Error)> {
         Command::Init { dir } => {
             let files = kpiforge::init::scaffold(&dir).map_err(|e| (None, e))?;
             for f in &files {
-                println!("created {}", f.display());
+                out!("created {}", f.display());
             }
-            println!(
+            out!(
                 "\nnext: kpiforge run {}",
                 dir.join("pipelines/example.yaml").display()
             );
@@ -98,7 +109,7 @@ async fn execute(command: Command) -> Result<(), (Option<String>, Error)> {
             let name = Some(pipeline.name.clone());
             let checked = kpiforge::validate(&pipeline).await.map_err(|e| (name, e))?;
             for s in &checked.sources {
-                println!(
+                out!(
                     "source {:<28} {:<8} {} columns",
                     s.name,
                     s.kind,
@@ -106,14 +117,14 @@ async fn execute(command: Command) -> Result<(), (Option<String>, Error)> {
                 );
             }
             for k in &checked.kpis {
-                println!(
+                out!(
                     "kpi    {:<28} {:<8} {:?}",
                     k.kpi.id,
                     k.kpi.grain.as_str(),
                     k.measure
                 );
             }
-            println!(
+            out!(
                 "pipeline `{}` is valid: {} sources, {} views, {} KPIs",
                 pipeline.name,
                 checked.sources.len(),
@@ -139,7 +150,7 @@ async fn execute(command: Command) -> Result<(), (Option<String>, Error)> {
 }
 
 fn print_report(report: &kpiforge::RunReport) {
-    println!(
+    out!(
         "run {} (as of {}) finished in {:.2}s",
         report.run_id,
         report.as_of,
@@ -147,7 +158,7 @@ fn print_report(report: &kpiforge::RunReport) {
     );
     for s in &report.sources {
         let rows = s.rows.map_or("-".to_string(), |r| r.to_string());
-        println!("  source {:<28} {:>10} rows  {}", s.name, rows, s.kind);
+        out!("  source {:<28} {:>10} rows  {}", s.name, rows, s.kind);
     }
     for series in &report.series {
         let latest = series
@@ -164,13 +175,13 @@ fn print_report(report: &kpiforge::RunReport) {
             None if series.values.is_empty() => "no rows".to_string(),
             None => format!("{} segmented rows", series.values.len()),
         };
-        println!(
+        out!(
             "  kpi    {:<28} {:>4} periods  latest {latest}",
             series.kpi.id,
             series.values.len()
         );
     }
-    println!("results: {}", report.output.display());
+    out!("results: {}", report.output.display());
 }
 
 fn init_logging(cli: &Cli) {
@@ -187,10 +198,25 @@ fn init_logging(cli: &Cli) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| RedactingStderr)
         .with_ansi(ansi);
     match cli.log_format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Log output on stderr with environment-variable values redacted.
+struct RedactingStderr;
+
+impl std::io::Write for RedactingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = redact(&String::from_utf8_lossy(buf));
+        std::io::stderr().write_all(text.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }

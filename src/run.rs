@@ -100,7 +100,10 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
         values_published: result
             .as_ref()
             .map_or(0, |s| s.iter().map(|k| k.values.len()).sum()),
-        error: result.as_ref().err().map(|e| e.to_string()),
+        error: result
+            .as_ref()
+            .err()
+            .map(|e| crate::config::env::redact(&e.to_string())),
     };
     let recorded = publish::write_run_record(&output, &record);
     let series = result?;

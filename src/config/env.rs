@@ -1,12 +1,44 @@
 //! `${VAR}` interpolation. Secrets come from the environment; a value read here
 //! never appears in a message: errors name the variable, never its content.
 
+use std::sync::Mutex;
+
 use super::error::Problem;
+
+/// Every value substituted so far, with its variable's name, for [`redact`].
+static SUBSTITUTED: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
 
 /// Replaces every `${NAME}` in `text` with the environment variable's value.
 /// `$$` is a literal `$`. `path` locates the value for error messages.
 pub fn interpolate(text: &str, path: &str) -> Result<String, Problem> {
-    interpolate_with(text, path, |name| std::env::var(name).ok())
+    interpolate_with(text, path, |name| {
+        let value = std::env::var(name).ok()?;
+        if !value.is_empty()
+            && let Ok(mut seen) = SUBSTITUTED.lock()
+            && !seen.iter().any(|(_, v)| *v == value)
+        {
+            seen.push((name.to_string(), value.clone()));
+            // Longest first, so a value inside another is not replaced first.
+            seen.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+        }
+        Some(value)
+    })
+}
+
+/// `text` with every value that came from a `${NAME}` put back as `${NAME}`.
+/// Everything kpiforge prints or records passes through here, so a secret read
+/// from the environment never reaches a message, a log or an output.
+pub fn redact(text: &str) -> String {
+    let Ok(seen) = SUBSTITUTED.lock() else {
+        return text.to_string();
+    };
+    let mut out = text.to_string();
+    for (name, value) in seen.iter() {
+        if out.contains(value.as_str()) {
+            out = out.replace(value.as_str(), &format!("${{{name}}}"));
+        }
+    }
+    out
 }
 
 fn interpolate_with(

@@ -1,7 +1,7 @@
 //! Pipeline configuration: load a YAML file, check it, and return the model that
 //! the later stages use. Every problem names the file, line, column and a fix.
 
-mod env;
+pub mod env;
 mod error;
 mod locate;
 mod model;
@@ -83,16 +83,16 @@ fn serde_problem(e: &serde_norway::Error, map: &SourceMap) -> Problem {
         hint: None,
     };
 
-    if message.starts_with("duplicate entry") || message.contains("duplicate field") {
-        if let Some((dup, pos)) = &map.duplicate_key {
-            let key = dup.rsplit('.').next().unwrap_or(dup);
-            return Problem {
-                path: dup.clone(),
-                position: Some(*pos),
-                message: format!("key `{key}` appears twice"),
-                hint: Some("remove one of the two entries".into()),
-            };
-        }
+    if (message.starts_with("duplicate entry") || message.contains("duplicate field"))
+        && let Some((dup, pos)) = &map.duplicate_key
+    {
+        let key = dup.rsplit('.').next().unwrap_or(dup);
+        return Problem {
+            path: dup.clone(),
+            position: Some(*pos),
+            message: format!("key `{key}` appears twice"),
+            hint: Some("remove one of the two entries".into()),
+        };
     }
     for (what, noun) in [("unknown field", "key"), ("unknown variant", "value")] {
         if let Some(rest) = message.strip_prefix(what) {
@@ -111,6 +111,13 @@ fn serde_problem(e: &serde_norway::Error, map: &SourceMap) -> Problem {
             });
             return problem;
         }
+    }
+    if message.starts_with("mapping values are not allowed")
+        || message.starts_with("did not find expected key")
+    {
+        problem.hint = Some(
+            "check this line's indentation: a key must line up with the keys beside it".into(),
+        );
     }
     if let Some(field) = message.strip_prefix("missing field ") {
         problem.hint = Some(format!(

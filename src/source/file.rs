@@ -10,10 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::csv::ReaderBuilder as CsvReaderBuilder;
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::csv::reader::Format;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::json::ReaderBuilder as JsonReaderBuilder;
+use datafusion::arrow::json::reader::infer_json_schema;
+use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
+use datafusion::logical_expr::{Expr, cast, ident, lit, when};
 use datafusion::prelude::{
     CsvReadOptions, DataFrame, JsonReadOptions, ParquetReadOptions, SessionContext,
 };
@@ -62,17 +66,37 @@ pub async fn register(
                 o.null_regex = null_regex.clone();
                 o
             };
-            let inferred = ctx
-                .read_csv(paths.clone(), options())
-                .await
-                .map_err(engine)?;
+            let inferred = match ctx.read_csv(paths.clone(), options()).await {
+                Ok(frame) => frame,
+                Err(e) => return Err(diagnose(name, cfg, None, e)),
+            };
             let schema = declared_schema(name, inferred.schema().as_arrow(), cfg)?;
-            (
-                "csv",
-                ctx.read_csv(paths, options().schema(&schema))
+            let frame = match &cfg.csv.null_values {
+                None => ctx
+                    .read_csv(paths, options().schema(&schema))
                     .await
                     .map_err(engine)?,
-            )
+                // DataFusion 55's CSV scan applies `null_regex` only while inferring
+                // types, not while reading: read the columns as text, then turn the
+                // markers into NULL and cast, still in parallel.
+                Some(markers) => {
+                    let text = Schema::new(
+                        schema
+                            .fields()
+                            .iter()
+                            .map(|f| Field::new(f.name(), DataType::Utf8, true))
+                            .collect::<Vec<_>>(),
+                    );
+                    let frame = ctx
+                        .read_csv(paths, options().schema(&text))
+                        .await
+                        .map_err(engine)?;
+                    frame
+                        .select(null_markers_to_null(&schema, markers))
+                        .map_err(engine)?
+                }
+            };
+            ("csv", frame)
         }
         FileFormat::Json | FileFormat::Ndjson => {
             let lines = cfg.format == FileFormat::Ndjson || !starts_with_array(&cfg.paths[0]);
@@ -83,10 +107,10 @@ pub async fn register(
                 o.newline_delimited = lines;
                 o
             };
-            let inferred = ctx
-                .read_json(paths.clone(), options())
-                .await
-                .map_err(|e| read_error(name, &cfg.paths[0], e))?;
+            let inferred = match ctx.read_json(paths.clone(), options()).await {
+                Ok(frame) => frame,
+                Err(e) => return Err(diagnose(name, cfg, None, e)),
+            };
             let schema = declared_schema(name, inferred.schema().as_arrow(), cfg)?;
             let kind = if lines { "ndjson" } else { "json" };
             (
@@ -109,7 +133,7 @@ pub async fn register(
         Mode::Load if text => {
             let partitions = match frame.collect_partitioned().await {
                 Ok(p) => p,
-                Err(e) => return Err(diagnose(name, cfg, &schema, e)),
+                Err(e) => return Err(diagnose(name, cfg, Some(&schema), e)),
             };
             let rows = partitions
                 .iter()
@@ -170,6 +194,26 @@ fn declared_schema(name: &str, inferred: &Schema, cfg: &FileSource) -> Result<Sc
     Ok(Schema::new(fields))
 }
 
+/// For each column: NULL where the text is a null marker, else the text cast to
+/// the column's type.
+fn null_markers_to_null(schema: &Schema, markers: &[String]) -> Vec<Expr> {
+    let markers: Vec<Expr> = markers.iter().map(|m| lit(m.as_str())).collect();
+    let column = |f: &Field| -> Result<Expr, DataFusionError> {
+        let text = ident(f.name());
+        let null = lit(ScalarValue::try_from(f.data_type())?);
+        let typed = cast(text.clone(), f.data_type().clone());
+        Ok(when(text.in_list(markers.clone(), false), null)
+            .otherwise(typed)?
+            .alias(f.name()))
+    };
+    // Every type of a declared schema has a typed NULL; keep the text if not.
+    schema
+        .fields()
+        .iter()
+        .map(|f| column(f).unwrap_or_else(|_| ident(f.name())))
+        .collect()
+}
+
 /// A regex matching exactly the configured null markers.
 fn null_regex(csv: &CsvOptions) -> Option<String> {
     let values = csv.null_values.as_ref()?;
@@ -213,12 +257,13 @@ fn starts_with_array(path: &Path) -> bool {
     buf[..n].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
 }
 
-/// Turns a parse failure of the parallel readers into an error naming the file
-/// and line, by reading the files again one at a time from their start.
+/// Turns a failure of the parallel readers into an error naming the file and
+/// line, by reading the files again one at a time from their start: with the
+/// table's `schema` once it is known, else inferring types as DataFusion did.
 fn diagnose(
     name: &str,
     cfg: &FileSource,
-    schema: &SchemaRef,
+    schema: Option<&SchemaRef>,
     original: DataFusionError,
 ) -> SourceError {
     let found = match cfg.format {
@@ -229,7 +274,7 @@ fn diagnose(
         FileFormat::Json | FileFormat::Ndjson => cfg
             .paths
             .iter()
-            .find_map(|p| first_ndjson_error(p, schema).map(|m| (p, m))),
+            .find_map(|p| first_json_error(p, schema).map(|m| (p, m))),
         FileFormat::Parquet => None,
     };
     match found {
@@ -254,63 +299,117 @@ fn read_error(name: &str, path: &Path, e: DataFusionError) -> SourceError {
     }
 }
 
-fn first_csv_error(path: &Path, schema: &SchemaRef, csv: &CsvOptions) -> Option<String> {
-    let file = File::open(path).ok()?;
+fn first_csv_error(path: &Path, schema: Option<&SchemaRef>, csv: &CsvOptions) -> Option<String> {
+    let delimiter = csv.delimiter.map_or(b',', |c| c as u8);
+    let quote = csv.quote.map_or(b'"', |c| c as u8);
+    let null_regex = null_regex(csv).and_then(|r| regex::Regex::new(&r).ok());
+    let Some(schema) = schema else {
+        let mut format = Format::default()
+            .with_header(csv.header)
+            .with_delimiter(delimiter)
+            .with_quote(quote);
+        if let Some(re) = null_regex {
+            format = format.with_null_regex(re);
+        }
+        return format
+            .infer_schema(File::open(path).ok()?, None)
+            .err()
+            .map(|e| csv_message(&e.to_string(), None, csv.header));
+    };
     let mut builder = CsvReaderBuilder::new(schema.clone())
         .with_header(csv.header)
-        .with_delimiter(csv.delimiter.map_or(b',', |c| c as u8))
-        .with_quote(csv.quote.map_or(b'"', |c| c as u8));
+        .with_delimiter(delimiter)
+        .with_quote(quote);
     if let Some(e) = csv.escape {
         builder = builder.with_escape(e as u8);
     }
-    if let Some(re) = null_regex(csv).and_then(|r| regex::Regex::new(&r).ok()) {
+    if let Some(re) = null_regex {
         builder = builder.with_null_regex(re);
     }
-    let reader = builder.build(file).ok()?;
+    let reader = builder.build(File::open(path).ok()?).ok()?;
     for batch in reader {
         if let Err(e) = batch {
-            return Some(csv_message(&e.to_string(), csv.header));
+            return Some(csv_message(&e.to_string(), Some(schema), csv.header));
         }
     }
     None
 }
 
-/// Arrow counts CSV lines from 0 at the first data row; people count file lines
-/// from 1 with the header as line 1.
-fn csv_message(arrow: &str, header: bool) -> String {
+/// Rewrites an Arrow CSV error as `line N: what`, counting lines as an editor does
+/// (the header is line 1). Arrow counts a ragged row by file line but a value it
+/// cannot parse by data row.
+fn csv_message(arrow: &str, schema: Option<&SchemaRef>, header: bool) -> String {
     let text = arrow
         .strip_prefix("Csv error: ")
         .or_else(|| arrow.strip_prefix("Parser error: "))
         .unwrap_or(arrow);
-    let shift = if header { 2 } else { 1 };
-    let renumber = |s: &str, marker: &str| -> Option<String> {
-        let at = s.find(marker)? + marker.len();
-        let digits: String = s[at..].chars().take_while(char::is_ascii_digit).collect();
-        let line: usize = digits.parse().ok()?;
-        Some(format!(
-            "{}{}{}",
-            &s[..at],
-            line + shift,
-            &s[at + digits.len()..]
-        ))
+    let number = |s: &str| {
+        s.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<usize>()
+            .ok()
     };
-    let text = renumber(text, "for line ")
-        .or_else(|| renumber(text, "at line "))
-        .unwrap_or_else(|| text.to_string());
-    match text.strip_prefix("incorrect number of fields for line ") {
-        Some(rest) => {
-            // "N, expected A got B"
-            let (line, counts) = rest.split_once(", expected ").unwrap_or((rest, ""));
-            let (expected, got) = counts.split_once(" got ").unwrap_or((counts, "?"));
-            format!("line {line}: expected {expected} fields, found {got}")
-        }
-        None => text,
+    if let Some(rest) = text.strip_prefix("incorrect number of fields for line ") {
+        // "N, expected A got B"
+        let (line, counts) = rest.split_once(", expected ").unwrap_or((rest, ""));
+        let (expected, got) = counts.split_once(" got ").unwrap_or((counts, "?"));
+        return format!("line {line}: expected {expected} fields, found {got}");
     }
+    if let Some(rest) =
+        text.strip_prefix("Encountered unequal lengths between records on CSV file. Expected ")
+    {
+        // "A records, found B records at line N" (while inferring types)
+        let parsed = (|| {
+            let (expected, rest) = rest.split_once(" records, found ")?;
+            let (got, line) = rest.split_once(" records at line ")?;
+            Some(format!(
+                "line {line}: expected {expected} fields, found {got}"
+            ))
+        })();
+        if let Some(message) = parsed {
+            return message;
+        }
+    }
+    if let Some(rest) = text.strip_prefix("Error while parsing value ") {
+        // "'x' as type 'T' for column C at line N. Row data: '[..]'"
+        let parsed = (|| {
+            let (value, rest) = rest.split_once(" as type ")?;
+            let (data_type, rest) = rest.split_once(" for column ")?;
+            let column = number(rest)?;
+            let line = number(rest.split_once(" at line ")?.1)? + usize::from(header);
+            let name = schema
+                .and_then(|s| s.fields().get(column))
+                .map_or(column.to_string(), |f| format!("`{}`", f.name()));
+            Some(format!(
+                "line {line}, column {name}: cannot read {value} as {}; fix the value, or declare the column's type under `columns:`",
+                data_type.trim_matches('\'')
+            ))
+        })();
+        if let Some(message) = parsed {
+            return message;
+        }
+    }
+    text.to_string()
 }
 
-fn first_ndjson_error(path: &Path, schema: &SchemaRef) -> Option<String> {
+/// The first JSON error in a file, with its line. Arrays are checked with serde_json,
+/// which knows lines and columns; NDJSON with Arrow's reader.
+fn first_json_error(path: &Path, schema: Option<&SchemaRef>) -> Option<String> {
+    if starts_with_array(path) {
+        let text = std::fs::read_to_string(path).ok()?;
+        return serde_json::from_str::<serde_json::Value>(&text)
+            .err()
+            .map(|e| e.to_string());
+    }
+    let schema = schema.cloned().or_else(|| {
+        let mut lines = std::io::BufReader::new(File::open(path).ok()?);
+        infer_json_schema(&mut lines, None)
+            .map(|(s, _)| Arc::new(s))
+            .ok()
+    })?;
     let file = std::io::BufReader::new(File::open(path).ok()?);
-    let reader = JsonReaderBuilder::new(schema.clone()).build(file).ok()?;
+    let reader = JsonReaderBuilder::new(schema).build(file).ok()?;
     for batch in reader {
         if let Err(e) = batch {
             return Some(e.to_string());
@@ -326,10 +425,30 @@ mod tests {
     #[test]
     fn ragged_row_message_counts_file_lines() {
         let msg = csv_message(
-            "Csv error: incorrect number of fields for line 1, expected 9 got 8",
+            "Csv error: incorrect number of fields for line 3, expected 9 got 8",
+            None,
             true,
         );
         assert_eq!(msg, "line 3: expected 9 fields, found 8");
+        let msg = csv_message(
+            "Csv error: Encountered unequal lengths between records on CSV file. Expected 3 records, found 2 records at line 52",
+            None,
+            true,
+        );
+        assert_eq!(msg, "line 52: expected 3 fields, found 2");
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Int64, true),
+        ]));
+        let msg = csv_message(
+            "Parser error: Error while parsing value 'x' as type 'Int64' for column 1 at line 2. Row data: '[3,x]'",
+            Some(&schema),
+            true,
+        );
+        assert_eq!(
+            msg,
+            "line 3, column `b`: cannot read 'x' as Int64; fix the value, or declare the column's type under `columns:`"
+        );
     }
 
     #[test]
