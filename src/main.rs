@@ -181,6 +181,14 @@ fn print_report(report: &kpiforge::RunReport) {
             series.values.len()
         );
     }
+    for s in &report.shared {
+        out!(
+            "  shared {:<28} {:>10} rows  computed once, read {} times",
+            s.table,
+            s.rows,
+            s.users
+        );
+    }
     out!("results: {}", report.output.display());
 }
 

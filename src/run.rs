@@ -9,7 +9,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::config::Pipeline;
 use crate::error::Error;
-use crate::kpi::{self, KpiSeries, PlannedKpi};
+use crate::kpi::{self, Computed, KpiSeries, PlannedKpi, SharedPlan};
 use crate::publish::{self, RunRecord, RunStatus};
 use crate::source::{self, Mode, SourceTable};
 
@@ -29,6 +29,8 @@ pub struct RunReport {
     pub output: PathBuf,
     pub sources: Vec<SourceTable>,
     pub series: Vec<KpiSeries>,
+    /// Sub-plans that several KPIs shared, each computed once.
+    pub shared: Vec<SharedPlan>,
     pub elapsed: Duration,
 }
 
@@ -78,9 +80,16 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
         sources = source::register_all(&ctx, pipeline, Mode::Load).await?;
         kpi::views::register_all(&ctx, pipeline, Mode::Load).await?;
         let planned = kpi::plan_all(&ctx, pipeline, as_of).await?;
-        let series = kpi::compute(&ctx, planned, as_of).await?;
-        publish::write_kpi_values(&output, pipeline, &run_id, as_of, started_at, &series)?;
-        Ok::<_, Error>(series)
+        let computed = kpi::compute(&ctx, planned, as_of).await?;
+        publish::write_kpi_values(
+            &output,
+            pipeline,
+            &run_id,
+            as_of,
+            started_at,
+            &computed.series,
+        )?;
+        Ok::<_, Error>(computed)
     }
     .await;
 
@@ -96,17 +105,20 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
             RunStatus::Failed
         },
         rows_read: sources.iter().map(|s| (s.name.clone(), s.rows)).collect(),
-        kpis_published: result.as_ref().map_or(0, |s| s.len()),
+        kpis_published: result.as_ref().map_or(0, |c| c.series.len()),
         values_published: result
             .as_ref()
-            .map_or(0, |s| s.iter().map(|k| k.values.len()).sum()),
+            .map_or(0, |c| c.series.iter().map(|k| k.values.len()).sum()),
         error: result
             .as_ref()
             .err()
             .map(|e| crate::config::env::redact(&e.to_string())),
     };
     let recorded = publish::write_run_record(&output, &record);
-    let series = result?;
+    if let Err(e) = &recorded {
+        tracing::error!(error = %e, "the run could not be recorded in the runs dataset");
+    }
+    let Computed { series, shared } = result?;
     recorded?;
     tracing::info!(pipeline = %pipeline.name, %run_id, ms = started.elapsed().as_millis() as u64, "run succeeded");
     Ok(RunReport {
@@ -115,6 +127,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
         output,
         sources,
         series,
+        shared,
         elapsed: started.elapsed(),
     })
 }

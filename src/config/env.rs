@@ -13,7 +13,8 @@ static SUBSTITUTED: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
 pub fn interpolate(text: &str, path: &str) -> Result<String, Problem> {
     interpolate_with(text, path, |name| {
         let value = std::env::var(name).ok()?;
-        if !value.is_empty()
+        // Values this short are not secrets, and replacing them would garble text.
+        if value.len() >= 3
             && let Ok(mut seen) = SUBSTITUTED.lock()
             && !seen.iter().any(|(_, v)| *v == value)
         {
@@ -34,8 +35,12 @@ pub fn redact(text: &str) -> String {
     };
     let mut out = text.to_string();
     for (name, value) in seen.iter() {
-        if out.contains(value.as_str()) {
-            out = out.replace(value.as_str(), &format!("${{{name}}}"));
+        // As written, and as a JSON log line escapes it.
+        let escaped = serde_json::to_string(value).unwrap_or_default();
+        for form in [value.as_str(), escaped.trim_matches('"')] {
+            if out.contains(form) {
+                out = out.replace(form, &format!("${{{name}}}"));
+            }
         }
     }
     out

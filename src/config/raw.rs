@@ -65,7 +65,7 @@ pub struct CsvOptions {
     pub quote: Option<char>,
     #[serde(default)]
     pub escape: Option<char>,
-    /// Strings read as NULL; the empty field is NULL unless this list is given.
+    /// Strings read as NULL, besides the empty field, which always is.
     #[serde(default)]
     pub null_values: Option<Vec<String>>,
 }

@@ -5,6 +5,7 @@
 mod compare;
 pub mod contract;
 pub mod period;
+mod share;
 pub mod views;
 
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use datafusion::prelude::SessionContext;
 use futures::future::try_join_all;
 
 pub use contract::{KpiRow, Measure};
+pub use share::SharedPlan;
 
 use crate::config::{Kpi, Pipeline};
 
@@ -89,6 +91,13 @@ pub struct KpiSeries {
     pub values: Vec<KpiValue>,
 }
 
+/// The KPIs' results, and the sub-plans they shared.
+#[derive(Debug, Clone)]
+pub struct Computed {
+    pub series: Vec<KpiSeries>,
+    pub shared: Vec<SharedPlan>,
+}
+
 /// One KPI value for one period and segment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KpiValue {
@@ -144,6 +153,7 @@ async fn plan(ctx: &SessionContext, kpi: &Kpi, as_of: NaiveDate) -> Result<Plann
             ScalarValue::Date32(Some(epoch_days(as_of))),
         )])
         .map_err(sql_error)?;
+    tracing::debug!(kpi = %kpi.id, plan = %plan.display_indent(), "KPI planned");
     let measure =
         contract::check(kpi, plan.schema().as_arrow()).map_err(|message| KpiError::Contract {
             kpi: kpi.id.clone(),
@@ -168,7 +178,8 @@ pub async fn compute(
     ctx: &SessionContext,
     planned: Vec<PlannedKpi>,
     as_of: NaiveDate,
-) -> Result<Vec<KpiSeries>, KpiError> {
+) -> Result<Computed, KpiError> {
+    let (planned, shared) = share_work(ctx, planned).await;
     let tasks = planned.into_iter().map(|p| {
         let ctx = ctx.clone();
         tokio::spawn(async move {
@@ -184,7 +195,34 @@ pub async fn compute(
     let joined = try_join_all(tasks)
         .await
         .map_err(|e| KpiError::Internal(e.to_string()))?;
-    joined.into_iter().collect()
+    let series = joined.into_iter().collect::<Result<_, _>>()?;
+    Ok(Computed { series, shared })
+}
+
+/// Rewrites the KPIs' plans so that joins they share are computed once
+/// (`share.rs`). Sharing only saves work: if it fails, the KPIs run as planned.
+async fn share_work(
+    ctx: &SessionContext,
+    planned: Vec<PlannedKpi>,
+) -> (Vec<PlannedKpi>, Vec<SharedPlan>) {
+    if planned.len() < 2 {
+        return (planned, Vec::new());
+    }
+    let plans = planned.iter().map(|p| p.plan.clone()).collect();
+    match share::share_joins(ctx, plans).await {
+        Ok((plans, shared)) => {
+            let planned = planned
+                .into_iter()
+                .zip(plans)
+                .map(|(p, plan)| PlannedKpi { plan, ..p })
+                .collect();
+            (planned, shared)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not share work between KPIs; running each on its own");
+            (planned, Vec::new())
+        }
+    }
 }
 
 /// Checks periods against the grain, drops periods after `as_of`, sorts, and adds comparisons.

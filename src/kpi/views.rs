@@ -59,7 +59,8 @@ fn dependency_order<'a>(
     ctx: &SessionContext,
     views: &'a [View],
 ) -> Result<Vec<&'a View>, KpiError> {
-    let names: HashSet<&str> = views.iter().map(|v| v.name.as_str()).collect();
+    // SQL resolves unquoted names in lower case.
+    let names: HashSet<String> = views.iter().map(|v| v.name.to_lowercase()).collect();
     let mut reads: HashMap<&str, Vec<String>> = HashMap::new();
     for view in views {
         let refs = super::tables_read(ctx, &view.sql).map_err(|source| KpiError::View {
@@ -75,29 +76,25 @@ fn dependency_order<'a>(
         );
     }
     let mut ordered: Vec<&View> = Vec::new();
-    let mut done: HashSet<&str> = HashSet::new();
+    let mut done: HashSet<String> = HashSet::new();
     while ordered.len() < views.len() {
         let ready: Vec<&View> = views
             .iter()
-            .filter(|v| !done.contains(v.name.as_str()))
-            .filter(|v| {
-                reads[v.name.as_str()]
-                    .iter()
-                    .all(|r| done.contains(r.as_str()))
-            })
+            .filter(|v| !done.contains(&v.name.to_lowercase()))
+            .filter(|v| reads[v.name.as_str()].iter().all(|r| done.contains(r)))
             .collect();
         if ready.is_empty() {
             let stuck: Vec<&str> = views
                 .iter()
                 .map(|v| v.name.as_str())
-                .filter(|n| !done.contains(n))
+                .filter(|n| !done.contains(&n.to_lowercase()))
                 .collect();
             return Err(KpiError::ViewCycle {
                 views: stuck.join(", "),
             });
         }
         for v in ready {
-            done.insert(&v.name);
+            done.insert(v.name.to_lowercase());
             ordered.push(v);
         }
     }

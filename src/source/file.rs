@@ -214,10 +214,14 @@ fn null_markers_to_null(schema: &Schema, markers: &[String]) -> Vec<Expr> {
         .collect()
 }
 
-/// A regex matching exactly the configured null markers.
+/// A regex matching exactly the configured null markers, and the empty field,
+/// which is always NULL.
 fn null_regex(csv: &CsvOptions) -> Option<String> {
     let values = csv.null_values.as_ref()?;
-    let alternatives: Vec<String> = values.iter().map(|v| regex_escape(v)).collect();
+    let mut alternatives: Vec<String> = values.iter().map(|v| regex_escape(v)).collect();
+    if !values.iter().any(String::is_empty) {
+        alternatives.push(String::new());
+    }
     Some(format!("^(?:{})$", alternatives.join("|")))
 }
 
@@ -458,8 +462,8 @@ mod tests {
             delimiter: None,
             quote: None,
             escape: None,
-            null_values: Some(vec!["".into(), "N/A".into()]),
+            null_values: Some(vec!["N/A".into()]),
         };
-        assert_eq!(null_regex(&csv).as_deref(), Some("^(?:|N/A)$"));
+        assert_eq!(null_regex(&csv).as_deref(), Some("^(?:N/A|)$"));
     }
 }

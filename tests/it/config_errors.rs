@@ -185,7 +185,7 @@ fn duplicate_key_points_at_the_duplicate() {
 fn over_indented_key_explains_indentation() {
     rejects(
         |s| s.replace("    grain: month\n", "      grain: month\n"),
-        &["p.yaml", "hint:"],
+        &["p.yaml:14:", "hint: check this line's indentation"],
     );
 }
 

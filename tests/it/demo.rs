@@ -113,11 +113,15 @@ fn demo_values_match_independent_computation() {
     ] {
         assert!(values.keys().any(|(k, _, _)| k == kpi), "{kpi} missing");
     }
-    assert!(values.contains_key(&(
-        "active_customers".into(),
-        "2026-10-01".into(),
-        Some("segment=business".into())
-    )));
+    // The segmented KPI against a count made here from the CSV files.
+    for (segment, count) in active_customers_october_2026() {
+        let key = (
+            "active_customers".to_string(),
+            "2026-10-01".to_string(),
+            Some(format!("segment={segment}")),
+        );
+        assert_eq!(values[&key].0, Some(count as f64), "{key:?}");
+    }
     assert!(
         values.contains_key(&("staff_retention".into(), "2026-07-01".into(), None)),
         "quarterly KPI keyed by quarter start"
@@ -154,4 +158,32 @@ fn init_scaffolds_a_project_that_runs() {
     // Refuses to overwrite a project.
     let again = kpiforge(dir.path(), &["init", "scorecard"]);
     super::util::assert_fails(&again, 2, &["already exists and is not empty"]);
+}
+
+/// Distinct customers with an order in October 2026, per segment, counted from the
+/// CSV files directly (their fields hold no commas or quotes).
+fn active_customers_october_2026() -> HashMap<String, usize> {
+    let read =
+        |name: &str| std::fs::read_to_string(repo().join("fixtures/retail").join(name)).unwrap();
+    let customers = read("customers.csv");
+    let segment_of: HashMap<&str, &str> = customers
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0], f[1])
+        })
+        .collect();
+    let orders = read("orders.csv");
+    let mut seen: HashMap<String, std::collections::HashSet<&str>> = HashMap::new();
+    for line in orders.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f[2].starts_with("2026-10-") {
+            seen.entry(segment_of[f[1]].to_string())
+                .or_default()
+                .insert(f[1]);
+        }
+    }
+    assert_eq!(seen.len(), 2, "both segments ordered");
+    seen.into_iter().map(|(s, c)| (s, c.len())).collect()
 }

@@ -1,9 +1,7 @@
 //! File sources: CSV options, declared types, JSON, NDJSON, Parquet, globs, and
 //! malformed input named by file and line.
 
-use super::util::{assert_fails, kpiforge, project, read_parquet, stderr};
-use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::datatypes::Float64Type;
+use super::util::{assert_fails, kpiforge, project, published_values, stderr};
 
 const KPI_SQL: &str = "SELECT CAST(date_trunc('month', d) AS DATE) AS period, CAST(sum(amount) AS DOUBLE) AS value FROM t GROUP BY CAST(date_trunc('month', d) AS DATE) ORDER BY 1";
 
@@ -14,7 +12,11 @@ fn pipeline(source: &str) -> String {
 }
 
 /// Runs the one-KPI pipeline and returns the published monthly values.
-fn run(files: &[(&str, &str)], source: &str, sql: &str) -> Result<Vec<f64>, std::process::Output> {
+fn run(
+    files: &[(&str, &str)],
+    source: &str,
+    sql: &str,
+) -> Result<Vec<Option<f64>>, std::process::Output> {
     let yaml = pipeline(source);
     let mut all = vec![("pipelines/p.yaml", yaml.as_str()), ("sql/k.sql", sql)];
     all.extend_from_slice(files);
@@ -26,29 +28,43 @@ fn run(files: &[(&str, &str)], source: &str, sql: &str) -> Result<Vec<f64>, std:
     if !out.status.success() {
         return Err(out);
     }
-    let batches: Vec<RecordBatch> = read_parquet(
-        &dir.path()
-            .join("out/kpi_values/pipeline=p/as_of=2026-12-31/part-0.parquet"),
-    );
-    Ok(batches
-        .iter()
-        .flat_map(|b| b.column(9).as_primitive::<Float64Type>().values().to_vec())
-        .collect())
+    Ok(published_values(&dir.path().join(
+        "out/kpi_values/pipeline=p/as_of=2026-12-31/part-0.parquet",
+    )))
 }
 
 #[test]
 fn csv_with_options_and_null_markers() {
-    let csv = "d;amount;note\n2026-01-03;1,5;x\n2026-01-09;NA;'a;b'\n2026-02-01;2;-\n";
-    // Decimal commas are not a CSV feature: declare amount as text and convert in SQL.
-    let source = "    file: data/t.csv\n    csv: {delimiter: ';', quote: \"'\", null_values: ['NA', '-']}\n    columns: {d: date, amount: varchar}";
-    let sql = "SELECT CAST(date_trunc('month', d) AS DATE) AS period, CAST(sum(CAST(replace(amount, ',', '.') AS DOUBLE)) AS DOUBLE) AS value, count(note) AS n FROM t GROUP BY CAST(date_trunc('month', d) AS DATE)";
-    // An extra column is a contract error: assert it first, then run the fixed SQL.
-    let err = run(&[("data/t.csv", csv)], source, sql).unwrap_err();
-    assert_fails(&err, 2, &["column `n` is not part of the KPI contract"]);
-    let sql = sql.replace(", count(note) AS n", "");
+    // `;` delimiter, `'` quotes (around a field holding the delimiter), two null markers
+    // (`NA` and `-`) on a text and a numeric column, and an empty numeric field.
+    let csv = "d;amount;qty;note\n2026-01-03;1,5;2;x\n2026-01-09;NA;-;'a;b'\n2026-02-01;2;;-\n2026-02-02;3;4;y\n";
+    let source = "    file: data/t.csv\n    csv: {delimiter: ';', quote: \"'\", null_values: ['NA', '-']}\n    columns: {d: date, amount: varchar, qty: int}";
+    // Decimal commas are not a CSV feature: `amount` is text, converted in SQL.
+    // value = sum(amount) + 100 * count(qty) + 1000 * count(note)
+    let sql = "SELECT CAST(date_trunc('month', d) AS DATE) AS period, \
+               CAST(sum(CAST(replace(amount, ',', '.') AS DOUBLE)) + 100 * count(qty) + 1000 * count(note) AS DOUBLE) AS value \
+               FROM t GROUP BY CAST(date_trunc('month', d) AS DATE) ORDER BY 1";
+    // January: 1.5 + 100 * 1 + 1000 * 2; February: 5 + 100 * 1 + 1000 * 1.
     assert_eq!(
-        run(&[("data/t.csv", csv)], source, &sql).unwrap(),
-        vec![1.5, 2.0]
+        run(&[("data/t.csv", csv)], source, sql).unwrap(),
+        vec![Some(2101.5), Some(1105.0)]
+    );
+}
+
+#[test]
+fn extra_result_column_is_a_contract_error() {
+    let csv = "d,amount\n2026-01-03,1\n";
+    let sql = "SELECT CAST(date_trunc('month', d) AS DATE) AS period, CAST(sum(amount) AS DOUBLE) AS value, count(*) AS n FROM t GROUP BY 1";
+    let err = run(
+        &[("data/t.csv", csv)],
+        "    file: data/t.csv\n    columns: {d: date}",
+        sql,
+    )
+    .unwrap_err();
+    assert_fails(
+        &err,
+        2,
+        &["KPI `total`", "column `n` is not part of the KPI contract"],
     );
 }
 
@@ -59,7 +75,7 @@ fn csv_declared_types_override_inference() {
     let source = "    file: data/t.csv\n    columns: {d: date, amount: \"decimal(10,2)\"}";
     assert_eq!(
         run(&[("data/t.csv", csv)], source, KPI_SQL).unwrap(),
-        vec![3.5]
+        vec![Some(3.5)]
     );
 }
 
@@ -70,7 +86,7 @@ fn csv_without_header() {
     let sql = "SELECT CAST(date_trunc('month', CAST(column_1 AS DATE)) AS DATE) AS period, CAST(sum(column_2) AS DOUBLE) AS value FROM t GROUP BY 1 ORDER BY 1";
     assert_eq!(
         run(&[("data/t.csv", csv)], source, sql).unwrap(),
-        vec![4.0, 6.0]
+        vec![Some(4.0), Some(6.0)]
     );
 }
 
@@ -83,7 +99,7 @@ fn glob_reads_every_matching_file() {
     ];
     assert_eq!(
         run(&files, "    file: data/*.csv", KPI_SQL).unwrap(),
-        vec![3.0]
+        vec![Some(3.0)]
     );
 }
 
@@ -93,14 +109,14 @@ fn json_array_and_ndjson() {
     let source = "    file: data/t.json\n    columns: {d: date}";
     assert_eq!(
         run(&[("data/t.json", array)], source, KPI_SQL).unwrap(),
-        vec![1.5, 2.0]
+        vec![Some(1.5), Some(2.0)]
     );
     let lines =
         "{\"d\": \"2026-01-03\", \"amount\": 1.5}\n{\"d\": \"2026-01-05\", \"amount\": null}\n";
     let source = "    file: data/t.ndjson\n    columns: {d: date}";
     assert_eq!(
         run(&[("data/t.ndjson", lines)], source, KPI_SQL).unwrap(),
-        vec![1.5]
+        vec![Some(1.5)]
     );
 }
 
@@ -132,15 +148,11 @@ fn parquet_is_scanned_in_place() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(super::util::stdout(&out).contains("parquet"));
-    let batches = read_parquet(
+    let values = published_values(
         &dir.path()
             .join("out2/kpi_values/pipeline=q/as_of=2026-12-31/part-0.parquet"),
     );
-    let values: Vec<f64> = batches
-        .iter()
-        .flat_map(|b| b.column(9).as_primitive::<Float64Type>().values().to_vec())
-        .collect();
-    assert_eq!(values, vec![10.0, 20.0]);
+    assert_eq!(values, vec![Some(10.0), Some(20.0)]);
 }
 
 #[test]
@@ -269,14 +281,10 @@ fn as_of_parameter_and_future_periods() {
         &["run", "pipelines/p.yaml", "--as-of", "2026-02-01"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let batches = read_parquet(
+    let values = published_values(
         &dir.path()
             .join("out/kpi_values/pipeline=p/as_of=2026-02-01/part-0.parquet"),
     );
-    let values: Vec<f64> = batches
-        .iter()
-        .flat_map(|b| b.column(9).as_primitive::<Float64Type>().values().to_vec())
-        .collect();
     // January in full; February holds only rows up to the as-of date (none); March is in the future.
-    assert_eq!(values, vec![1.0]);
+    assert_eq!(values, vec![Some(1.0)]);
 }

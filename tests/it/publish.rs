@@ -4,7 +4,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::util::{assert_fails, have_pyarrow, kpiforge, project, repo, stderr};
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::Int64Type;
+
+use super::util::{
+    assert_fails, have_pyarrow, kpiforge, project, published_values, read_parquet, repo, stderr,
+};
 
 const SQL: &str = "SELECT CAST(date_trunc('month', d) AS DATE) AS period, CAST(sum(amount) AS DOUBLE) AS value FROM t GROUP BY CAST(date_trunc('month', d) AS DATE)";
 const YAML: &str = "name: p\noutput: out\nsources:\n  t:\n    file: data/t.csv\n    columns: {d: date}\nkpis:\n  - id: total\n    sql: sql/k.sql\n    grain: month\n";
@@ -59,8 +64,42 @@ fn failed_run_leaves_previous_results_unchanged_and_is_recorded() {
     // ...and the previous values are byte for byte what they were.
     assert_eq!(snapshot(&values), before);
     // The runs dataset holds both runs, the failure with its error.
-    let runs = snapshot(&dir.path().join("out/runs/pipeline=p/as_of=2026-02-01"));
-    assert_eq!(runs.len(), 2, "{:?}", runs.keys());
+    let runs_dir = dir.path().join("out/runs/pipeline=p/as_of=2026-02-01");
+    let mut records: Vec<(String, Option<String>, i64)> = Vec::new();
+    for name in snapshot(&runs_dir).keys() {
+        for b in read_parquet(&runs_dir.join(name)) {
+            let text = |c: &str| {
+                b.column(b.schema().index_of(c).unwrap())
+                    .as_string::<i32>()
+                    .clone()
+            };
+            let (status, error) = (text("status"), text("error"));
+            let values = b
+                .column(b.schema().index_of("values_published").unwrap())
+                .as_primitive::<Int64Type>()
+                .value(0);
+            records.push((
+                status.value(0).to_string(),
+                error.is_valid(0).then(|| error.value(0).to_string()),
+                values,
+            ));
+        }
+    }
+    records.sort();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!((records[0].0.as_str(), records[0].2), ("failed", 0));
+    assert!(
+        records[0]
+            .1
+            .as_deref()
+            .unwrap()
+            .contains("line 3: expected 2 fields, found 1"),
+        "{records:?}"
+    );
+    assert_eq!(
+        (records[1].0.as_str(), records[1].1.as_deref(), records[1].2),
+        ("succeeded", None, 1)
+    );
 }
 
 #[test]
@@ -98,6 +137,12 @@ fn rerun_replaces_exactly_its_own_partition() {
         ]
     );
     assert_eq!(snapshot(&values.join("pipeline=p/as_of=2026-02-01")), other);
+    // The rerun's own partition holds the new value.
+    let value = |date: &str| {
+        published_values(&values.join(format!("pipeline=p/as_of={date}/part-0.parquet")))
+    };
+    assert_eq!(value("2026-03-01"), vec![Some(5.0)]);
+    assert_eq!(value("2026-02-01"), vec![Some(1.0)]);
 }
 
 /// Reads every dataset of a demo run with pyarrow as Hive-partitioned tables and
@@ -132,6 +177,9 @@ for name in ["kpi_values", "runs"]:
 t = ds.dataset(f"{root}/kpi_values", format="parquet", partitioning="hive").to_table().to_pylist()
 rev = [r for r in t if r["kpi_id"] == "monthly_revenue" and str(r["period_start"]) == "2025-12-01"]
 out["revenue_dec_2025"] = rev[0]["value"]
+runs = ds.dataset(f"{root}/runs", format="parquet", partitioning="hive").to_table().to_pylist()
+out["run_status"] = runs[0]["status"]
+out["rows_read_orders"] = [r["rows"] for r in runs[0]["rows_read"] if r["source"] == "orders"][0]
 out["types"] = {f.name: str(f.type) for f in ds.dataset(f"{root}/kpi_values", format="parquet", partitioning="hive").schema}
 print(json.dumps(out))
 "#;
@@ -188,6 +236,29 @@ print(json.dumps(out))
     assert_eq!(got["types"]["period_start"], "date32[day]");
     assert_eq!(got["types"]["computed_at"], "timestamp[us, tz=UTC]");
     assert_eq!(got["runs"]["rows"], 1);
+    let run_columns: Vec<&str> = got["runs"]["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    for c in [
+        "run_id",
+        "started_at",
+        "finished_at",
+        "status",
+        "rows_read",
+        "kpis_published",
+        "values_published",
+        "error",
+        "kpiforge_version",
+        "pipeline",
+        "as_of",
+    ] {
+        assert!(run_columns.contains(&c), "runs lacks {c}: {run_columns:?}");
+    }
+    assert_eq!(got["run_status"], "succeeded");
+    assert_eq!(got["rows_read_orders"], 14000);
     let expected: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(repo().join("fixtures/retail/expected.json")).unwrap(),
     )

@@ -52,6 +52,21 @@ pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
         .collect()
 }
 
+/// The `value` column of a published `kpi_values` file, in order, NULLs kept.
+pub fn published_values(path: &Path) -> Vec<Option<f64>> {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::Float64Type;
+    let mut out = Vec::new();
+    for b in read_parquet(path) {
+        let column = b
+            .column(b.schema().index_of("value").unwrap())
+            .as_primitive::<Float64Type>()
+            .clone();
+        out.extend((0..column.len()).map(|i| column.is_valid(i).then(|| column.value(i))));
+    }
+    out
+}
+
 /// Asserts a command failed with `code` and its stderr contains every needle.
 #[track_caller]
 pub fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
