@@ -199,7 +199,7 @@ pub async fn compute(
     Ok(Computed { series, shared })
 }
 
-/// Rewrites the KPIs' plans so that joins they share are computed once
+/// Rewrites the KPIs' plans so that work they share is computed once
 /// (`share.rs`). Sharing only saves work: if it fails, the KPIs run as planned.
 async fn share_work(
     ctx: &SessionContext,
@@ -209,7 +209,7 @@ async fn share_work(
         return (planned, Vec::new());
     }
     let plans = planned.iter().map(|p| p.plan.clone()).collect();
-    match share::share_joins(ctx, plans).await {
+    match share::share(ctx, plans).await {
         Ok((plans, shared)) => {
             let planned = planned
                 .into_iter()

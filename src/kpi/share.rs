@@ -1,65 +1,166 @@
 //! Automatic reuse of identical sub-plans across KPIs.
 //!
-//! KPIs written independently often repeat the same expensive work: seven of the
-//! TPC-H workload's eleven KPIs join `lineitem` with `orders`, each keeping other
-//! columns. Before the KPIs run, their optimised plans are searched for joins that
-//! are the same apart from which columns they keep (the *same rows*: identical join
-//! keys, filters and inputs). Each such join, together with the projection right
-//! above it, is computed **once**, keeping the union of the columns and
-//! expressions its users need, and held in memory; each KPI then reads it instead
-//! of joining again. A join used once is left alone; only the outermost join of a
-//! join tree is considered; a sub-plan with a volatile function (`random()`) is
-//! never shared. The shared result is held in memory for the run, like a view.
+//! KPIs written independently repeat the same expensive work: six of the TPC-H
+//! workload's eleven KPIs join `lineitem` with `orders` and group the result by
+//! order month, each computing other aggregates. Before the KPIs run, their
+//! optimised plans are searched for two kinds of shared work:
 //!
-//! Shared work that is not a join (or that a pipeline author wants to name) is
-//! declared as a view (`views:`), which is computed once as well.
+//! 1. **Aggregates over the same rows with the same grouping.** The chain of
+//!    projections and aliases under each aggregate is folded into its expressions,
+//!    down to the first node that changes rows (a join, a filter, a scan). Two
+//!    aggregates whose row sources are equal apart from the columns they keep, and
+//!    whose grouping expressions are equal, are computed as **one** aggregate with
+//!    the union of their aggregate expressions: one pass over the data, however
+//!    many KPIs read it. So the TPC-H join runs once, straight into one `GROUP BY`.
+//! 2. **Joins** that still appear more than once (for example under different
+//!    groupings) are computed once, with the projection right above them, keeping
+//!    the union of the columns and expressions their users need.
+//!
+//! Each shared result is held in memory for the run (like a view) and the users'
+//! plans are rewritten to read it. Work used once is left alone, as is anything
+//! with a volatile function (`random()`). Shared work that the plans do not show
+//! (or that an author wants to name) is declared as a view (`views:`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::catalog::TableProvider;
-use datafusion::common::internal_err;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, DFSchemaRef};
+use datafusion::common::{Column, DFSchemaRef, internal_err};
+use datafusion::datasource::empty::EmptyTable;
 use datafusion::datasource::{MemTable, provider_as_source};
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, TableScanBuilder};
 use datafusion::prelude::SessionContext;
 
-/// A shared sub-plan that was computed once for several KPIs.
+/// A shared sub-plan, computed once for several users.
 #[derive(Debug, Clone)]
 pub struct SharedPlan {
     /// Name of the in-memory table holding it.
     pub table: String,
-    /// How many places in the KPIs' plans read it (two or more).
+    /// `aggregate` or `join`.
+    pub kind: &'static str,
+    /// How many places in the plans read it (two or more).
     pub users: usize,
     pub rows: usize,
 }
 
-/// A join, possibly with the projection right above it: the unit that is shared.
+/// Work found in several plans: computed once into `table`.
+struct Pending {
+    table: String,
+    kind: &'static str,
+    plan: LogicalPlan,
+    users: usize,
+}
+
+/// What identifies a unit of shared work: its row source (scans widened to all
+/// columns) and, for an aggregate, its grouping expressions.
+type Key = (LogicalPlan, Vec<Expr>);
+
+/// A shared unit's table, the union of what its users need, and the table's
+/// source (a placeholder until it is computed).
+type SharedTable = (String, Vec<Expr>, Arc<dyn TableProvider>);
+
+/// A shareable node, normalised: `key` identifies the work, `exprs` are what
+/// this use needs of it, `schema` is what the use must still output.
 struct Unit {
-    /// The join with every table scan reading all columns: equal keys, equal rows.
-    key: LogicalPlan,
-    /// The unit's output expressions, in order, without aliases.
+    key: Key,
     exprs: Vec<Expr>,
     schema: DFSchemaRef,
 }
 
-/// Optimises `plans`, computes each join that two or more of them share once, and
+/// Optimises `plans`, computes the work that several of them share once, and
 /// returns the plans rewritten to read the shared results.
-pub async fn share_joins(
+pub async fn share(
     ctx: &SessionContext,
     plans: Vec<LogicalPlan>,
 ) -> Result<(Vec<LogicalPlan>, Vec<SharedPlan>), DataFusionError> {
+    // Analyse plans with `count(DISTINCT x)` left as it is: the rule that rewrites
+    // it into a two-level GROUP BY would give each such KPI a grouping of its own.
     let state = ctx.state();
-    let plans: Vec<LogicalPlan> = plans
+    let rules = state
+        .optimizers()
         .iter()
-        .map(|p| state.optimize(p))
+        .filter(|r| r.name() != "single_distinct_aggregation_to_group_by")
+        .cloned()
+        .collect();
+    let analysis = SessionStateBuilder::new_from_existing(state)
+        .with_optimizer_rules(rules)
+        .build();
+    let mut plans: Vec<LogicalPlan> = plans
+        .iter()
+        .map(|p| analysis.optimize(p))
         .collect::<Result<_, _>>()?;
 
-    // Find the units and count their uses by key.
-    let mut uses: HashMap<LogicalPlan, Vec<Vec<Expr>>> = HashMap::new();
-    for plan in &plans {
+    let mut pending: Vec<Pending> = Vec::new();
+    for kind in ["aggregate", "join"] {
+        // Shared work found so far may itself contain work to share.
+        let mut all: Vec<LogicalPlan> = plans
+            .iter()
+            .chain(pending.iter().map(|p| &p.plan))
+            .cloned()
+            .collect();
+        let found = share_units(kind, &mut all, pending.len())?;
+        let kpis = plans.len();
+        for (p, plan) in pending.iter_mut().zip(all.drain(kpis..)) {
+            p.plan = plan;
+        }
+        plans = all;
+        pending.extend(found);
+    }
+
+    // Compute each shared table once its own inputs are computed, and point every
+    // plan at the result.
+    let mut report = Vec::new();
+    while !pending.is_empty() {
+        let ready = pending
+            .iter()
+            .position(|p| !reads_any(&p.plan, &pending))
+            .unwrap_or(0);
+        let p = pending.remove(ready);
+        let frame = ctx.execute_logical_plan(p.plan).await?;
+        let schema = Arc::new(frame.schema().as_arrow().clone());
+        let partitions = frame.collect_partitioned().await?;
+        let rows = partitions.iter().flatten().map(|b| b.num_rows()).sum();
+        let table: Arc<dyn TableProvider> = Arc::new(MemTable::try_new(schema, partitions)?);
+        for plan in plans
+            .iter_mut()
+            .chain(pending.iter_mut().map(|p| &mut p.plan))
+        {
+            *plan = swap_source(plan.clone(), &p.table, &table)?;
+        }
+        tracing::info!(table = %p.table, kind = p.kind, users = p.users, rows, "shared work computed once");
+        report.push(SharedPlan {
+            table: p.table,
+            kind: p.kind,
+            users: p.users,
+            rows,
+        });
+    }
+    for (i, plan) in plans.iter().enumerate() {
+        tracing::debug!(plan = i, rewritten = %plan.display_indent(), "KPI plan after sharing");
+    }
+    Ok((plans, report))
+}
+
+/// Finds the units of `kind` used more than once in `plans`, rewrites their uses
+/// to read a shared table (a placeholder until it is computed) and returns the
+/// work to compute.
+fn share_units(
+    kind: &'static str,
+    plans: &mut [LogicalPlan],
+    numbered_from: usize,
+) -> Result<Vec<Pending>, DataFusionError> {
+    let unit = |node: &LogicalPlan| {
+        if kind == "aggregate" {
+            aggregate_unit(node)
+        } else {
+            join_unit(node)
+        }
+    };
+    let mut uses: HashMap<Key, Vec<Vec<Expr>>> = HashMap::new();
+    for plan in plans.iter() {
         plan.apply(|node| {
             Ok(match unit(node)? {
                 Some(u) => {
@@ -71,10 +172,8 @@ pub async fn share_joins(
         })?;
     }
 
-    // Compute each shared unit once, with the union of what its users need.
-    let mut shared: HashMap<LogicalPlan, (String, Arc<dyn TableProvider>, Vec<Expr>)> =
-        HashMap::new();
-    let mut report = Vec::new();
+    let mut shared: HashMap<Key, SharedTable> = HashMap::new();
+    let mut found = Vec::new();
     for (key, users) in uses.into_iter().filter(|(_, u)| u.len() > 1) {
         let mut union: Vec<Expr> = Vec::new();
         for e in users.iter().flatten() {
@@ -82,69 +181,182 @@ pub async fn share_joins(
                 union.push(e.clone());
             }
         }
-        let table = format!("__kpiforge_shared_{}", report.len());
-        let projection = union
-            .iter()
-            .enumerate()
-            .map(|(i, e)| e.clone().alias(format!("c{i}")));
-        let plan = LogicalPlanBuilder::from(key.clone())
-            .project(projection)?
-            .build()?;
-        let frame = ctx.execute_logical_plan(plan).await?;
-        let schema = Arc::new(frame.schema().as_arrow().clone());
-        let partitions = frame.collect_partitioned().await?;
-        let rows = partitions.iter().flatten().map(|b| b.num_rows()).sum();
-        let provider: Arc<dyn TableProvider> = Arc::new(MemTable::try_new(schema, partitions)?);
-        ctx.register_table(table.as_str(), provider.clone())?;
-        tracing::info!(table = %table, users = users.len(), rows, "shared sub-plan computed once");
-        report.push(SharedPlan {
+        let table = format!("__kpiforge_shared_{}", numbered_from + found.len());
+        let (base, groups) = &key;
+        let named = |prefix: &str, exprs: &[Expr]| -> Vec<Expr> {
+            exprs
+                .iter()
+                .enumerate()
+                .map(|(i, e)| e.clone().alias(format!("{prefix}{i}")))
+                .collect()
+        };
+        let plan = if kind == "aggregate" {
+            LogicalPlanBuilder::from(base.clone())
+                .aggregate(named("g", groups), named("c", &union))?
+                .build()?
+        } else {
+            LogicalPlanBuilder::from(base.clone())
+                .project(named("c", &union))?
+                .build()?
+        };
+        let placeholder: Arc<dyn TableProvider> =
+            Arc::new(EmptyTable::new(Arc::new(plan.schema().as_arrow().clone())));
+        found.push(Pending {
             table: table.clone(),
+            kind,
+            plan,
             users: users.len(),
-            rows,
         });
-        shared.insert(key, (table, provider, union));
+        shared.insert(key, (table, union, placeholder));
     }
     if shared.is_empty() {
-        return Ok((plans, report));
+        return Ok(found);
     }
 
-    // Point every use at its shared table.
-    let rewritten = plans
-        .into_iter()
-        .map(|plan| {
-            plan.transform_down(|node| {
+    for plan in plans.iter_mut() {
+        *plan = plan
+            .clone()
+            .transform_down(|node| {
                 let Some(u) = unit(&node)? else {
                     return Ok(Transformed::no(node));
                 };
-                let Some((table, provider, union)) = shared.get(&u.key) else {
+                let Some((table, union, source)) = shared.get(&u.key) else {
                     return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
                 };
-                let scan = LogicalPlanBuilder::scan(
-                    table.as_str(),
-                    provider_as_source(provider.clone()),
-                    None,
-                )?;
-                let mut columns = Vec::with_capacity(u.exprs.len());
-                for (e, (qualifier, field)) in u.exprs.iter().zip(u.schema.iter()) {
-                    let Some(i) = union.iter().position(|x| x == e) else {
-                        return internal_err!("shared sub-plan {table} lacks {e}");
+                // The use's output, field by field: grouping columns first (aggregates), then its expressions.
+                let groups = if kind == "aggregate" {
+                    u.key.1.len()
+                } else {
+                    0
+                };
+                let mut columns = Vec::with_capacity(u.schema.fields().len());
+                for (i, (qualifier, field)) in u.schema.iter().enumerate() {
+                    let name = if i < groups {
+                        format!("g{i}")
+                    } else {
+                        let Some(at) = union.iter().position(|x| *x == u.exprs[i - groups]) else {
+                            return internal_err!(
+                                "shared table {table} lacks {}",
+                                u.exprs[i - groups]
+                            );
+                        };
+                        format!("c{at}")
                     };
                     columns.push(
-                        Expr::Column(Column::new(Some(table.as_str()), format!("c{i}")))
+                        Expr::Column(Column::new(Some(table.as_str()), name))
                             .alias_qualified(qualifier.cloned(), field.name()),
                     );
                 }
-                let replacement = scan.project(columns)?.build()?;
-                Ok(Transformed::new(replacement, true, TreeNodeRecursion::Jump))
-            })
-            .map(|t| t.data)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((rewritten, report))
+                let scan = LogicalPlanBuilder::scan(
+                    table.as_str(),
+                    provider_as_source(source.clone()),
+                    None,
+                )?;
+                Ok(Transformed::new(
+                    scan.project(columns)?.build()?,
+                    true,
+                    TreeNodeRecursion::Jump,
+                ))
+            })?
+            .data;
+    }
+    Ok(found)
 }
 
-/// The shareable unit at `node`, if it is one: a join, or a projection over a join.
-fn unit(node: &LogicalPlan) -> Result<Option<Unit>, DataFusionError> {
+/// An aggregate, with the projections and aliases under it folded into its
+/// expressions, keyed by its row source and grouping.
+fn aggregate_unit(node: &LogicalPlan) -> Result<Option<Unit>, DataFusionError> {
+    let LogicalPlan::Aggregate(agg) = node else {
+        return Ok(None);
+    };
+    let groups = agg.group_expr.len();
+    // Grouping sets add an internal column; leave them alone.
+    if agg.schema.fields().len() != groups + agg.aggr_expr.len()
+        || agg
+            .group_expr
+            .iter()
+            .any(|e| matches!(e, Expr::GroupingSet(_)))
+    {
+        return Ok(None);
+    }
+    let (base, columns) = fold(&agg.input)?;
+    let inline = |e: &Expr| -> Result<Expr, DataFusionError> {
+        Ok(e.clone()
+            .unalias()
+            .transform(|e| match &e {
+                Expr::Column(c) => Ok(columns
+                    .get(c)
+                    .map_or(Transformed::no(e.clone()), |r| Transformed::yes(r.clone()))),
+                _ => Ok(Transformed::no(e)),
+            })?
+            .data)
+    };
+    let group_exprs = agg
+        .group_expr
+        .iter()
+        .map(inline)
+        .collect::<Result<Vec<_>, _>>()?;
+    let aggr_exprs = agg
+        .aggr_expr
+        .iter()
+        .map(inline)
+        .collect::<Result<Vec<_>, _>>()?;
+    if group_exprs.iter().chain(&aggr_exprs).any(Expr::is_volatile) || is_volatile(&base)? {
+        return Ok(None);
+    }
+    Ok(Some(Unit {
+        key: (scans_of_all_columns(&base)?, group_exprs),
+        exprs: aggr_exprs,
+        schema: agg.schema.clone(),
+    }))
+}
+
+/// The first node under `plan` that changes rows, and each column of `plan`'s
+/// output as an expression over that node's columns.
+fn fold(plan: &LogicalPlan) -> Result<(LogicalPlan, HashMap<Column, Expr>), DataFusionError> {
+    let outputs = |plan: &LogicalPlan| -> Vec<Column> { plan.schema().columns() };
+    match plan {
+        LogicalPlan::Projection(p) => {
+            let (base, inner) = fold(&p.input)?;
+            let mut map = HashMap::new();
+            for (column, expr) in outputs(plan).into_iter().zip(&p.expr) {
+                let folded = expr.clone().unalias().transform(|e| match &e {
+                    Expr::Column(c) => Ok(inner
+                        .get(c)
+                        .map_or(Transformed::no(e.clone()), |r| Transformed::yes(r.clone()))),
+                    _ => Ok(Transformed::no(e)),
+                })?;
+                map.insert(column, folded.data);
+            }
+            Ok((base, map))
+        }
+        LogicalPlan::SubqueryAlias(s) => {
+            let (base, inner) = fold(&s.input)?;
+            let map = outputs(plan)
+                .into_iter()
+                .zip(outputs(&s.input))
+                .map(|(outer, inner_column)| {
+                    let expr = inner
+                        .get(&inner_column)
+                        .cloned()
+                        .unwrap_or(Expr::Column(inner_column));
+                    (outer, expr)
+                })
+                .collect();
+            Ok((base, map))
+        }
+        other => {
+            let identity = outputs(other)
+                .into_iter()
+                .map(|c| (c.clone(), Expr::Column(c)))
+                .collect();
+            Ok((other.clone(), identity))
+        }
+    }
+}
+
+/// A join, possibly with the projection right above it.
+fn join_unit(node: &LogicalPlan) -> Result<Option<Unit>, DataFusionError> {
     let (join, exprs) = match node {
         LogicalPlan::Projection(p) if matches!(p.input.as_ref(), LogicalPlan::Join(_)) => (
             p.input.as_ref(),
@@ -164,7 +376,7 @@ fn unit(node: &LogicalPlan) -> Result<Option<Unit>, DataFusionError> {
         return Ok(None);
     }
     Ok(Some(Unit {
-        key: scans_of_all_columns(join)?,
+        key: (scans_of_all_columns(join)?, Vec::new()),
         exprs,
         schema: node.schema().clone(),
     }))
@@ -197,6 +409,34 @@ fn is_volatile(plan: &LogicalPlan) -> Result<bool, DataFusionError> {
     plan.exists(|node| Ok(node.expressions().iter().any(Expr::is_volatile)))
 }
 
+/// Whether `plan` reads any of the tables still to be computed.
+fn reads_any(plan: &LogicalPlan, pending: &[Pending]) -> bool {
+    plan.exists(|node| {
+        Ok(matches!(node, LogicalPlan::TableScan(s) if pending.iter().any(|p| s.table_name.table() == p.table)))
+    })
+    .unwrap_or(true)
+}
+
+/// `plan` with the scans of `table` reading `provider` instead of its placeholder.
+fn swap_source(
+    plan: LogicalPlan,
+    table: &str,
+    provider: &Arc<dyn TableProvider>,
+) -> Result<LogicalPlan, DataFusionError> {
+    plan.transform_up(|node| match node {
+        LogicalPlan::TableScan(scan) if scan.table_name.table() == table => {
+            let scan = TableScanBuilder::new(scan.table_name, provider_as_source(provider.clone()))
+                .with_projection(scan.projection)
+                .with_filters(scan.filters)
+                .with_fetch(scan.fetch)
+                .build()?;
+            Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+        }
+        other => Ok(Transformed::no(other)),
+    })
+    .map(|t| t.data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,25 +459,6 @@ mod tests {
         Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap())
     }
 
-    async fn context() -> SessionContext {
-        let ctx = SessionContext::new();
-        ctx.register_table(
-            "a",
-            table(&[
-                ("k", vec![1, 1, 2, 3]),
-                ("x", vec![10, 20, 30, 40]),
-                ("y", vec![1, 2, 3, 4]),
-            ]),
-        )
-        .unwrap();
-        ctx.register_table(
-            "b",
-            table(&[("k", vec![1, 2, 3]), ("d", vec![100, 100, 200])]),
-        )
-        .unwrap();
-        ctx
-    }
-
     async fn run(ctx: &SessionContext, plan: LogicalPlan) -> String {
         let batches = ctx
             .execute_logical_plan(plan)
@@ -250,13 +471,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_join_used_twice_is_computed_once_with_the_same_results() {
-        let ctx = context().await;
+    async fn shared_work_is_computed_once_with_the_same_results() {
+        let ctx = SessionContext::new();
+        ctx.register_table(
+            "a",
+            table(&[
+                ("k", vec![1, 1, 2, 3]),
+                ("x", vec![10, 20, 30, 40]),
+                ("y", vec![1, 2, 2, 4]),
+            ]),
+        )
+        .unwrap();
+        ctx.register_table(
+            "b",
+            table(&[("k", vec![1, 2, 3]), ("d", vec![100, 100, 200])]),
+        )
+        .unwrap();
         let sql = [
+            // Three aggregates over the same join and grouping: one shared aggregate.
             "SELECT b.d AS period, sum(a.x) AS value FROM a JOIN b ON a.k = b.k GROUP BY b.d ORDER BY 1",
             "SELECT t.d AS period, avg(t.y * 2) AS value FROM (SELECT b.d, a.y FROM a JOIN b ON a.k = b.k) t GROUP BY t.d ORDER BY 1",
-            // Same tables, other join condition: other rows, not shared.
+            "SELECT b.d AS period, count(DISTINCT a.y) AS value, sum(a.x) AS total FROM a JOIN b ON a.k = b.k GROUP BY b.d ORDER BY 1",
+            // The same join without grouping: with the shared aggregate, a shared join.
+            "SELECT b.d AS period, a.x AS value FROM a JOIN b ON a.k = b.k ORDER BY 2",
+            // Same tables, another join condition: other rows, not shared.
             "SELECT b.d AS period, count(*) AS value FROM a JOIN b ON a.k = b.k AND a.x > 15 GROUP BY b.d ORDER BY 1",
+            // A volatile function is never shared.
+            "SELECT b.d AS period, sum(a.x * random()) * 0 AS value FROM a JOIN b ON a.k = b.k GROUP BY b.d ORDER BY 1",
         ];
         let mut plans = Vec::new();
         let mut expected = Vec::new();
@@ -265,12 +506,24 @@ mod tests {
             expected.push(run(&ctx, plan.clone()).await);
             plans.push(plan);
         }
-        let (rewritten, shared) = share_joins(&ctx, plans).await.unwrap();
-        assert_eq!(shared.len(), 1, "{shared:?}");
-        assert_eq!((shared[0].users, shared[0].rows), (2, 4));
+        let (rewritten, shared) = share(&ctx, plans).await.unwrap();
+        let mut summary: Vec<(&str, usize, usize)> =
+            shared.iter().map(|s| (s.kind, s.users, s.rows)).collect();
+        summary.sort();
+        // The aggregate: 2 groups. The join: 4 rows, read by the shared aggregate,
+        // query 3 and query 5 (whose random() comes after the join, per row).
+        assert_eq!(
+            summary,
+            vec![("aggregate", 3, 2), ("join", 3, 4)],
+            "{shared:?}"
+        );
         for (i, plan) in rewritten.into_iter().enumerate() {
-            let reads_shared = format!("{}", plan.display_indent()).contains("__kpiforge_shared_0");
-            assert_eq!(reads_shared, i < 2, "plan {i}:\n{}", plan.display_indent());
+            let text = format!("{}", plan.display_indent());
+            assert_eq!(
+                text.contains("__kpiforge_shared_"),
+                i != 4,
+                "plan {i}:\n{text}"
+            );
             assert_eq!(run(&ctx, plan).await, expected[i], "query {i}");
         }
     }
