@@ -31,7 +31,9 @@ use datafusion::datasource::empty::EmptyTable;
 use datafusion::datasource::{MemTable, provider_as_source};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, TableScanBuilder};
+use datafusion::logical_expr::{
+    Expr, LogicalPlan, LogicalPlanBuilder, SubqueryAlias, TableScanBuilder,
+};
 use datafusion::prelude::SessionContext;
 
 /// A shared sub-plan, computed once for several users.
@@ -110,6 +112,39 @@ pub async fn share(
         pending.extend(found);
     }
 
+    // Count the reads of each shared table. One that nothing reads any more (its
+    // users were all inside other shared work) is dropped; one read once is put
+    // back in place of its read: there is nothing to share.
+    loop {
+        let reads = |table: &str| -> usize {
+            plans
+                .iter()
+                .chain(pending.iter().map(|p| &p.plan))
+                .map(|plan| scans_of(plan, table))
+                .sum()
+        };
+        let counts: Vec<usize> = pending.iter().map(|p| reads(&p.table)).collect();
+        for (p, n) in pending.iter_mut().zip(&counts) {
+            p.users = *n;
+        }
+        let Some(single) = pending.iter().position(|p| p.users < 2) else {
+            break;
+        };
+        let p = pending.remove(single);
+        if p.users == 1 {
+            let inlined = LogicalPlan::SubqueryAlias(SubqueryAlias::try_new(
+                Arc::new(p.plan),
+                p.table.as_str(),
+            )?);
+            for plan in plans
+                .iter_mut()
+                .chain(pending.iter_mut().map(|p| &mut p.plan))
+            {
+                *plan = replace_scan(plan.clone(), &p.table, &inlined)?;
+            }
+        }
+    }
+
     // Compute each shared table once its own inputs are computed, and point every
     // plan at the result.
     let mut report = Vec::new();
@@ -119,6 +154,7 @@ pub async fn share(
             .position(|p| !reads_any(&p.plan, &pending))
             .unwrap_or(0);
         let p = pending.remove(ready);
+        tracing::debug!(table = %p.table, plan = %p.plan.display_indent(), "computing shared work");
         let frame = ctx.execute_logical_plan(p.plan).await?;
         let schema = Arc::new(frame.schema().as_arrow().clone());
         let partitions = frame.collect_partitioned().await?;
@@ -144,45 +180,25 @@ pub async fn share(
     Ok((plans, report))
 }
 
-/// Finds the units of `kind` used more than once in `plans`, rewrites their uses
-/// to read a shared table (a placeholder until it is computed) and returns the
-/// work to compute.
+/// Finds the units of `kind` used more than once in `plans` (at any depth),
+/// rewrites their uses to read a shared table (a placeholder until it is
+/// computed) and returns the work to compute.
 fn share_units(
     kind: &'static str,
     plans: &mut [LogicalPlan],
     numbered_from: usize,
 ) -> Result<Vec<Pending>, DataFusionError> {
-    let unit = |node: &LogicalPlan| {
-        if kind == "aggregate" {
-            aggregate_unit(node)
-        } else {
-            join_unit(node)
-        }
-    };
     let mut uses: HashMap<Key, Vec<Vec<Expr>>> = HashMap::new();
     for plan in plans.iter() {
-        plan.apply(|node| {
-            Ok(match unit(node)? {
-                Some(u) => {
-                    uses.entry(u.key).or_default().push(u.exprs);
-                    TreeNodeRecursion::Jump
-                }
-                None => TreeNodeRecursion::Continue,
-            })
-        })?;
+        collect_units(kind, plan, &mut uses)?;
     }
 
-    let mut shared: HashMap<Key, SharedTable> = HashMap::new();
-    let mut found = Vec::new();
-    for (key, users) in uses.into_iter().filter(|(_, u)| u.len() > 1) {
-        let mut union: Vec<Expr> = Vec::new();
-        for e in users.iter().flatten() {
-            if !union.contains(e) {
-                union.push(e.clone());
-            }
-        }
-        let table = format!("__kpiforge_shared_{}", numbered_from + found.len());
-        let (base, groups) = &key;
+    // The work of each shared unit: its grouping (if any) and the union of what
+    // its users need, over its row source.
+    let work = |base: &LogicalPlan,
+                groups: &[Expr],
+                union: &[Expr]|
+     -> Result<LogicalPlan, DataFusionError> {
         let named = |prefix: &str, exprs: &[Expr]| -> Vec<Expr> {
             exprs
                 .iter()
@@ -190,77 +206,126 @@ fn share_units(
                 .map(|(i, e)| e.clone().alias(format!("{prefix}{i}")))
                 .collect()
         };
-        let plan = if kind == "aggregate" {
-            LogicalPlanBuilder::from(base.clone())
-                .aggregate(named("g", groups), named("c", &union))?
-                .build()?
+        let builder = LogicalPlanBuilder::from(base.clone());
+        let builder = if kind == "aggregate" {
+            builder.aggregate(named("g", groups), named("c", union))?
         } else {
-            LogicalPlanBuilder::from(base.clone())
-                .project(named("c", &union))?
-                .build()?
+            builder.project(named("c", union))?
         };
-        let placeholder: Arc<dyn TableProvider> =
-            Arc::new(EmptyTable::new(Arc::new(plan.schema().as_arrow().clone())));
+        builder.build()
+    };
+    let mut shared: HashMap<Key, SharedTable> = HashMap::new();
+    for (key, users) in uses.into_iter().filter(|(_, u)| u.len() > 1) {
+        let mut union: Vec<Expr> = Vec::new();
+        for e in users.iter().flatten() {
+            if !union.contains(e) {
+                union.push(e.clone());
+            }
+        }
+        let table = format!("__kpiforge_shared_{}", numbered_from + shared.len());
+        let schema = work(&key.0, &key.1, &union)?.schema().as_arrow().clone();
+        let placeholder: Arc<dyn TableProvider> = Arc::new(EmptyTable::new(Arc::new(schema)));
+        shared.insert(key, (table, union, placeholder));
+    }
+    // Shared work may contain other shared work: its row source reads that too.
+    let mut found = Vec::new();
+    for ((base, groups), (table, union, _)) in &shared {
+        // A join's row source is the join itself: only its inputs may read other work.
+        let base = if kind == "aggregate" {
+            rewrite(kind, base.clone(), &shared)?
+        } else {
+            let inputs = |c: LogicalPlan| rewrite(kind, c, &shared).map(Transformed::yes);
+            base.clone().map_children(inputs)?.data
+        };
+        let plan = work(&base, groups, union)?;
         found.push(Pending {
             table: table.clone(),
             kind,
             plan,
-            users: users.len(),
+            users: 0,
         });
-        shared.insert(key, (table, union, placeholder));
     }
-    if shared.is_empty() {
-        return Ok(found);
-    }
-
     for plan in plans.iter_mut() {
-        *plan = plan
-            .clone()
-            .transform_down(|node| {
-                let Some(u) = unit(&node)? else {
-                    return Ok(Transformed::no(node));
-                };
-                let Some((table, union, source)) = shared.get(&u.key) else {
-                    return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
-                };
-                // The use's output, field by field: grouping columns first (aggregates), then its expressions.
-                let groups = if kind == "aggregate" {
-                    u.key.1.len()
-                } else {
-                    0
-                };
-                let mut columns = Vec::with_capacity(u.schema.fields().len());
-                for (i, (qualifier, field)) in u.schema.iter().enumerate() {
-                    let name = if i < groups {
-                        format!("g{i}")
-                    } else {
-                        let Some(at) = union.iter().position(|x| *x == u.exprs[i - groups]) else {
-                            return internal_err!(
-                                "shared table {table} lacks {}",
-                                u.exprs[i - groups]
-                            );
-                        };
-                        format!("c{at}")
-                    };
-                    columns.push(
-                        Expr::Column(Column::new(Some(table.as_str()), name))
-                            .alias_qualified(qualifier.cloned(), field.name()),
-                    );
-                }
-                let scan = LogicalPlanBuilder::scan(
-                    table.as_str(),
-                    provider_as_source(source.clone()),
-                    None,
-                )?;
-                Ok(Transformed::new(
-                    scan.project(columns)?.build()?,
-                    true,
-                    TreeNodeRecursion::Jump,
-                ))
-            })?
-            .data;
+        *plan = rewrite(kind, plan.clone(), &shared)?;
     }
     Ok(found)
+}
+
+/// The shareable unit of `kind` at `node`, if it is one.
+fn unit(kind: &str, node: &LogicalPlan) -> Result<Option<Unit>, DataFusionError> {
+    if kind == "aggregate" {
+        aggregate_unit(node)
+    } else {
+        join_unit(node)
+    }
+}
+
+/// Records every unit of `kind` in `plan` with what it needs, at any depth. A
+/// projection over a join is one unit: the join under it is not counted again.
+fn collect_units(
+    kind: &str,
+    plan: &LogicalPlan,
+    uses: &mut HashMap<Key, Vec<Vec<Expr>>>,
+) -> Result<(), DataFusionError> {
+    let mut below = plan.inputs();
+    if let Some(u) = unit(kind, plan)? {
+        uses.entry(u.key).or_default().push(u.exprs);
+        if matches!(plan, LogicalPlan::Projection(_)) {
+            below = below.iter().flat_map(|join| join.inputs()).collect();
+        }
+    }
+    for input in below {
+        collect_units(kind, input, uses)?;
+    }
+    Ok(())
+}
+
+/// `plan` with every use of a shared unit replaced by a read of its table.
+fn rewrite(
+    kind: &str,
+    plan: LogicalPlan,
+    shared: &HashMap<Key, SharedTable>,
+) -> Result<LogicalPlan, DataFusionError> {
+    let below = |plan: LogicalPlan| -> Result<LogicalPlan, DataFusionError> {
+        plan.map_children(|c| rewrite(kind, c, shared).map(Transformed::yes))
+            .map(|t| t.data)
+    };
+    let Some(u) = unit(kind, &plan)? else {
+        return below(plan);
+    };
+    let Some((table, union, source)) = shared.get(&u.key) else {
+        // Not shared: look below it, except at the join of a projection-over-join unit.
+        return match plan {
+            LogicalPlan::Projection(_) => plan
+                .map_children(|join| below(join).map(Transformed::yes))
+                .map(|t| t.data),
+            other => below(other),
+        };
+    };
+    // The use's output, field by field: grouping columns first (aggregates), then
+    // its expressions.
+    let groups = if kind == "aggregate" {
+        u.key.1.len()
+    } else {
+        0
+    };
+    let mut columns = Vec::with_capacity(u.schema.fields().len());
+    for (i, (qualifier, field)) in u.schema.iter().enumerate() {
+        let name = if i < groups {
+            format!("g{i}")
+        } else {
+            let Some(at) = union.iter().position(|x| *x == u.exprs[i - groups]) else {
+                return internal_err!("shared table {table} lacks {}", u.exprs[i - groups]);
+            };
+            format!("c{at}")
+        };
+        columns.push(
+            Expr::Column(Column::new(Some(table.as_str()), name))
+                .alias_qualified(qualifier.cloned(), field.name()),
+        );
+    }
+    let scan = LogicalPlanBuilder::scan(table.as_str(), provider_as_source(source.clone()), None)?;
+    scan.project(columns)?.build()
 }
 
 /// An aggregate, with the projections and aliases under it folded into its
@@ -407,6 +472,33 @@ fn scans_of_all_columns(plan: &LogicalPlan) -> Result<LogicalPlan, DataFusionErr
 /// must run once per use.
 fn is_volatile(plan: &LogicalPlan) -> Result<bool, DataFusionError> {
     plan.exists(|node| Ok(node.expressions().iter().any(Expr::is_volatile)))
+}
+
+/// `plan` with the scans of `table` replaced by `with`.
+fn replace_scan(
+    plan: LogicalPlan,
+    table: &str,
+    with: &LogicalPlan,
+) -> Result<LogicalPlan, DataFusionError> {
+    plan.transform_up(|node| match node {
+        LogicalPlan::TableScan(scan) if scan.table_name.table() == table => {
+            Ok(Transformed::yes(with.clone()))
+        }
+        other => Ok(Transformed::no(other)),
+    })
+    .map(|t| t.data)
+}
+
+/// How many times `plan` scans `table`.
+fn scans_of(plan: &LogicalPlan, table: &str) -> usize {
+    let mut n = 0;
+    let _ = plan.apply(|node| {
+        if matches!(node, LogicalPlan::TableScan(s) if s.table_name.table() == table) {
+            n += 1;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    n
 }
 
 /// Whether `plan` reads any of the tables still to be computed.
