@@ -173,10 +173,10 @@ fn print_report(report: &kpiforge::RunReport) {
                 v.value.map_or("null".into(), |x| format!("{x:.4}"))
             ),
             None if series.values.is_empty() => "no rows".to_string(),
-            None => format!("{} segmented rows", series.values.len()),
+            None => "per segment".to_string(),
         };
         out!(
-            "  kpi    {:<28} {:>4} periods  latest {latest}",
+            "  kpi    {:<28} {:>4} values  latest {latest}",
             series.kpi.id,
             series.values.len()
         );

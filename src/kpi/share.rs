@@ -35,6 +35,7 @@ use datafusion::logical_expr::{
     Expr, LogicalPlan, LogicalPlanBuilder, SubqueryAlias, TableScanBuilder,
 };
 use datafusion::prelude::SessionContext;
+use futures::future::try_join_all;
 
 /// A shared sub-plan, computed once for several users.
 #[derive(Debug, Clone)]
@@ -145,34 +146,34 @@ pub async fn share(
         }
     }
 
-    // Compute each shared table once its own inputs are computed, and point every
-    // plan at the result.
+    // Compute the shared tables, concurrently, each once the tables it reads are
+    // computed, and point every plan at the results.
     let mut report = Vec::new();
     while !pending.is_empty() {
-        let ready = pending
-            .iter()
-            .position(|p| !reads_any(&p.plan, &pending))
-            .unwrap_or(0);
-        let p = pending.remove(ready);
-        tracing::debug!(table = %p.table, plan = %p.plan.display_indent(), "computing shared work");
-        let frame = ctx.execute_logical_plan(p.plan).await?;
-        let schema = Arc::new(frame.schema().as_arrow().clone());
-        let partitions = frame.collect_partitioned().await?;
-        let rows = partitions.iter().flatten().map(|b| b.num_rows()).sum();
-        let table: Arc<dyn TableProvider> = Arc::new(MemTable::try_new(schema, partitions)?);
-        for plan in plans
-            .iter_mut()
-            .chain(pending.iter_mut().map(|p| &mut p.plan))
-        {
-            *plan = swap_source(plan.clone(), &p.table, &table)?;
+        let names: Vec<String> = pending.iter().map(|p| p.table.clone()).collect();
+        let (ready, mut waiting): (Vec<Pending>, Vec<Pending>) = pending
+            .into_iter()
+            .partition(|p| !reads_table(&p.plan, &names));
+        if ready.is_empty() {
+            return internal_err!("shared sub-plans read each other in a cycle");
         }
-        tracing::info!(table = %p.table, kind = p.kind, users = p.users, rows, "shared work computed once");
-        report.push(SharedPlan {
-            table: p.table,
-            kind: p.kind,
-            users: p.users,
-            rows,
-        });
+        let computed = try_join_all(ready.into_iter().map(|p| compute(ctx, p))).await?;
+        for (p, table, rows) in computed {
+            for plan in plans
+                .iter_mut()
+                .chain(waiting.iter_mut().map(|w| &mut w.plan))
+            {
+                *plan = swap_source(plan.clone(), &p.table, &table)?;
+            }
+            tracing::info!(table = %p.table, kind = p.kind, users = p.users, rows, "shared work computed once");
+            report.push(SharedPlan {
+                table: p.table,
+                kind: p.kind,
+                users: p.users,
+                rows,
+            });
+        }
+        pending = waiting;
     }
     for (i, plan) in plans.iter().enumerate() {
         tracing::debug!(plan = i, rewritten = %plan.display_indent(), "KPI plan after sharing");
@@ -501,12 +502,26 @@ fn scans_of(plan: &LogicalPlan, table: &str) -> usize {
     n
 }
 
-/// Whether `plan` reads any of the tables still to be computed.
-fn reads_any(plan: &LogicalPlan, pending: &[Pending]) -> bool {
+/// Whether `plan` reads any of `tables`.
+fn reads_table(plan: &LogicalPlan, tables: &[String]) -> bool {
     plan.exists(|node| {
-        Ok(matches!(node, LogicalPlan::TableScan(s) if pending.iter().any(|p| s.table_name.table() == p.table)))
+        Ok(matches!(node, LogicalPlan::TableScan(s) if tables.iter().any(|t| s.table_name.table() == t)))
     })
     .unwrap_or(true)
+}
+
+/// Runs one piece of shared work and holds its result in memory.
+async fn compute(
+    ctx: &SessionContext,
+    p: Pending,
+) -> Result<(Pending, Arc<dyn TableProvider>, usize), DataFusionError> {
+    tracing::debug!(table = %p.table, plan = %p.plan.display_indent(), "computing shared work");
+    let frame = ctx.execute_logical_plan(p.plan.clone()).await?;
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    let partitions = frame.collect_partitioned().await?;
+    let rows = partitions.iter().flatten().map(|b| b.num_rows()).sum();
+    let table: Arc<dyn TableProvider> = Arc::new(MemTable::try_new(schema, partitions)?);
+    Ok((p, table, rows))
 }
 
 /// `plan` with the scans of `table` reading `provider` instead of its placeholder.

@@ -269,3 +269,52 @@ print(json.dumps(out))
         "{got}"
     );
 }
+
+/// Killed at any moment, a run leaves the previous results readable: the
+/// partition holds the old file or a complete new one, never a part.
+#[test]
+fn killed_run_leaves_results_readable() {
+    let mut csv = String::from("d,amount\n");
+    for i in 0..300_000 {
+        csv.push_str(&format!(
+            "2026-{:02}-{:02},{}\n",
+            1 + i % 12,
+            1 + i % 28,
+            i % 100
+        ));
+    }
+    let dir = project(&[
+        ("pipelines/p.yaml", YAML),
+        ("sql/k.sql", SQL),
+        ("data/t.csv", &csv),
+    ]);
+    let ok = kpiforge(
+        dir.path(),
+        &["run", "pipelines/p.yaml", "--as-of", "2026-12-31"],
+    );
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let partition = dir
+        .path()
+        .join("out/kpi_values/pipeline=p/as_of=2026-12-31");
+    let before = snapshot(&partition);
+    for delay_ms in [50, 150, 300, 600] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kpiforge"))
+            .args(["-q", "run", "pipelines/p.yaml", "--as-of", "2026-12-31"])
+            .current_dir(dir.path())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let after = snapshot(&partition);
+        // Only the data file is visible; anything else is a hidden temporary file.
+        let visible: Vec<&String> = after.keys().filter(|k| !k.starts_with('.')).collect();
+        assert_eq!(visible, vec!["part-0.parquet"], "{:?}", after.keys());
+        // Old or new, it is a whole file with the same 12 values.
+        assert_eq!(
+            published_values(&partition.join("part-0.parquet")).len(),
+            12
+        );
+        assert_eq!(before.len(), 1);
+    }
+}
