@@ -6,8 +6,8 @@
 #
 # usage: bench/tpch.sh DATA_DIR OUT.parquet
 #   DATA_DIR holds lineitem, orders and customer as .parquet or .csv.
-#   Writes OUT.parquet (kpi, perspective, month, value; sorted by kpi, month) and
-#   OUT.parquet.checks.json.
+#   Writes OUT.parquet (kpi, perspective, month, value; sorted by kpi, month; an
+#   `exports:` entry of the generated pipeline) and OUT.parquet.checks.json.
 #
 # The workload's KPI files are used as written; each is wrapped as
 # `SELECT month AS period, value FROM (<file>)` because kpiforge's KPI contract names the
@@ -15,11 +15,9 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 DATA=$(cd "$1" && pwd)
-OUT=$2
+OUT=$(cd "$(dirname "$2")" && pwd)/$(basename "$2")
 WORKLOAD=${WORKLOAD:-$HERE/../shared/bench/workload}
 BIN=${KPIFORGE_BIN:-$HERE/target/release/kpiforge}
-PY=${BENCH_VENV:-/tmp/bench-venv}/bin/python
-[ -x "$PY" ] || PY=python3
 [ -x "$BIN" ] || { echo "bench/tpch.sh: $BIN not found; run 'cargo build --release' first" >&2; exit 2; }
 
 if [ -f "$DATA/lineitem.parquet" ]; then ext=parquet; else ext=csv; fi
@@ -39,6 +37,10 @@ mkdir -p "$WORK/pipelines" "$WORK/sql"
   for p in financial customer internal_process learning_growth; do
     echo "    - {id: $p, perspective: $p}"
   done
+  # The workload's output contract, written by kpiforge itself as an export.
+  echo "exports:"
+  echo "  - file: \"$OUT\""
+  echo "    query: SELECT kpi_id AS kpi, perspective, period_start AS month, value FROM kpi_values ORDER BY kpi, month"
   echo "kpis:"
   for f in "$WORKLOAD"/kpis/*.sql; do
     # First line: "-- kpi: <name> | perspective: <perspective>"
@@ -52,15 +54,5 @@ mkdir -p "$WORK/pipelines" "$WORK/sql"
 
 "$BIN" -q run "$WORK/pipelines/tpch.yaml" --as-of 1998-12-31 >/dev/null
 
-# The workload's output contract, from the published kpi_values dataset.
-"$PY" - "$WORK/out/kpi_values/pipeline=tpch/as_of=1998-12-31/part-0.parquet" "$OUT" <<'PY'
-import json, sys
-import pyarrow.parquet as pq
-src, out = sys.argv[1], sys.argv[2]
-t = pq.read_table(src, columns=["kpi_id", "perspective", "period_start", "value"])
-t = t.rename_columns(["kpi", "perspective", "month", "value"]).sort_by([("kpi", "ascending"), ("month", "ascending")])
-pq.write_table(t, out)
 # Quality checks arrive with the quality stage (issue 4); until then none are reported.
-with open(out + ".checks.json", "w") as f:
-    json.dump({}, f)
-PY
+echo '{}' > "$OUT.checks.json"

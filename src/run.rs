@@ -93,7 +93,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
         kpi::views::register_all(&ctx, pipeline, Mode::Load).await?;
         let planned = kpi::plan_all(&ctx, pipeline, as_of).await?;
         let computed = kpi::compute(&ctx, planned, as_of).await?;
-        publish::write_kpi_values(
+        let values = publish::write_kpi_values(
             &output,
             pipeline,
             &run_id,
@@ -101,6 +101,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
             started_at,
             &computed.series,
         )?;
+        publish::write_exports(pipeline, as_of, &values, &run_id).await?;
         Ok::<_, Error>(computed)
     }
     .await;

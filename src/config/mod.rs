@@ -12,8 +12,8 @@ use std::path::Path;
 pub use error::{ConfigError, Problem};
 pub use locate::Position;
 pub use model::{
-    Direction, FileSource, Grain, Kpi, Objective, PERSPECTIVES, Pipeline, Source, SourceKind, View,
-    parse_type, project_root,
+    Direction, Export, FileSource, Grain, Kpi, Objective, PERSPECTIVES, Pipeline, Source,
+    SourceKind, View, parse_type, project_root,
 };
 pub use raw::{CsvOptions, FileFormat};
 

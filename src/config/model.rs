@@ -36,6 +36,14 @@ pub struct Pipeline {
     pub views: Vec<View>,
     pub objectives: Vec<Objective>,
     pub kpis: Vec<Kpi>,
+    pub exports: Vec<Export>,
+}
+
+/// A flat extract of the run's KPI values (`exports:`).
+#[derive(Debug, Clone)]
+pub struct Export {
+    pub file: PathBuf,
+    pub query: String,
 }
 
 #[derive(Debug, Clone)]
@@ -220,6 +228,22 @@ impl Pipeline {
             }
         }
 
+        let mut exports = Vec::new();
+        for (i, export) in raw.exports.into_iter().enumerate() {
+            let path = format!("exports[{i}].file");
+            match interpolate(&export.file, &path) {
+                Ok(file) if file.ends_with(".parquet") => exports.push(Export {
+                    file: root.join(file),
+                    query: export.query,
+                }),
+                Ok(file) => problems.push(
+                    Problem::new(path, format!("`{file}` is not a .parquet file"))
+                        .hint("exports are written as Parquet; name the file *.parquet"),
+                ),
+                Err(p) => problems.push(p),
+            }
+        }
+
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -235,6 +259,7 @@ impl Pipeline {
             views,
             objectives,
             kpis,
+            exports,
         })
     }
 

@@ -24,6 +24,19 @@ pub struct RawPipeline {
     pub scorecard: Option<RawScorecard>,
     #[serde(default)]
     pub kpis: Vec<RawKpi>,
+    #[serde(default)]
+    pub exports: Vec<RawExport>,
+}
+
+/// A flat extract of the run's results for a tool that wants one file with its
+/// own column names: SQL over the run's `kpi_values`, written to `file`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExport {
+    /// A `.parquet` file, relative to the project root.
+    pub file: String,
+    /// SQL over the table `kpi_values` (this run's rows).
+    pub query: String,
 }
 
 /// A source names exactly one kind key (`file:` today; databases and APIs add theirs).

@@ -1,6 +1,6 @@
 //! The `kpi_values/` dataset: one row per KPI, period and segment.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -52,7 +52,7 @@ pub fn kpi_values_schema() -> SchemaRef {
 }
 
 /// Writes the run's KPI values as its `kpi_values` partition, replacing a previous
-/// run's for the same pipeline and as-of date.
+/// run's for the same pipeline and as-of date. Returns the rows written.
 pub fn write_kpi_values(
     output: &Path,
     pipeline: &Pipeline,
@@ -60,7 +60,7 @@ pub fn write_kpi_values(
     as_of: chrono::NaiveDate,
     computed_at: DateTime<Utc>,
     series: &[KpiSeries],
-) -> Result<PathBuf, PublishError> {
+) -> Result<RecordBatch, PublishError> {
     let rows: Vec<(&KpiSeries, &crate::kpi::KpiValue)> = series
         .iter()
         .flat_map(|s| s.values.iter().map(move |v| (s, v)))
@@ -120,5 +120,6 @@ pub fn write_kpi_values(
         }
     })?;
     let dir = partition(output, "kpi_values", &pipeline.name, as_of);
-    commit::write_parquet(&dir, "part-0.parquet", &batch, run_id)
+    commit::write_parquet(&dir, "part-0.parquet", &batch, run_id)?;
+    Ok(batch)
 }

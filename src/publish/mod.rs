@@ -7,6 +7,7 @@
 //! ```
 
 mod commit;
+mod exports;
 mod kpi_values;
 mod runs;
 
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
 
+pub use exports::write_exports;
 pub use kpi_values::{kpi_values_schema, write_kpi_values};
 pub use runs::{RunRecord, RunStatus, runs_schema, write_run_record};
 
@@ -30,6 +32,12 @@ pub enum PublishError {
         path: PathBuf,
         #[source]
         source: datafusion::parquet::errors::ParquetError,
+    },
+    #[error("export {}: {source}", file.display())]
+    Export {
+        file: PathBuf,
+        #[source]
+        source: datafusion::error::DataFusionError,
     },
     #[error("cannot build the {dataset} table: {source}")]
     Arrow {
