@@ -325,17 +325,32 @@ fn exports_write_a_flat_file_with_their_own_columns() {
         "{YAML}exports:\n  - file: extracts/latest.parquet\n    query: \"SELECT kpi_id AS kpi, period_start AS month, value, as_of FROM kpi_values ORDER BY kpi, month\"\n"
     );
     let csv = "d,amount\n2026-01-03,1\n2026-02-04,2\n2026-02-05,3\n";
-    let dir = project(&[("pipelines/p.yaml", &yaml), ("sql/k.sql", SQL), ("data/t.csv", csv)]);
-    let out = kpiforge(dir.path(), &["run", "pipelines/p.yaml", "--as-of", "2026-03-01"]);
+    let dir = project(&[
+        ("pipelines/p.yaml", &yaml),
+        ("sql/k.sql", SQL),
+        ("data/t.csv", csv),
+    ]);
+    let out = kpiforge(
+        dir.path(),
+        &["run", "pipelines/p.yaml", "--as-of", "2026-03-01"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let batches = read_parquet(&dir.path().join("extracts/latest.parquet"));
     let schema = batches[0].schema();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     assert_eq!(names, vec!["kpi", "month", "value", "as_of"]);
-    assert_eq!(published_values(&dir.path().join("extracts/latest.parquet")), vec![Some(1.0), Some(5.0)]);
+    assert_eq!(
+        published_values(&dir.path().join("extracts/latest.parquet")),
+        vec![Some(1.0), Some(5.0)]
+    );
     // A bad export fails the run with the export's file named.
-    let yaml = format!("{YAML}exports:\n  - file: extracts/bad.parquet\n    query: SELECT nope FROM kpi_values\n");
+    let yaml = format!(
+        "{YAML}exports:\n  - file: extracts/bad.parquet\n    query: SELECT nope FROM kpi_values\n"
+    );
     std::fs::write(dir.path().join("pipelines/p.yaml"), yaml).unwrap();
-    let out = kpiforge(dir.path(), &["run", "pipelines/p.yaml", "--as-of", "2026-03-01"]);
+    let out = kpiforge(
+        dir.path(),
+        &["run", "pipelines/p.yaml", "--as-of", "2026-03-01"],
+    );
     assert_fails(&out, 1, &["export ", "extracts/bad.parquet", "nope"]);
 }
