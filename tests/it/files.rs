@@ -55,17 +55,15 @@ fn csv_with_options_and_null_markers() {
 fn extra_result_column_is_a_contract_error() {
     let csv = "d,amount\n2026-01-03,1\n";
     let sql = "SELECT CAST(date_trunc('month', d) AS DATE) AS period, CAST(sum(amount) AS DOUBLE) AS value, count(*) AS n FROM t GROUP BY 1";
-    let err = run(
-        &[("data/t.csv", csv)],
-        "    file: data/t.csv\n    columns: {d: date}",
-        sql,
-    )
-    .unwrap_err();
-    assert_fails(
-        &err,
-        2,
-        &["KPI `total`", "column `n` is not part of the KPI contract"],
-    );
+    breaks_contract(csv, sql, "column `n` is not part of the KPI contract");
+}
+
+/// Runs the one-KPI pipeline on `csv` with `sql` and asserts a contract error.
+#[track_caller]
+fn breaks_contract(csv: &str, sql: &str, message: &str) {
+    let source = "    file: data/t.csv\n    columns: {d: date}";
+    let err = run(&[("data/t.csv", csv)], source, sql).unwrap_err();
+    assert_fails(&err, 2, &["KPI `total`", message]);
 }
 
 #[test]
@@ -250,20 +248,7 @@ fn declared_column_missing_from_file() {
 fn period_not_at_grain_start_is_a_contract_error() {
     let csv = "d,amount\n2026-01-03,1\n";
     let sql = "SELECT d AS period, CAST(amount AS DOUBLE) AS value FROM t";
-    let err = run(
-        &[("data/t.csv", csv)],
-        "    file: data/t.csv\n    columns: {d: date}",
-        sql,
-    )
-    .unwrap_err();
-    assert_fails(
-        &err,
-        2,
-        &[
-            "KPI `total`",
-            "period 2026-01-03 is not the start of a month",
-        ],
-    );
+    breaks_contract(csv, sql, "period 2026-01-03 is not the start of a month");
 }
 
 #[test]
