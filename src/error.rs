@@ -3,6 +3,7 @@
 use crate::config::ConfigError;
 use crate::kpi::KpiError;
 use crate::publish::PublishError;
+use crate::score::ScoreError;
 use crate::source::SourceError;
 
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +14,8 @@ pub enum Error {
     Source(#[from] SourceError),
     #[error(transparent)]
     Kpi(#[from] KpiError),
+    #[error(transparent)]
+    Score(#[from] ScoreError),
     #[error(transparent)]
     Publish(#[from] PublishError),
     /// A command-line value that cannot be used.
@@ -34,6 +37,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::Usage(_) => exit::CONFIG,
             Error::Kpi(e) if e.is_definition_error() => exit::CONFIG,
+            Error::Score(e) if e.is_definition_error() => exit::CONFIG,
             Error::Source(crate::source::SourceError::Config { .. }) => exit::CONFIG,
             _ => exit::RUN_FAILED,
         }

@@ -1,16 +1,20 @@
 //! kpiforge: scheduled KPI computation for data teams.
 //!
 //! A pipeline (YAML beside plain SQL files) pulls source tables, computes KPI
-//! values with SQL in Apache DataFusion and publishes them as Parquet. The modules
-//! follow the data: [`config`] -> [`source`] -> [`kpi`] -> [`publish`], and
-//! [`run`] strings them together, so one run reads top to bottom in [`run::run`].
+//! values with SQL in Apache DataFusion, scores them on a Balanced Scorecard and
+//! publishes them as Parquet. The modules follow the data: [`config`] ->
+//! [`source`] -> [`kpi`] -> [`score`] -> [`publish`], with [`report`] printing the
+//! result; [`run`] strings them together, so one run reads top to bottom in
+//! [`run::run`].
 
 pub mod config;
 pub mod error;
 pub mod init;
 pub mod kpi;
 pub mod publish;
+pub mod report;
 pub mod run;
+pub mod score;
 pub mod source;
 
 pub use error::Error;

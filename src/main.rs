@@ -8,6 +8,7 @@ use chrono::NaiveDate;
 use clap::{Parser, Subcommand, ValueEnum};
 use kpiforge::config::env::redact;
 use kpiforge::error::exit;
+use kpiforge::report::terminal::Colour;
 use kpiforge::{Error, RunOptions, config};
 
 /// Prints a line to stdout with environment-variable values redacted.
@@ -47,8 +48,14 @@ enum LogFormat {
 enum Command {
     /// Scaffold a working example project in DIR.
     Init { dir: PathBuf },
-    /// Check a pipeline's config and plan every KPI query, computing nothing.
-    Validate { pipeline: PathBuf },
+    /// Check a pipeline's config and plan every KPI query, computing nothing;
+    /// also lint the scorecard (warnings).
+    Validate {
+        pipeline: PathBuf,
+        /// Treat scorecard lint warnings as errors.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Pull sources, compute KPIs and publish the results.
     Run {
         pipeline: PathBuf,
@@ -104,10 +111,12 @@ async fn execute(command: Command) -> Result<(), (Option<String>, Error)> {
             );
             Ok(())
         }
-        Command::Validate { pipeline } => {
+        Command::Validate { pipeline, strict } => {
             let pipeline = config::load(&pipeline).map_err(|e| (None, e.into()))?;
             let name = Some(pipeline.name.clone());
-            let checked = kpiforge::validate(&pipeline).await.map_err(|e| (name, e))?;
+            let checked = kpiforge::validate(&pipeline)
+                .await
+                .map_err(|e| (name.clone(), e))?;
             for s in &checked.sources {
                 out!(
                     "source {:<28} {:<8} {} columns",
@@ -124,12 +133,26 @@ async fn execute(command: Command) -> Result<(), (Option<String>, Error)> {
                     k.measure
                 );
             }
+            for lint in &checked.lints {
+                err!("{lint}");
+            }
+            if strict && !checked.lints.is_empty() {
+                let n = checked.lints.len();
+                return Err((
+                    name,
+                    Error::Usage(format!(
+                        "{n} scorecard lint warning{} (errors under --strict); fix them or allow the rules under `scorecard: lint: allow:`",
+                        if n == 1 { "" } else { "s" }
+                    )),
+                ));
+            }
             out!(
-                "pipeline `{}` is valid: {} sources, {} views, {} KPIs",
+                "pipeline `{}` is valid: {} sources, {} views, {} KPIs, {} lint warnings",
                 pipeline.name,
                 checked.sources.len(),
                 pipeline.views.len(),
-                checked.kpis.len()
+                checked.kpis.len(),
+                checked.lints.len()
             );
             Ok(())
         }
@@ -160,6 +183,16 @@ fn print_report(report: &kpiforge::RunReport) {
         let rows = s.rows.map_or("-".to_string(), |r| r.to_string());
         out!("  source {:<28} {:>10} rows  {}", s.name, rows, s.kind);
     }
+    for lint in &report.lints {
+        err!("{lint}");
+    }
+    let colour = if std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none()
+    {
+        Colour::Always
+    } else {
+        Colour::Never
+    };
     for series in &report.series {
         let latest = series
             .values
@@ -188,6 +221,10 @@ fn print_report(report: &kpiforge::RunReport) {
             s.rows,
             s.users
         );
+    }
+    let card = kpiforge::report::terminal::scorecard(&report.scorecard, &report.series, colour);
+    if !card.is_empty() {
+        out!("\n{}", card.trim_end());
     }
     out!("results: {}", report.output.display());
 }

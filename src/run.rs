@@ -1,5 +1,6 @@
 //! One run of a pipeline, top to bottom: pull sources, materialise shared views,
-//! compute KPIs, publish. Also `validate`, the same path without computing.
+//! compute KPIs, score them, publish. Also `validate`, the same path without
+//! computing.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use crate::config::Pipeline;
 use crate::error::Error;
 use crate::kpi::{self, Computed, KpiSeries, PlannedKpi, SharedPlan};
 use crate::publish::{self, RunRecord, RunStatus};
+use crate::score::{self, Lint, ScorecardRow};
 use crate::source::{self, Mode, SourceTable};
 
 #[derive(Debug, Clone, Default)]
@@ -31,14 +33,20 @@ pub struct RunReport {
     pub series: Vec<KpiSeries>,
     /// Sub-plans that several KPIs shared, each computed once.
     pub shared: Vec<SharedPlan>,
+    /// The scorecard tree per period; empty without a strategy map.
+    pub scorecard: Vec<ScorecardRow>,
+    /// Lint found on the run's data: KPIs without recent values.
+    pub lints: Vec<Lint>,
     pub elapsed: Duration,
 }
 
-/// What `validate` learned: every source's schema and every KPI planned.
+/// What `validate` learned: every source's schema, every KPI planned, and the
+/// scorecard's lint warnings.
 #[derive(Debug)]
 pub struct Validation {
     pub sources: Vec<SourceTable>,
     pub kpis: Vec<PlannedKpi>,
+    pub lints: Vec<Lint>,
 }
 
 /// The DataFusion session a run uses: one per run, all tables registered in it.
@@ -70,7 +78,12 @@ pub async fn validate(pipeline: &Pipeline) -> Result<Validation, Error> {
     let sources = source::register_all(&ctx, pipeline, Mode::Plan).await?;
     kpi::views::register_all(&ctx, pipeline, Mode::Plan).await?;
     let kpis = kpi::plan_all(&ctx, pipeline, today(pipeline)).await?;
-    Ok(Validation { sources, kpis })
+    score::check(&ctx, pipeline, &kpis).await?;
+    Ok(Validation {
+        sources,
+        kpis,
+        lints: score::lint::check_config(pipeline),
+    })
 }
 
 /// Runs `pipeline` once. A run that fails publishes no KPI values (the previous
@@ -92,7 +105,11 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
         sources = source::register_all(&ctx, pipeline, Mode::Load).await?;
         kpi::views::register_all(&ctx, pipeline, Mode::Load).await?;
         let planned = kpi::plan_all(&ctx, pipeline, as_of).await?;
-        let computed = kpi::compute(&ctx, planned, as_of).await?;
+        score::check(&ctx, pipeline, &planned).await?;
+        let mut computed = kpi::compute(&ctx, planned, as_of).await?;
+        let targets = score::load_targets(&ctx, pipeline).await?;
+        score::score_values(&mut computed.series, &targets);
+        let scorecard = score::scorecard(pipeline, &computed.series, as_of);
         let values = publish::write_kpi_values(
             &output,
             pipeline,
@@ -101,8 +118,10 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
             started_at,
             &computed.series,
         )?;
-        publish::write_exports(pipeline, as_of, &values, &run_id).await?;
-        Ok::<_, Error>(computed)
+        let card = publish::write_scorecard(&output, pipeline, &run_id, as_of, &scorecard)?;
+        let tables = [("kpi_values", &values), ("scorecard", &card)];
+        publish::write_exports(pipeline, as_of, tables, &run_id).await?;
+        Ok::<_, Error>((computed, scorecard))
     }
     .await;
 
@@ -118,10 +137,10 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
             RunStatus::Failed
         },
         rows_read: sources.iter().map(|s| (s.name.clone(), s.rows)).collect(),
-        kpis_published: result.as_ref().map_or(0, |c| c.series.len()),
+        kpis_published: result.as_ref().map_or(0, |(c, _)| c.series.len()),
         values_published: result
             .as_ref()
-            .map_or(0, |c| c.series.iter().map(|k| k.values.len()).sum()),
+            .map_or(0, |(c, _)| c.series.iter().map(|k| k.values.len()).sum()),
         error: result
             .as_ref()
             .err()
@@ -131,8 +150,12 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
     if let Err(e) = &recorded {
         tracing::error!(error = %e, "the run could not be recorded in the runs dataset");
     }
-    let Computed { series, shared } = result?;
+    let (Computed { series, shared }, scorecard) = result?;
     recorded?;
+    let lints = score::lint::check_stale(pipeline, &series, as_of);
+    for lint in &lints {
+        tracing::warn!(rule = lint.rule.as_str(), "{}", lint.problem.message);
+    }
     tracing::info!(pipeline = %pipeline.name, %run_id, ms = started.elapsed().as_millis() as u64, "run succeeded");
     Ok(RunReport {
         run_id,
@@ -141,6 +164,8 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
         sources,
         series,
         shared,
+        scorecard,
+        lints,
         elapsed: started.elapsed(),
     })
 }

@@ -12,8 +12,9 @@ use std::path::Path;
 pub use error::{ConfigError, Problem};
 pub use locate::Position;
 pub use model::{
-    Direction, Export, FileSource, Grain, Kpi, Objective, PERSPECTIVES, Pipeline, Source,
-    SourceKind, View, parse_type, project_root,
+    Aggregation, Direction, Export, FileSource, Grain, Kpi, LintRule, LintSettings, Objective,
+    PERSPECTIVES, Perspective, Pipeline, Rollup, Scorecard, Scoring, Source, SourceKind, View,
+    parse_type, project_root,
 };
 pub use raw::{CsvOptions, FileFormat};
 
@@ -57,6 +58,18 @@ pub fn parse(text: &str, path: &Path) -> Result<Pipeline, (Option<String>, Vec<P
             .collect();
         (Some(name), located)
     })
+}
+
+/// Fills in the file positions of problems found after loading (scorecard lint),
+/// from the pipeline file as it is on disk now.
+pub fn locate(file: &Path, problems: &mut [Problem]) {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return;
+    };
+    let map = SourceMap::build(&text);
+    for p in problems {
+        p.position = p.position.or_else(|| map.find(&p.path));
+    }
 }
 
 /// Rewrites a serde error as a problem: path, position, and a suggestion for a

@@ -10,15 +10,18 @@ use sha2::{Digest, Sha256};
 
 use super::env::interpolate;
 use super::error::Problem;
-use super::raw::{self, CsvOptions, FileFormat, RawKpi, RawPipeline, RawSource};
-pub use super::raw::{Direction, Grain};
+use super::raw::{
+    self, CsvOptions, FileFormat, RawKpi, RawPipeline, RawScorecard, RawSource, ScoringMethod,
+};
+pub use super::raw::{Aggregation, Direction, Grain, LintRule, Rollup};
 
-/// The four perspectives of the Balanced Scorecard, in the order a map is drawn.
-pub const PERSPECTIVES: [&str; 4] = [
-    "financial",
-    "customer",
-    "internal_process",
-    "learning_growth",
+/// The four perspectives of the Balanced Scorecard, in the order a map is drawn
+/// (top to bottom), with their display names. Custom perspectives follow them.
+pub const PERSPECTIVES: [(&str, &str); 4] = [
+    ("financial", "Financial"),
+    ("customer", "Customer"),
+    ("internal_process", "Internal process"),
+    ("learning_growth", "Learning & growth"),
 ];
 
 #[derive(Debug, Clone)]
@@ -34,9 +37,61 @@ pub struct Pipeline {
     pub output: PathBuf,
     pub sources: Vec<Source>,
     pub views: Vec<View>,
-    pub objectives: Vec<Objective>,
+    pub scorecard: Scorecard,
     pub kpis: Vec<Kpi>,
     pub exports: Vec<Export>,
+}
+
+/// The strategy map and how scores roll up it.
+#[derive(Debug, Clone)]
+pub struct Scorecard {
+    /// The grain of the `scorecard/` rows; KPIs of other grains are rolled to it.
+    pub grain: Grain,
+    /// How the overall score combines the perspectives.
+    pub rollup: Rollup,
+    /// The four classic perspectives, then custom ones, in map order.
+    pub perspectives: Vec<Perspective>,
+    pub objectives: Vec<Objective>,
+    pub lint: LintSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct Perspective {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub weight: f64,
+    pub rollup: Rollup,
+}
+
+#[derive(Debug, Clone)]
+pub struct LintSettings {
+    pub max_kpis_per_perspective: usize,
+    pub max_objectives: usize,
+    pub stale_periods: u32,
+    pub allow: Vec<LintRule>,
+}
+
+impl Default for LintSettings {
+    fn default() -> Self {
+        LintSettings {
+            max_kpis_per_perspective: 7,
+            max_objectives: 20,
+            stale_periods: 3,
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// How a KPI's value becomes a score from 0 to 100 (`score/method.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scoring {
+    /// Red flag scores 33.3, target 66.7, linear through both, clamped.
+    GoalRedFlag,
+    /// `(value, score)` points, values strictly increasing, linear between them.
+    Thresholds(Vec<(f64, f64)>),
+    /// Proportional to the share of the target reached; the target scores 66.7.
+    PercentOfTarget,
 }
 
 /// A flat extract of the run's KPI values (`exports:`).
@@ -86,6 +141,8 @@ pub struct Objective {
     pub perspective: String,
     pub description: Option<String>,
     pub causes: Vec<String>,
+    pub weight: f64,
+    pub rollup: Rollup,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +162,11 @@ pub struct Kpi {
     pub target: Option<f64>,
     pub red_flag: Option<f64>,
     pub weight: f64,
+    pub scoring: Scoring,
+    /// A source or view holding this KPI's targets per period (and segment).
+    pub targets: Option<String>,
+    /// How values combine into a coarser period; `None` for ratio KPIs.
+    pub aggregation: Option<Aggregation>,
     /// Hash of what determines the KPI's values: its SQL, grain and dimensions.
     pub definition_hash: String,
 }
@@ -208,11 +270,20 @@ impl Pipeline {
             }
         }
 
-        let objectives = check_objectives(
-            raw.scorecard.map(|s| s.objectives).unwrap_or_default(),
-            &mut problems,
-        );
+        let kpi_grains: HashSet<Grain> = raw.kpis.iter().map(|k| k.grain).collect();
+        let mut scorecard = check_scorecard(raw.scorecard, &mut problems);
+        if let Some(&only) = kpi_grains.iter().next().filter(|_| kpi_grains.len() == 1)
+            && !scorecard.grain_declared
+        {
+            scorecard.model.grain = only;
+        }
+        let scorecard = scorecard.model;
 
+        let tables: Vec<&str> = sources
+            .iter()
+            .map(|s| s.name.as_str())
+            .chain(views.iter().map(|v| v.name.as_str()))
+            .collect();
         let mut kpis: Vec<Kpi> = Vec::new();
         for (i, kpi) in raw.kpis.into_iter().enumerate() {
             let path = format!("kpis[{i}]");
@@ -222,7 +293,15 @@ impl Pipeline {
                     format!("KPI id `{}` is used twice", kpi.id),
                 ));
             }
-            match check_kpi(kpi, &path, &root, &objectives) {
+            if let Some(t) = &kpi.targets
+                && !tables.contains(&t.as_str())
+            {
+                problems.push(
+                    unknown(&format!("{path}.targets"), "source or view", t, tables.iter().copied())
+                        .hint("`targets:` names a source or view with columns period, target (and optionally red_flag, kpi_id and the KPI's dimensions)"),
+                );
+            }
+            match check_kpi(kpi, &path, &root, &scorecard) {
                 Ok(k) => kpis.push(k),
                 Err(mut p) => problems.append(&mut p),
             }
@@ -257,14 +336,10 @@ impl Pipeline {
             output,
             sources,
             views,
-            objectives,
+            scorecard,
             kpis,
             exports,
         })
-    }
-
-    pub fn objective(&self, id: &str) -> Option<&Objective> {
-        self.objectives.iter().find(|o| o.id == id)
     }
 }
 
@@ -442,23 +517,88 @@ fn parse_decimal(lower: &str) -> Option<DataType> {
         .then_some(DataType::Decimal128(p, s))
 }
 
-fn check_objectives(raw: Vec<raw::RawObjective>, problems: &mut Vec<Problem>) -> Vec<Objective> {
-    let ids: HashSet<&str> = raw.iter().map(|o| o.id.as_str()).collect();
-    for (i, o) in raw.iter().enumerate() {
+/// The checked scorecard, and whether its grain was declared (else the KPIs decide it).
+struct CheckedScorecard {
+    model: Scorecard,
+    grain_declared: bool,
+}
+
+fn check_scorecard(raw: Option<RawScorecard>, problems: &mut Vec<Problem>) -> CheckedScorecard {
+    let raw = raw.unwrap_or(RawScorecard {
+        grain: None,
+        rollup: None,
+        perspectives: Vec::new(),
+        objectives: Vec::new(),
+        lint: None,
+    });
+    let mut perspectives: Vec<Perspective> = PERSPECTIVES
+        .iter()
+        .map(|(id, name)| Perspective {
+            id: id.to_string(),
+            name: name.to_string(),
+            description: None,
+            weight: 1.0,
+            rollup: Rollup::default(),
+        })
+        .collect();
+    for (i, p) in raw.perspectives.into_iter().enumerate() {
+        let path = format!("scorecard.perspectives[{i}]");
+        if !is_identifier(&p.id) {
+            problems.push(identifier_problem(&format!("{path}.id"), &p.id));
+        }
+        let weight = check_weight(p.weight, &format!("{path}.weight"), problems);
+        let classic = PERSPECTIVES.iter().any(|(id, _)| *id == p.id);
+        let existing = perspectives.iter().position(|q| q.id == p.id);
+        match existing {
+            // A custom perspective declared twice.
+            Some(_) if !classic => problems.push(Problem::new(
+                format!("{path}.id"),
+                format!("perspective `{}` is declared twice", p.id),
+            )),
+            _ => {}
+        }
+        let declared = Perspective {
+            name: p.name.unwrap_or_else(|| {
+                existing.map_or_else(|| p.id.clone(), |i| perspectives[i].name.clone())
+            }),
+            id: p.id,
+            description: p.description,
+            weight,
+            rollup: p.rollup.unwrap_or_default(),
+        };
+        match existing {
+            Some(i) => perspectives[i] = declared,
+            None => perspectives.push(declared),
+        }
+    }
+
+    let objectives = raw.objectives;
+    let ids: HashSet<&str> = objectives.iter().map(|o| o.id.as_str()).collect();
+    for (i, o) in objectives.iter().enumerate() {
         let path = format!("scorecard.objectives[{i}]");
-        if raw[..i].iter().any(|p| p.id == o.id) {
+        if objectives[..i].iter().any(|p| p.id == o.id) {
             problems.push(Problem::new(
                 format!("{path}.id"),
                 format!("objective id `{}` is used twice", o.id),
             ));
         }
-        if !PERSPECTIVES.contains(&o.perspective.as_str()) {
-            problems.push(unknown(
+        if !perspectives.iter().any(|p| p.id == o.perspective) {
+            let mut problem = unknown(
                 &format!("{path}.perspective"),
                 "perspective",
                 &o.perspective,
-                PERSPECTIVES.iter().copied(),
-            ));
+                perspectives.iter().map(|p| p.id.as_str()),
+            );
+            if let Some(known) = problem
+                .hint
+                .as_deref()
+                .and_then(|h| h.strip_prefix("known: "))
+            {
+                problem.hint = Some(format!(
+                    "known: {known}; a custom perspective is declared under `scorecard: perspectives:`"
+                ));
+            }
+            problems.push(problem);
         }
         for (j, cause) in o.causes.iter().enumerate() {
             if !ids.contains(cause.as_str()) {
@@ -471,8 +611,11 @@ fn check_objectives(raw: Vec<raw::RawObjective>, problems: &mut Vec<Problem>) ->
             }
         }
     }
-    if let Some(cycle) = find_cycle(&raw) {
-        let index = raw.iter().position(|o| o.id == cycle[0]).unwrap_or(0);
+    if let Some(cycle) = find_cycle(&objectives) {
+        let index = objectives
+            .iter()
+            .position(|o| o.id == cycle[0])
+            .unwrap_or(0);
         problems.push(
             Problem::new(
                 format!("scorecard.objectives[{index}].causes"),
@@ -481,15 +624,69 @@ fn check_objectives(raw: Vec<raw::RawObjective>, problems: &mut Vec<Problem>) ->
             .hint("cause-and-effect links must flow one way; remove one link of the cycle"),
         );
     }
-    raw.into_iter()
-        .map(|o| Objective {
+    let objectives = objectives
+        .into_iter()
+        .enumerate()
+        .map(|(i, o)| Objective {
+            weight: check_weight(
+                o.weight,
+                &format!("scorecard.objectives[{i}].weight"),
+                problems,
+            ),
+            rollup: o.rollup.unwrap_or_default(),
             name: o.name.unwrap_or_else(|| o.id.clone()),
             id: o.id,
             perspective: o.perspective,
             description: o.description,
             causes: o.causes,
         })
-        .collect()
+        .collect();
+
+    let defaults = LintSettings::default();
+    let lint = match raw.lint {
+        None => defaults,
+        Some(l) => {
+            if l.stale_periods == Some(0) {
+                problems.push(Problem::new(
+                    "scorecard.lint.stale_periods",
+                    "must be at least 1",
+                ));
+            }
+            LintSettings {
+                max_kpis_per_perspective: l
+                    .max_kpis_per_perspective
+                    .unwrap_or(defaults.max_kpis_per_perspective),
+                max_objectives: l.max_objectives.unwrap_or(defaults.max_objectives),
+                stale_periods: l.stale_periods.unwrap_or(defaults.stale_periods),
+                allow: l.allow,
+            }
+        }
+    };
+    CheckedScorecard {
+        model: Scorecard {
+            grain: raw.grain.unwrap_or(Grain::Month),
+            rollup: raw.rollup.unwrap_or_default(),
+            perspectives,
+            objectives,
+            lint,
+        },
+        grain_declared: raw.grain.is_some(),
+    }
+}
+
+/// A roll-up weight: a finite number >= 0, default 1.
+fn check_weight(weight: Option<f64>, path: &str, problems: &mut Vec<Problem>) -> f64 {
+    match weight {
+        None => 1.0,
+        Some(w) if w.is_finite() && w >= 0.0 => w,
+        Some(w) => {
+            problems.push(Problem::new(
+                path,
+                format!("weight {w} must be a number >= 0"),
+            ));
+            1.0
+        }
+    }
 }
 
 /// A cycle of `causes:` links, as `[a, b, c, a]`, if there is one.
@@ -536,8 +733,9 @@ fn check_kpi(
     raw: RawKpi,
     path: &str,
     root: &Path,
-    objectives: &[Objective],
+    scorecard: &Scorecard,
 ) -> Result<Kpi, Vec<Problem>> {
+    let objectives = &scorecard.objectives;
     let mut problems = Vec::new();
     if !is_identifier(&raw.id) {
         problems.push(identifier_problem(&format!("{path}.id"), &raw.id));
@@ -562,12 +760,8 @@ fn check_kpi(
         },
     };
     let sql = read_sql(root, &raw.sql, &format!("{path}.sql"));
-    if let Some(w) = raw.weight.filter(|w| !(w.is_finite() && *w >= 0.0)) {
-        problems.push(Problem::new(
-            format!("{path}.weight"),
-            format!("weight {w} must be a number >= 0"),
-        ));
-    }
+    let weight = check_weight(raw.weight, &format!("{path}.weight"), &mut problems);
+    let scoring = check_scoring(&raw, path, &mut problems);
     for (i, d) in raw.dimensions.iter().enumerate() {
         if ["period", "value", "numerator", "denominator"].contains(&d.as_str())
             || raw.dimensions[..i].contains(d)
@@ -615,9 +809,160 @@ fn check_kpi(
         direction: raw.direction,
         target: raw.target,
         red_flag: raw.red_flag,
-        weight: raw.weight.unwrap_or(1.0),
+        weight,
+        scoring,
+        targets: raw.targets,
+        aggregation: raw.aggregation,
         definition_hash,
     })
+}
+
+/// Checks that a KPI's scoring method has what it needs and that its settings agree.
+fn check_scoring(raw: &RawKpi, path: &str, problems: &mut Vec<Problem>) -> Scoring {
+    let method = raw.scoring.unwrap_or(if raw.thresholds.is_some() {
+        ScoringMethod::Thresholds
+    } else {
+        ScoringMethod::GoalRedFlag
+    });
+    let at = |key: &str| format!("{path}.{key}");
+    let mut fail = |key: &str, message: String, hint: &str| {
+        problems.push(Problem::new(at(key), message).hint(hint));
+    };
+    if raw.targets.is_some() && raw.target.is_some() {
+        fail(
+            "target",
+            "`target:` and `targets:` both give this KPI's target".into(),
+            "keep one: a constant `target:`, or `targets:` naming a table of targets per period",
+        );
+    }
+    if raw.thresholds.is_some() && method != ScoringMethod::Thresholds {
+        fail(
+            "thresholds",
+            format!(
+                "`thresholds:` is not used by `scoring: {}`",
+                method_name(method)
+            ),
+            "remove `thresholds:`, or set `scoring: thresholds`",
+        );
+    }
+    match method {
+        ScoringMethod::GoalRedFlag => {
+            if raw.direction == Some(Direction::TargetBand) {
+                fail(
+                    "direction",
+                    "a target band needs `scoring: thresholds`".into(),
+                    "list the band as points, best score in the middle: `thresholds: [[90, 0], [100, 100], [110, 0]]`",
+                );
+            }
+            let table = raw.targets.is_some();
+            match (raw.target, raw.red_flag) {
+                (Some(_), None) if !table => fail(
+                    "red_flag",
+                    "goal/red-flag scoring needs a `red_flag:` beside `target:`".into(),
+                    "add `red_flag:` (the value where the KPI turns red), or use `scoring: percent_of_target`",
+                ),
+                (None, Some(_)) if !table => fail(
+                    "target",
+                    "`red_flag:` is set but `target:` is not".into(),
+                    "add `target:` (the value where the KPI turns green)",
+                ),
+                (Some(t), Some(r)) if t == r => fail(
+                    "red_flag",
+                    format!("target and red flag are both {t}: the score has no slope"),
+                    "set the red flag where the KPI turns red, apart from the target",
+                ),
+                (Some(t), Some(r)) => {
+                    let implied = if t > r {
+                        Direction::HigherIsBetter
+                    } else {
+                        Direction::LowerIsBetter
+                    };
+                    if let Some(d) = raw
+                        .direction
+                        .filter(|d| *d != implied && *d != Direction::TargetBand)
+                    {
+                        fail(
+                            "direction",
+                            format!(
+                                "direction is {} but target {t} and red flag {r} say {}",
+                                d.as_str(),
+                                implied.as_str()
+                            ),
+                            "for higher-is-better the target is above the red flag; for lower-is-better below it",
+                        );
+                    }
+                }
+                _ => {}
+            }
+            Scoring::GoalRedFlag
+        }
+        ScoringMethod::PercentOfTarget => {
+            if raw.direction == Some(Direction::TargetBand) {
+                fail(
+                    "direction",
+                    "a target band needs `scoring: thresholds`".into(),
+                    "list the band as points, best score in the middle: `thresholds: [[90, 0], [100, 100], [110, 0]]`",
+                );
+            }
+            if raw.red_flag.is_some() {
+                fail(
+                    "red_flag",
+                    "`red_flag:` is not used by `scoring: percent_of_target`".into(),
+                    "remove it, or use `scoring: goal_red_flag`",
+                );
+            }
+            Scoring::PercentOfTarget
+        }
+        ScoringMethod::Thresholds => {
+            let points = raw.thresholds.clone().unwrap_or_default();
+            if points.len() < 2 {
+                fail(
+                    "thresholds",
+                    "`scoring: thresholds` needs at least two `[value, score]` points".into(),
+                    "e.g. `thresholds: [[80, 0], [95, 66.7], [100, 100]]`",
+                );
+            }
+            if let Some(w) = points
+                .windows(2)
+                .find(|w| w[0].0.partial_cmp(&w[1].0) != Some(std::cmp::Ordering::Less))
+            {
+                fail(
+                    "thresholds",
+                    format!(
+                        "threshold values must increase: {} is followed by {}",
+                        w[0].0, w[1].0
+                    ),
+                    "list the points from the lowest value to the highest; the scores say which way is better",
+                );
+            }
+            if let Some((v, s)) = points
+                .iter()
+                .find(|(v, s)| !v.is_finite() || !(0.0..=100.0).contains(s))
+            {
+                fail(
+                    "thresholds",
+                    format!("point [{v}, {s}]: scores run from 0 to 100"),
+                    "red is below 33.3, amber below 66.7, green from 66.7",
+                );
+            }
+            if raw.red_flag.is_some() {
+                fail(
+                    "red_flag",
+                    "`red_flag:` is not used by `scoring: thresholds`".into(),
+                    "put the red flag among the threshold points, at score 33.3",
+                );
+            }
+            Scoring::Thresholds(points)
+        }
+    }
+}
+
+fn method_name(method: ScoringMethod) -> &'static str {
+    match method {
+        ScoringMethod::GoalRedFlag => "goal_red_flag",
+        ScoringMethod::Thresholds => "thresholds",
+        ScoringMethod::PercentOfTarget => "percent_of_target",
+    }
 }
 
 fn read_sql(root: &Path, file: &str, path: &str) -> Result<(String, PathBuf), Problem> {

@@ -103,8 +103,77 @@ pub struct RawView {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawScorecard {
+    /// The grain the scorecard is rolled up at; defaults to the KPIs' grain when
+    /// they share one, else month.
+    #[serde(default)]
+    pub grain: Option<Grain>,
+    /// How the overall score combines the perspectives.
+    #[serde(default)]
+    pub rollup: Option<Rollup>,
+    /// Custom perspectives, or settings for the four classic ones.
+    #[serde(default)]
+    pub perspectives: Vec<RawPerspective>,
     #[serde(default)]
     pub objectives: Vec<RawObjective>,
+    #[serde(default)]
+    pub lint: Option<RawLint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPerspective {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub weight: Option<f64>,
+    #[serde(default)]
+    pub rollup: Option<Rollup>,
+}
+
+/// Scorecard lint settings: the limits, and the rules a team has chosen to allow.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLint {
+    #[serde(default)]
+    pub max_kpis_per_perspective: Option<usize>,
+    #[serde(default)]
+    pub max_objectives: Option<usize>,
+    /// A KPI with no value in this many of its latest periods is stale.
+    #[serde(default)]
+    pub stale_periods: Option<u32>,
+    #[serde(default)]
+    pub allow: Vec<LintRule>,
+}
+
+/// The scorecard lint rules, by the name a warning prints and `allow:` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LintRule {
+    KpiWithoutOwner,
+    KpiWithoutTarget,
+    KpiWithoutDirection,
+    KpiWithoutUnit,
+    KpiWithoutObjective,
+    TooManyKpis,
+    TooManyObjectives,
+    EmptyPerspective,
+    EmptyObjective,
+    FinancialOnly,
+    StaleKpi,
+}
+
+/// How a node of the scorecard combines its children's scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rollup {
+    /// Weighted mean of the children that have a score (weights are relative).
+    #[default]
+    WeightedMean,
+    /// The lowest child score: a chain is as strong as its weakest link.
+    WorstChild,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +188,10 @@ pub struct RawObjective {
     /// Objectives this one drives (cause -> effect).
     #[serde(default)]
     pub causes: Vec<String>,
+    #[serde(default)]
+    pub weight: Option<f64>,
+    #[serde(default)]
+    pub rollup: Option<Rollup>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,9 +220,37 @@ pub struct RawKpi {
     pub red_flag: Option<f64>,
     #[serde(default)]
     pub weight: Option<f64>,
+    /// How a value becomes a score (default `goal_red_flag`).
+    #[serde(default)]
+    pub scoring: Option<ScoringMethod>,
+    /// `[[value, score], ...]` for `scoring: thresholds`, values increasing.
+    #[serde(default)]
+    pub thresholds: Option<Vec<(f64, f64)>>,
+    /// A source or view with targets per period (and segment).
+    #[serde(default)]
+    pub targets: Option<String>,
+    /// How values combine into a coarser period (ratio KPIs sum their parts).
+    #[serde(default)]
+    pub aggregation: Option<Aggregation>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoringMethod {
+    GoalRedFlag,
+    Thresholds,
+    PercentOfTarget,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    Sum,
+    Average,
+    Last,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Grain {
     Day,
@@ -175,6 +276,43 @@ impl Grain {
             Grain::Month => "month",
             Grain::Quarter => "quarter",
             Grain::Year => "year",
+        }
+    }
+}
+
+impl Rollup {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rollup::WeightedMean => "weighted_mean",
+            Rollup::WorstChild => "worst_child",
+        }
+    }
+}
+
+impl Aggregation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Aggregation::Sum => "sum",
+            Aggregation::Average => "average",
+            Aggregation::Last => "last",
+        }
+    }
+}
+
+impl LintRule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LintRule::KpiWithoutOwner => "kpi_without_owner",
+            LintRule::KpiWithoutTarget => "kpi_without_target",
+            LintRule::KpiWithoutDirection => "kpi_without_direction",
+            LintRule::KpiWithoutUnit => "kpi_without_unit",
+            LintRule::KpiWithoutObjective => "kpi_without_objective",
+            LintRule::TooManyKpis => "too_many_kpis",
+            LintRule::TooManyObjectives => "too_many_objectives",
+            LintRule::EmptyPerspective => "empty_perspective",
+            LintRule::EmptyObjective => "empty_objective",
+            LintRule::FinancialOnly => "financial_only",
+            LintRule::StaleKpi => "stale_kpi",
         }
     }
 }

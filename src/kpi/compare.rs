@@ -34,16 +34,8 @@ mod tests {
     fn value(month: u32, v: Option<f64>) -> KpiValue {
         let start = NaiveDate::from_ymd_opt(2026, month, 1).unwrap();
         KpiValue {
-            period_start: start,
-            period_end: period::end_of(Grain::Month, start),
-            segment: None,
             value: v,
-            numerator: None,
-            denominator: None,
-            previous_value: None,
-            change_abs: None,
-            change_pct: None,
-            last_year_value: None,
+            ..KpiValue::empty(start, period::end_of(Grain::Month, start))
         }
     }
 

@@ -21,6 +21,7 @@ pub use contract::{KpiRow, Measure};
 pub use share::SharedPlan;
 
 use crate::config::{Kpi, Pipeline};
+use crate::score::Status;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KpiError {
@@ -105,6 +106,8 @@ pub struct KpiValue {
     pub period_end: NaiveDate,
     /// `dim=value` pairs in declared order, `, `-separated; `None` without dimensions.
     pub segment: Option<String>,
+    /// The dimension values in declared order (what `segment` spells out).
+    pub dimensions: Vec<Option<String>>,
     pub value: Option<f64>,
     pub numerator: Option<f64>,
     pub denominator: Option<f64>,
@@ -112,6 +115,37 @@ pub struct KpiValue {
     pub change_abs: Option<f64>,
     pub change_pct: Option<f64>,
     pub last_year_value: Option<f64>,
+    /// Filled by the score stage: the goals of this period and segment, the
+    /// value's distance from the target, and its score and status.
+    pub target: Option<f64>,
+    pub red_flag: Option<f64>,
+    pub target_gap: Option<f64>,
+    pub score: Option<f64>,
+    pub status: Option<Status>,
+}
+
+impl KpiValue {
+    /// A period with nothing in it yet.
+    pub fn empty(period_start: NaiveDate, period_end: NaiveDate) -> KpiValue {
+        KpiValue {
+            period_start,
+            period_end,
+            segment: None,
+            dimensions: Vec::new(),
+            value: None,
+            numerator: None,
+            denominator: None,
+            previous_value: None,
+            change_abs: None,
+            change_pct: None,
+            last_year_value: None,
+            target: None,
+            red_flag: None,
+            target_gap: None,
+            score: None,
+            status: None,
+        }
+    }
 }
 
 /// Plans every KPI of `pipeline` against the tables registered in `ctx` and checks
@@ -255,16 +289,12 @@ fn series(kpi: &Kpi, rows: Vec<KpiRow>, as_of: NaiveDate) -> Result<Vec<KpiValue
                 .join(", ")
         });
         values.push(KpiValue {
-            period_start: row.period,
-            period_end: period::end_of(kpi.grain, row.period),
             segment,
+            dimensions: row.dimensions,
             value: row.value,
             numerator: row.numerator,
             denominator: row.denominator,
-            previous_value: None,
-            change_abs: None,
-            change_pct: None,
-            last_year_value: None,
+            ..KpiValue::empty(row.period, period::end_of(kpi.grain, row.period))
         });
     }
     values.sort_by(|a, b| (&a.segment, a.period_start).cmp(&(&b.segment, b.period_start)));

@@ -1,6 +1,7 @@
-//! `exports:`: flat extracts of a run's KPI values, each one SQL query over the
-//! run's `kpi_values` rows written to one Parquet file, for a tool that wants a
-//! single file with its own column names (a BI extract, a benchmark contract).
+//! `exports:`: flat extracts of a run's results, each one SQL query over the
+//! run's `kpi_values` and `scorecard` rows written to one Parquet file, for a tool
+//! that wants a single file with its own column names (a BI extract, a benchmark
+//! contract).
 
 use std::sync::Arc;
 
@@ -15,13 +16,13 @@ use super::{PublishError, commit};
 use crate::config::Pipeline;
 use crate::kpi::epoch_days;
 
-/// Writes every export of `pipeline` from `values` (the run's `kpi_values` rows),
-/// each atomically. The table `kpi_values` in the queries also has the partition
-/// columns `pipeline` and `as_of`.
+/// Writes every export of `pipeline` from the run's `kpi_values` and `scorecard`
+/// rows, each atomically. Both tables also have the partition columns
+/// `pipeline` and `as_of`, as a reader of the datasets sees them.
 pub async fn write_exports(
     pipeline: &Pipeline,
     as_of: NaiveDate,
-    values: &RecordBatch,
+    tables: [(&str, &RecordBatch); 2],
     run_id: &str,
 ) -> Result<(), PublishError> {
     if pipeline.exports.is_empty() {
@@ -38,26 +39,27 @@ pub async fn write_exports(
             source,
         }
     };
-    let n = values.num_rows();
-    let mut fields: Vec<Field> = values
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(Field::new("pipeline", DataType::Utf8, false));
-    fields.push(Field::new("as_of", DataType::Date32, false));
-    let mut columns: Vec<ArrayRef> = values.columns().to_vec();
-    columns.push(Arc::new(StringArray::from(vec![pipeline.name.as_str(); n])));
-    columns.push(Arc::new(Date32Array::from(vec![epoch_days(as_of); n])));
-    let schema = Arc::new(Schema::new(fields));
-    let table = RecordBatch::try_new(schema.clone(), columns).map_err(arrow)?;
-
     let ctx = SessionContext::new();
-    let provider =
-        MemTable::try_new(schema, vec![vec![table]]).map_err(|e| engine(&pipeline.file)(e))?;
-    ctx.register_table("kpi_values", Arc::new(provider))
-        .map_err(|e| engine(&pipeline.file)(e))?;
+    for (name, batch) in tables {
+        let n = batch.num_rows();
+        let mut fields: Vec<Field> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new("pipeline", DataType::Utf8, false));
+        fields.push(Field::new("as_of", DataType::Date32, false));
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        columns.push(Arc::new(StringArray::from(vec![pipeline.name.as_str(); n])));
+        columns.push(Arc::new(Date32Array::from(vec![epoch_days(as_of); n])));
+        let schema = Arc::new(Schema::new(fields));
+        let table = RecordBatch::try_new(schema.clone(), columns).map_err(arrow)?;
+        let provider =
+            MemTable::try_new(schema, vec![vec![table]]).map_err(|e| engine(&pipeline.file)(e))?;
+        ctx.register_table(name, Arc::new(provider))
+            .map_err(|e| engine(&pipeline.file)(e))?;
+    }
     for export in &pipeline.exports {
         let frame = ctx.sql(&export.query).await.map_err(engine(&export.file))?;
         let schema = Arc::new(frame.schema().as_arrow().clone());

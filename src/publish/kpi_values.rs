@@ -41,6 +41,7 @@ pub fn kpi_values_schema() -> SchemaRef {
         float("change_abs"),
         float("change_pct"),
         float("last_year_value"),
+        float("target_gap"),
         text("quality_status", false),
         Field::new(
             "computed_at",
@@ -72,7 +73,6 @@ pub fn write_kpi_values(
     let float = |f: &dyn Fn(&KpiSeries, &crate::kpi::KpiValue) -> Option<f64>| -> ArrayRef {
         Arc::new(rows.iter().map(|(s, v)| f(s, v)).collect::<Float64Array>())
     };
-    let nulls = || -> ArrayRef { Arc::new(Float64Array::from(vec![None; n])) };
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![run_id; n])),
         text(&|s| Some(s.kpi.id.clone())),
@@ -96,15 +96,19 @@ pub fn write_kpi_values(
         float(&|_, v| v.denominator),
         text(&|s| s.kpi.unit.clone()),
         text(&|s| s.kpi.direction.map(|d| d.as_str().to_string())),
-        float(&|s, _| s.kpi.target),
-        float(&|s, _| s.kpi.red_flag),
-        // Score and status arrive with the scorecard stage.
-        nulls(),
-        Arc::new(StringArray::from(vec![None::<&str>; n])),
+        float(&|_, v| v.target),
+        float(&|_, v| v.red_flag),
+        float(&|_, v| v.score),
+        Arc::new(
+            rows.iter()
+                .map(|(_, v)| v.status.map(|s| s.as_str()))
+                .collect::<StringArray>(),
+        ),
         float(&|_, v| v.previous_value),
         float(&|_, v| v.change_abs),
         float(&|_, v| v.change_pct),
         float(&|_, v| v.last_year_value),
+        float(&|_, v| v.target_gap),
         // Quality checks arrive with the quality stage.
         Arc::new(StringArray::from(vec!["not_checked"; n])),
         Arc::new(

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! <output>/kpi_values/pipeline=<name>/as_of=<date>/part-0.parquet   replaced by a rerun
+//! <output>/scorecard/pipeline=<name>/as_of=<date>/part-0.parquet    replaced by a rerun
 //! <output>/runs/pipeline=<name>/as_of=<date>/run-<run_id>.parquet   one per run, kept
 //! ```
 
@@ -10,6 +11,7 @@ mod commit;
 mod exports;
 mod kpi_values;
 mod runs;
+mod scorecard;
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +20,7 @@ use chrono::NaiveDate;
 pub use exports::write_exports;
 pub use kpi_values::{kpi_values_schema, write_kpi_values};
 pub use runs::{RunRecord, RunStatus, runs_schema, write_run_record};
+pub use scorecard::{scorecard_schema, write_scorecard};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

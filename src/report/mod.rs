@@ -1,0 +1,3 @@
+//! Reports of a run for people: the scorecard as text on the terminal.
+
+pub mod terminal;

@@ -1,0 +1,349 @@
+//! The Balanced Scorecard, per period of the scorecard's grain: each KPI's value
+//! rolled to that grain and scored, then KPI -> objective -> perspective ->
+//! overall, each node combining the children that have a score.
+//!
+//! A KPI finer than the scorecard (days in a month) is rolled up: ratio KPIs as
+//! the sum of numerators over the sum of denominators, value KPIs by their
+//! `aggregation:`; targets roll up the same way (a month's target is the sum of
+//! its days' targets when the values are summed). A KPI coarser than the
+//! scorecard (a quarter in a month) gives each period inside it its own score.
+//! A week belongs to the month (quarter, year) its Monday falls in.
+//! A KPI with segments counts once: the mean of its segments' scores.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::NaiveDate;
+
+use super::method::{self, Goals, Status};
+use crate::config::{Aggregation, Grain, Pipeline, Rollup};
+use crate::kpi::{KpiSeries, KpiValue, Measure, period};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Overall,
+    Perspective,
+    Objective,
+    Kpi,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Overall => "overall",
+            Level::Perspective => "perspective",
+            Level::Objective => "objective",
+            Level::Kpi => "kpi",
+        }
+    }
+}
+
+/// One node of the scorecard for one period (the `scorecard/` dataset).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScorecardRow {
+    pub period_start: NaiveDate,
+    pub period_end: NaiveDate,
+    pub level: Level,
+    pub id: String,
+    pub name: String,
+    /// The node this one rolls up into; `None` for the overall score.
+    pub parent: Option<String>,
+    pub perspective: Option<String>,
+    /// The KPI's value and target at the scorecard's grain (KPI rows without segments).
+    pub value: Option<f64>,
+    pub target: Option<f64>,
+    pub score: Option<f64>,
+    pub status: Status,
+    /// The weight this node has in its parent.
+    pub weight: f64,
+    /// Children (segments, for a KPI) with a score, and all of them.
+    pub children_scored: usize,
+    pub children_total: usize,
+}
+
+/// The scorecard of every period up to `as_of`; empty without a strategy map.
+pub fn scorecard(pipeline: &Pipeline, series: &[KpiSeries], as_of: NaiveDate) -> Vec<ScorecardRow> {
+    let card = &pipeline.scorecard;
+    if card.objectives.is_empty() {
+        return Vec::new();
+    }
+    let grain = card.grain;
+    let mapped: Vec<&KpiSeries> = series
+        .iter()
+        .filter(|s| s.kpi.objective.is_some())
+        .collect();
+    let periods = periods(&mapped, grain, as_of);
+
+    let mut rows = Vec::new();
+    for start in periods {
+        let end = period::end_of(grain, start);
+        let row = |level, id: &str, name: &str, parent: Option<&str>, perspective: Option<&str>| {
+            ScorecardRow {
+                period_start: start,
+                period_end: end,
+                level,
+                id: id.to_string(),
+                name: name.to_string(),
+                parent: parent.map(str::to_string),
+                perspective: perspective.map(str::to_string),
+                value: None,
+                target: None,
+                score: None,
+                status: Status::NoData,
+                weight: 1.0,
+                children_scored: 0,
+                children_total: 0,
+            }
+        };
+        let mut overall = row(Level::Overall, "overall", &pipeline.name, None, None);
+        let mut tree = Vec::new();
+        let mut perspective_scores = Vec::new();
+        for p in &card.perspectives {
+            let mut perspective = row(
+                Level::Perspective,
+                &p.id,
+                &p.name,
+                Some("overall"),
+                Some(&p.id),
+            );
+            perspective.weight = p.weight;
+            let mut objective_scores = Vec::new();
+            let mut below = Vec::new();
+            for o in card.objectives.iter().filter(|o| o.perspective == p.id) {
+                let mut objective = row(Level::Objective, &o.id, &o.name, Some(&p.id), Some(&p.id));
+                objective.weight = o.weight;
+                let mut kpi_scores = Vec::new();
+                let mut kpis = Vec::new();
+                for s in mapped
+                    .iter()
+                    .filter(|s| s.kpi.objective.as_deref() == Some(&o.id))
+                {
+                    let node = kpi_node(s, grain, start);
+                    let mut kpi = row(Level::Kpi, &s.kpi.id, &s.kpi.name, Some(&o.id), Some(&p.id));
+                    kpi_scores.push((node.score, s.kpi.weight));
+                    kpi.weight = s.kpi.weight;
+                    (kpi.value, kpi.target, kpi.score, kpi.status) =
+                        (node.value, node.target, node.score, node.status);
+                    (kpi.children_scored, kpi.children_total) =
+                        (node.segments_scored, node.segments);
+                    kpis.push(kpi);
+                }
+                set_rollup(&mut objective, &kpi_scores, o.rollup);
+                objective_scores.push((objective.score, o.weight));
+                below.push(objective);
+                below.extend(kpis);
+            }
+            set_rollup(&mut perspective, &objective_scores, p.rollup);
+            perspective_scores.push((perspective.score, p.weight));
+            tree.push(perspective);
+            tree.extend(below);
+        }
+        set_rollup(&mut overall, &perspective_scores, card.rollup);
+        rows.push(overall);
+        rows.extend(tree);
+    }
+    rows
+}
+
+/// The scorecard periods: every period at the scorecard's grain that some KPI
+/// has a value for, up to the one containing `as_of`.
+fn periods(series: &[&KpiSeries], grain: Grain, as_of: NaiveDate) -> BTreeSet<NaiveDate> {
+    let mut periods = BTreeSet::new();
+    for s in series {
+        for v in &s.values {
+            if s.kpi.grain <= grain {
+                periods.insert(period::start_of(grain, v.period_start));
+            } else {
+                let mut p = period::start_of(grain, v.period_start);
+                while p <= v.period_end && p <= as_of {
+                    periods.insert(p);
+                    p = period::shift(grain, p, 1);
+                }
+            }
+        }
+    }
+    periods
+}
+
+/// Combines the children's scores into the node's; children without a score
+/// (or with weight 0) are left out and counted.
+fn set_rollup(node: &mut ScorecardRow, children: &[(Option<f64>, f64)], rollup: Rollup) {
+    node.children_total = children.len();
+    node.children_scored = children.iter().filter(|(s, _)| s.is_some()).count();
+    node.score = combine(children, rollup);
+    node.status = node.score.map_or(Status::NoData, Status::from_score);
+}
+
+/// Weighted mean of the scored children (weights relative), or the worst of them.
+pub fn combine(children: &[(Option<f64>, f64)], rollup: Rollup) -> Option<f64> {
+    let scored = children
+        .iter()
+        .filter_map(|(s, w)| s.map(|s| (s, *w)))
+        .filter(|(_, w)| *w > 0.0);
+    match rollup {
+        Rollup::WeightedMean => {
+            let (sum, weight) = scored.fold((0.0, 0.0), |(sum, weight), (s, w)| {
+                (sum + s * w, weight + w)
+            });
+            (weight > 0.0).then(|| sum / weight)
+        }
+        Rollup::WorstChild => scored.map(|(s, _)| s).min_by(f64::total_cmp),
+    }
+}
+
+/// A KPI at one scorecard period.
+#[derive(Debug, Default)]
+struct KpiNode {
+    value: Option<f64>,
+    target: Option<f64>,
+    score: Option<f64>,
+    status: Status,
+    segments: usize,
+    segments_scored: usize,
+}
+
+fn kpi_node(series: &KpiSeries, grain: Grain, start: NaiveDate) -> KpiNode {
+    let kpi = &series.kpi;
+    let inside: Vec<&KpiValue> = if kpi.grain <= grain {
+        series
+            .values
+            .iter()
+            .filter(|v| period::start_of(grain, v.period_start) == start)
+            .collect()
+    } else {
+        let containing = period::start_of(kpi.grain, start);
+        series
+            .values
+            .iter()
+            .filter(|v| v.period_start == containing)
+            .collect()
+    };
+    let mut by_segment: BTreeMap<Option<&str>, Vec<&KpiValue>> = BTreeMap::new();
+    for v in inside {
+        by_segment.entry(v.segment.as_deref()).or_default().push(v);
+    }
+    let segments: Vec<Rolled> = by_segment
+        .values()
+        .map(|values| roll(series, grain, values))
+        .collect();
+
+    let mut node = KpiNode {
+        segments: if kpi.dimensions.is_empty() {
+            0
+        } else {
+            segments.len()
+        },
+        segments_scored: if kpi.dimensions.is_empty() {
+            0
+        } else {
+            segments.iter().filter(|s| s.score.is_some()).count()
+        },
+        ..KpiNode::default()
+    };
+    if let [only] = segments.as_slice()
+        && kpi.dimensions.is_empty()
+    {
+        node.value = only.value;
+        node.target = only.target;
+    }
+    let scores: Vec<(Option<f64>, f64)> = segments.iter().map(|s| (s.score, 1.0)).collect();
+    node.score = combine(&scores, Rollup::WeightedMean);
+    node.status = match node.score {
+        Some(score) => Status::from_score(score),
+        None if segments.iter().any(|s| s.value.is_some()) => Status::NoTarget,
+        None => Status::NoData,
+    };
+    node
+}
+
+/// One segment of a KPI rolled to the scorecard's grain, and scored there.
+struct Rolled {
+    value: Option<f64>,
+    target: Option<f64>,
+    score: Option<f64>,
+}
+
+fn roll(series: &KpiSeries, grain: Grain, values: &[&KpiValue]) -> Rolled {
+    let kpi = &series.kpi;
+    // At the KPI's own grain (or coarser) the value was scored as it is.
+    if kpi.grain >= grain {
+        let v = values.last();
+        return Rolled {
+            value: v.and_then(|v| v.value),
+            target: v.and_then(|v| v.target),
+            score: v.and_then(|v| v.score),
+        };
+    }
+    // The periods that count: those with a value (or both ratio parts).
+    let counted: Vec<&KpiValue> = values
+        .iter()
+        .copied()
+        .filter(|v| match series.measure {
+            Measure::Ratio => v.numerator.is_some() && v.denominator.is_some(),
+            Measure::Value => v.value.is_some(),
+        })
+        .collect();
+    let Some(last) = counted.iter().max_by_key(|v| v.period_start) else {
+        return Rolled {
+            value: None,
+            target: None,
+            score: None,
+        };
+    };
+    let n = counted.len() as f64;
+    let sum = |f: &dyn Fn(&KpiValue) -> Option<f64>| -> Option<f64> {
+        counted.iter().map(|v| f(v)).sum::<Option<f64>>()
+    };
+    let aggregation = match series.measure {
+        Measure::Ratio => None,
+        Measure::Value => Some(kpi.aggregation.unwrap_or(Aggregation::Last)),
+    };
+    let value = match aggregation {
+        None => match (sum(&|v| v.numerator), sum(&|v| v.denominator)) {
+            (Some(num), Some(den)) if den != 0.0 => Some(num / den),
+            _ => None,
+        },
+        Some(Aggregation::Sum) => sum(&|v| v.value),
+        Some(Aggregation::Average) => sum(&|v| v.value).map(|s| s / n),
+        Some(Aggregation::Last) => last.value,
+    };
+    // Goals combine like the values: summed for sums, averaged for averages and
+    // rates, the last period's for `last`. A period without a goal leaves none.
+    let goal = |f: &dyn Fn(&KpiValue) -> Option<f64>| match aggregation {
+        Some(Aggregation::Sum) => sum(f),
+        Some(Aggregation::Last) => f(last),
+        None | Some(Aggregation::Average) => sum(f).map(|s| s / n),
+    };
+    let goals = Goals {
+        target: goal(&|v| v.target),
+        red_flag: goal(&|v| v.red_flag),
+        threshold_scale: if aggregation == Some(Aggregation::Sum) {
+            n
+        } else {
+            1.0
+        },
+    };
+    Rolled {
+        value,
+        target: goals.target,
+        score: value.and_then(|value| method::score(&kpi.scoring, kpi.direction, value, goals)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weighted_mean_leaves_out_children_without_scores() {
+        let children = [(Some(80.0), 2.0), (None, 5.0), (Some(20.0), 1.0)];
+        assert_eq!(combine(&children, Rollup::WeightedMean), Some(60.0));
+        assert_eq!(combine(&children, Rollup::WorstChild), Some(20.0));
+        assert_eq!(combine(&[(None, 1.0)], Rollup::WeightedMean), None);
+        assert_eq!(combine(&[], Rollup::WorstChild), None);
+        // Weight 0: shown, not counted.
+        assert_eq!(
+            combine(&[(Some(10.0), 0.0), (Some(50.0), 1.0)], Rollup::WorstChild),
+            Some(50.0)
+        );
+    }
+}
