@@ -8,9 +8,11 @@ use crate::config::{Direction, Scoring};
 pub const RED_FLAG_SCORE: f64 = 100.0 / 3.0;
 /// The score of a value exactly on target (two thirds of the scale).
 pub const TARGET_SCORE: f64 = 200.0 / 3.0;
-/// Status bands: red below 33.3, amber below 66.7, green from 66.7.
-pub const AMBER_FROM: f64 = 33.3;
-pub const GREEN_FROM: f64 = 66.7;
+/// Status bands in tenths of a point: red below 33.3, amber below 66.7, green
+/// from 66.7. A status follows the score as shown, to one decimal, so the red
+/// flag's 33.33... is amber and a threshold point written as 33.3 is too.
+const AMBER_FROM_TENTHS: i64 = 333;
+const GREEN_FROM_TENTHS: i64 = 667;
 
 /// What a score means, or why there is none.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -27,9 +29,10 @@ pub enum Status {
 
 impl Status {
     pub fn from_score(score: f64) -> Status {
-        if score >= GREEN_FROM {
+        let tenths = (score * 10.0).round() as i64;
+        if tenths >= GREEN_FROM_TENTHS {
             Status::Green
-        } else if score >= AMBER_FROM {
+        } else if tenths >= AMBER_FROM_TENTHS {
             Status::Amber
         } else {
             Status::Red
@@ -148,6 +151,11 @@ mod tests {
         assert_eq!(Status::from_score(s(500.0)), Status::Amber);
         assert_eq!(Status::from_score(s(700.0)), Status::Green);
         assert_eq!(Status::from_score(s(499.0)), Status::Red);
+        assert_eq!(Status::from_score(s(699.0)), Status::Amber);
+        // Bands on the score as shown: 33.3 and 66.7 written as thresholds count.
+        assert_eq!(Status::from_score(33.3), Status::Amber);
+        assert_eq!(Status::from_score(33.24), Status::Red);
+        assert_eq!(Status::from_score(66.7), Status::Green);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Targets per period (and segment) from a source or view named by a KPI's
 //! `targets:`: columns `period` and `target`, optionally `red_flag`, `kpi_id`
-//! (then one table serves several KPIs) and the KPI's dimension columns
-//! (a NULL there applies the row to every segment). Other columns are ignored.
+//! (then one table serves several KPIs) and the KPI's dimension columns. A NULL
+//! period applies the row to every period, a NULL dimension to every segment;
+//! each goal comes from the most specific matching row that gives it (so a red
+//! flag for every period can sit beside monthly targets). Other columns are ignored.
 
 use std::collections::HashMap;
 
@@ -21,7 +23,8 @@ pub struct Targets {
     by_kpi: HashMap<String, ByPeriod>,
 }
 
-type ByPeriod = HashMap<NaiveDate, Vec<TargetRow>>;
+/// Rows by period start; `None` holds the rows for every period.
+type ByPeriod = HashMap<Option<NaiveDate>, Vec<TargetRow>>;
 
 #[derive(Debug, Clone, PartialEq)]
 struct TargetRow {
@@ -41,18 +44,24 @@ impl Targets {
         dimensions: &[Option<String>],
     ) -> Option<(Option<f64>, Option<f64>)> {
         let rows = self.by_kpi.get(kpi)?;
-        let best = rows
-            .get(&period)
-            .into_iter()
-            .flatten()
-            .filter(|r| {
+        let matching = |key: Option<NaiveDate>| {
+            rows.get(&key).into_iter().flatten().filter(|r| {
                 r.dimensions
                     .iter()
                     .zip(dimensions)
                     .all(|(want, have)| want.is_none() || want == have)
             })
-            .max_by_key(|r| r.dimensions.iter().filter(|d| d.is_some()).count());
-        Some(best.map_or((None, None), |r| (r.target, r.red_flag)))
+        };
+        // Most specific first: to the period, then to the segment. Each goal
+        // comes from the most specific row that gives it.
+        let specificity = |r: &&TargetRow| std::cmp::Reverse(r.dimensions.iter().flatten().count());
+        let mut candidates: Vec<&TargetRow> = matching(Some(period)).collect();
+        candidates.sort_by_key(specificity);
+        let mut every_period: Vec<&TargetRow> = matching(None).collect();
+        every_period.sort_by_key(specificity);
+        candidates.extend(every_period);
+        let first = |goal: fn(&TargetRow) -> Option<f64>| candidates.iter().find_map(|r| goal(r));
+        Some((first(|r| r.target), first(|r| r.red_flag)))
     }
 }
 
@@ -144,14 +153,11 @@ fn read_rows(kpi: &Kpi, batches: &[RecordBatch]) -> Result<ByPeriod, String> {
             })
         };
         for i in 0..batch.num_rows() {
-            let Some(date) = periods
-                .is_valid(i)
-                .then(|| periods.value_as_date(i))
-                .flatten()
-            else {
-                return Err("a row has no `period`".into());
+            let start = match periods.is_valid(i).then(|| periods.value_as_date(i)) {
+                None => None,
+                Some(Some(date)) => Some(period::start_of(kpi.grain, date)),
+                Some(None) => return Err("a `period` is out of range".into()),
             };
-            let start = period::start_of(kpi.grain, date);
             let row = TargetRow {
                 dimensions: dims
                     .iter()
@@ -167,9 +173,11 @@ fn read_rows(kpi: &Kpi, batches: &[RecordBatch]) -> Result<ByPeriod, String> {
             };
             let same_period = rows.entry(start).or_default();
             if same_period.iter().any(|r| r.dimensions == row.dimensions) {
+                let when = start.map_or("every period".to_string(), |d| {
+                    format!("the {} starting {d}", kpi.grain.as_str())
+                });
                 return Err(format!(
-                    "two rows give the target of the {} starting {start}{}; keep one",
-                    kpi.grain.as_str(),
+                    "two rows give the target of {when}{}; keep one",
                     describe(kpi, &row.dimensions)
                 ));
             }

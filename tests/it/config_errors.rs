@@ -9,7 +9,7 @@ const CSV: &str = "id,d,amount\n1,2026-01-05,10\n2,2026-02-07,20\n";
 /// A valid pipeline with `edit` applied to its text.
 fn pipeline(edit: impl Fn(String) -> String) -> String {
     edit(
-        "name: p\noutput: out\nsources:\n  t:\n    file: data/t.csv\n    columns: {d: date}\nscorecard:\n  objectives:\n    - {id: grow, perspective: financial}\nkpis:\n  - id: k\n    objective: grow\n    sql: sql/k.sql\n    grain: month\n    target: 3\n"
+        "name: p\noutput: out\nsources:\n  t:\n    file: data/t.csv\n    columns: {d: date}\nscorecard:\n  objectives:\n    - {id: grow, perspective: financial}\nkpis:\n  - id: k\n    objective: grow\n    sql: sql/k.sql\n    grain: month\n    target: 3\n    red_flag: 1\n"
             .to_string(),
     )
 }
@@ -57,7 +57,7 @@ fn unknown_top_level_key() {
     rejects(
         |s| s + "schedul: x\n",
         &[
-            "p.yaml:16:1",
+            "p.yaml:17:1",
             "unknown key 'schedul' in the pipeline",
             "did you mean 'schedule'?",
         ],

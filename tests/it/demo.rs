@@ -133,7 +133,8 @@ fn demo_validates() {
     let out = kpiforge(&repo(), &["validate", "pipelines/demo.yaml"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("pipeline `demo` is valid: 6 sources, 1 views, 9 KPIs"),
+        stdout(&out)
+            .contains("pipeline `demo` is valid: 7 sources, 1 views, 9 KPIs, 0 lint warnings"),
         "{}",
         stdout(&out)
     );

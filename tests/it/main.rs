@@ -5,4 +5,5 @@ mod config_errors;
 mod demo;
 mod files;
 mod publish;
+mod scorecard;
 mod util;

@@ -93,3 +93,59 @@ pub fn have_pyarrow(test: &str) -> bool {
     }
     ok
 }
+
+/// One row of a published file: column name -> value as text (NULL as `None`).
+pub type Row = std::collections::HashMap<String, Option<String>>;
+
+/// Every row of a Parquet file, each value cast to text.
+pub fn rows(path: &Path) -> Vec<Row> {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::compute::cast;
+    use datafusion::arrow::datatypes::DataType;
+    let mut out = Vec::new();
+    for b in read_parquet(path) {
+        let columns: Vec<(String, datafusion::arrow::array::ArrayRef)> = b
+            .schema()
+            .fields()
+            .iter()
+            .zip(b.columns())
+            .map(|(f, c)| (f.name().clone(), cast(c, &DataType::Utf8).unwrap()))
+            .collect();
+        for r in 0..b.num_rows() {
+            out.push(
+                columns
+                    .iter()
+                    .map(|(name, c)| {
+                        let c = c.as_string::<i32>();
+                        (name.clone(), c.is_valid(r).then(|| c.value(r).to_string()))
+                    })
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+/// A numeric cell of a row.
+pub fn num(row: &Row, column: &str) -> Option<f64> {
+    row.get(column)
+        .unwrap_or_else(|| panic!("no column {column}"))
+        .as_deref()
+        .map(|v| v.parse().unwrap())
+}
+
+/// A text cell of a row.
+pub fn text<'a>(row: &'a Row, column: &str) -> Option<&'a str> {
+    row.get(column)
+        .unwrap_or_else(|| panic!("no column {column}"))
+        .as_deref()
+}
+
+/// Asserts two scores agree to 1e-9 (both absent, or both present and close).
+#[track_caller]
+pub fn assert_close(actual: Option<f64>, expected: Option<f64>, what: &str) {
+    match (actual, expected) {
+        (Some(a), Some(e)) => assert!((a - e).abs() < 1e-9, "{what}: {a} != {e}"),
+        _ => assert_eq!(actual, expected, "{what}"),
+    }
+}
