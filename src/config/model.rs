@@ -296,10 +296,20 @@ impl Pipeline {
             if let Some(t) = &kpi.targets
                 && !tables.contains(&t.as_str())
             {
-                problems.push(
-                    unknown(&format!("{path}.targets"), "source or view", t, tables.iter().copied())
-                        .hint("`targets:` names a source or view with columns period, target (and optionally red_flag, kpi_id and the KPI's dimensions)"),
+                let mut problem = unknown(
+                    &format!("{path}.targets"),
+                    "source or view",
+                    t,
+                    tables.iter().copied(),
                 );
+                let what = "`targets:` names a source or view with columns period and target (optionally red_flag, kpi_id and the KPI's dimensions)";
+                problem.hint = Some(
+                    match problem.hint.filter(|h| h.starts_with("did you mean")) {
+                        Some(near) => format!("{near} {what}"),
+                        None => what.to_string(),
+                    },
+                );
+                problems.push(problem);
             }
             match check_kpi(kpi, &path, &root, &scorecard) {
                 Ok(k) => kpis.push(k),

@@ -256,3 +256,100 @@ fn kpi_reading_an_unknown_table() {
     let out = kpiforge(dir.path(), &["validate", "pipelines/p.yaml"]);
     assert_fails(&out, 2, &["KPI `k`", "orders"]);
 }
+
+const GOALS: &str = "    target: 3\n    red_flag: 1\n";
+
+#[test]
+fn goal_red_flag_needs_both_goals() {
+    rejects(
+        |s| s.replace("    red_flag: 1\n", ""),
+        &[
+            "p.yaml:11:5: kpis[0].red_flag: goal/red-flag scoring needs a `red_flag:` beside `target:`",
+            "or use `scoring: percent_of_target`",
+        ],
+    );
+}
+
+#[test]
+fn direction_must_agree_with_the_goals() {
+    rejects(
+        |s| s + "    direction: lower_is_better\n",
+        &[
+            "kpis[0].direction: direction is lower_is_better but target 3 and red flag 1 say higher_is_better",
+        ],
+    );
+    rejects(
+        |s| s + "    direction: target_band\n",
+        &[
+            "a target band needs `scoring: thresholds`",
+            "best score in the middle",
+        ],
+    );
+}
+
+#[test]
+fn thresholds_must_increase_and_stay_on_the_scale() {
+    rejects(
+        |s| s.replace(GOALS, "    thresholds: [[10, 0], [5, 100]]\n"),
+        &["p.yaml:15:5: kpis[0].thresholds: threshold values must increase: 10 is followed by 5"],
+    );
+    rejects(
+        |s| s.replace(GOALS, "    thresholds: [[1, 0], [5, 120]]\n"),
+        &["point [5, 120]: scores run from 0 to 100"],
+    );
+    rejects(
+        |s| s.replace(GOALS, "    scoring: thresholds\n"),
+        &["`scoring: thresholds` needs at least two `[value, score]` points"],
+    );
+    rejects(
+        |s| {
+            s.replace(
+                GOALS,
+                "    scoring: percent_of_target\n    target: 3\n    red_flag: 1\n",
+            )
+        },
+        &["`red_flag:` is not used by `scoring: percent_of_target`"],
+    );
+}
+
+#[test]
+fn targets_table_must_exist_and_not_clash_with_a_constant() {
+    rejects(
+        |s| s + "    targets: t\n",
+        &["`target:` and `targets:` both give this KPI's target"],
+    );
+    rejects(
+        |s| s.replace("    target: 3\n", "    targets: tt\n"),
+        &[
+            "kpis[0].targets: unknown source or view `tt`",
+            "did you mean `t`?",
+        ],
+    );
+    // `t` exists but has no `period` column: found by `validate` from its schema.
+    rejects(
+        |s| s.replace("    target: 3\n", "    targets: t\n"),
+        &["KPI `k`: targets table `t`: it has no `period` column"],
+    );
+}
+
+#[test]
+fn custom_perspectives_are_declared_beside_the_classic_four() {
+    rejects(
+        |s| s.replace("perspective: financial", "perspective: sustainability"),
+        &[
+            "scorecard.objectives[0].perspective: unknown perspective `sustainability`",
+            "known: customer, financial, internal_process, learning_growth; a custom perspective is declared under `scorecard: perspectives:`",
+        ],
+    );
+    let yaml = pipeline(|s| {
+        s.replace("perspective: financial", "perspective: sustainability")
+            .replace("scorecard:\n", "scorecard:\n  perspectives:\n    - {id: sustainability, name: Sustainability, weight: 2}\n")
+    });
+    let dir = project(&[
+        ("pipelines/p.yaml", &yaml),
+        ("data/t.csv", CSV),
+        ("sql/k.sql", SQL),
+    ]);
+    let out = kpiforge(dir.path(), &["validate", "pipelines/p.yaml"]);
+    assert!(out.status.success(), "{}", super::util::stderr(&out));
+}
