@@ -170,7 +170,7 @@ import sys, json
 import pyarrow.dataset as ds
 root = sys.argv[1]
 out = {}
-for name in ["kpi_values", "runs"]:
+for name in ["kpi_values", "scorecard", "runs"]:
     t = ds.dataset(f"{root}/{name}", format="parquet", partitioning="hive").to_table()
     out[name] = {"rows": t.num_rows, "columns": t.column_names,
                  "pipelines": sorted(set(t.column("pipeline").to_pylist()))}
@@ -181,6 +181,10 @@ runs = ds.dataset(f"{root}/runs", format="parquet", partitioning="hive").to_tabl
 out["run_status"] = runs[0]["status"]
 out["rows_read_orders"] = [r["rows"] for r in runs[0]["rows_read"] if r["source"] == "orders"][0]
 out["types"] = {f.name: str(f.type) for f in ds.dataset(f"{root}/kpi_values", format="parquet", partitioning="hive").schema}
+card = ds.dataset(f"{root}/scorecard", format="parquet", partitioning="hive").to_table().to_pylist()
+out["scorecard_types"] = {f.name: str(f.type) for f in ds.dataset(f"{root}/scorecard", format="parquet", partitioning="hive").schema}
+out["overall_oct_2026"] = [(r["score"], r["status"], r["children_scored"]) for r in card
+    if r["level"] == "overall" and str(r["period_start"]) == "2026-10-01"][0]
 print(json.dumps(out))
 "#;
     let result = std::process::Command::new("python3")
@@ -227,6 +231,7 @@ print(json.dumps(out))
         "change_abs",
         "change_pct",
         "last_year_value",
+        "target_gap",
         "quality_status",
         "computed_at",
         "definition_hash",
@@ -240,6 +245,34 @@ print(json.dumps(out))
     }
     assert_eq!(got["types"]["period_start"], "date32[day]");
     assert_eq!(got["types"]["computed_at"], "timestamp[us, tz=UTC]");
+    // The scorecard: one tree per month, typed as docs/outputs.md says.
+    let card = &got["scorecard"];
+    assert_eq!(card["pipelines"], serde_json::json!(["demo"]));
+    assert_eq!(
+        card["rows"],
+        24 * 18,
+        "24 months of 1 overall + 4 perspectives + 4 objectives + 9 KPIs"
+    );
+    for (c, t) in [
+        ("period_start", "date32[day]"),
+        ("level", "string"),
+        ("score", "double"),
+        ("children_scored", "int32"),
+        ("children_total", "int32"),
+        ("weight", "double"),
+    ] {
+        assert_eq!(got["scorecard_types"][c], t, "scorecard.{c}");
+    }
+    let overall = &got["overall_oct_2026"];
+    assert_eq!(
+        (overall[1].as_str(), overall[2].as_u64()),
+        (Some("green"), Some(4))
+    );
+    assert_eq!(
+        (overall[0].as_f64().unwrap() * 10.0).round(),
+        844.0,
+        "{overall}"
+    );
     assert_eq!(got["runs"]["rows"], 1);
     let run_columns = names(&got["runs"]["columns"]);
     for c in [
