@@ -9,7 +9,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-use super::{PublishError, commit, partition};
+use super::{PublishError, write_partition};
 use crate::config::Pipeline;
 use crate::kpi::{KpiSeries, epoch_days};
 
@@ -117,13 +117,13 @@ pub fn write_kpi_values(
         ),
         text(&|s| Some(s.kpi.definition_hash.clone())),
     ];
-    let batch = RecordBatch::try_new(kpi_values_schema(), columns).map_err(|source| {
-        PublishError::Arrow {
-            dataset: "kpi_values",
-            source,
-        }
-    })?;
-    let dir = partition(output, "kpi_values", &pipeline.name, as_of);
-    commit::write_parquet(&dir, "part-0.parquet", &batch, run_id)?;
-    Ok(batch)
+    write_partition(
+        output,
+        "kpi_values",
+        &pipeline.name,
+        as_of,
+        run_id,
+        kpi_values_schema(),
+        columns,
+    )
 }

@@ -50,6 +50,24 @@ pub enum PublishError {
     },
 }
 
+/// Builds a dataset's batch from its columns and writes it as the run's
+/// partition (`part-0.parquet`, replacing a previous run's for the same date).
+fn write_partition(
+    output: &Path,
+    dataset: &'static str,
+    pipeline: &str,
+    as_of: NaiveDate,
+    run_id: &str,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+    columns: Vec<datafusion::arrow::array::ArrayRef>,
+) -> Result<datafusion::arrow::array::RecordBatch, PublishError> {
+    let batch = datafusion::arrow::array::RecordBatch::try_new(schema, columns)
+        .map_err(|source| PublishError::Arrow { dataset, source })?;
+    let dir = partition(output, dataset, pipeline, as_of);
+    commit::write_parquet(&dir, "part-0.parquet", &batch, run_id)?;
+    Ok(batch)
+}
+
 /// The folder of one dataset's partition for a pipeline and run date.
 pub fn partition(output: &Path, dataset: &str, pipeline: &str, as_of: NaiveDate) -> PathBuf {
     output

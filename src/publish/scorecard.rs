@@ -10,7 +10,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
-use super::{PublishError, commit, partition};
+use super::{PublishError, write_partition};
 use crate::config::Pipeline;
 use crate::kpi::epoch_days;
 use crate::score::ScorecardRow;
@@ -88,13 +88,13 @@ pub fn write_scorecard(
         count(&|r| r.children_scored),
         count(&|r| r.children_total),
     ];
-    let batch = RecordBatch::try_new(scorecard_schema(), columns).map_err(|source| {
-        PublishError::Arrow {
-            dataset: "scorecard",
-            source,
-        }
-    })?;
-    let dir = partition(output, "scorecard", &pipeline.name, as_of);
-    commit::write_parquet(&dir, "part-0.parquet", &batch, run_id)?;
-    Ok(batch)
+    write_partition(
+        output,
+        "scorecard",
+        &pipeline.name,
+        as_of,
+        run_id,
+        scorecard_schema(),
+        columns,
+    )
 }
