@@ -109,8 +109,10 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
         let mut computed = kpi::compute(&ctx, planned, as_of).await?;
         let targets = score::load_targets(&ctx, pipeline).await?;
         score::score_values(&mut computed.series, &targets);
-        let scorecard = score::scorecard(pipeline, &computed.series, as_of);
-        let values = publish::write_kpi_values(
+        let scorecard = score::scorecard(pipeline, &computed.series, &targets, as_of);
+        // Stage every file, then put them all in place: an error while writing
+        // any of them leaves every dataset as it was.
+        let (values, values_file) = publish::stage_kpi_values(
             &output,
             pipeline,
             &run_id,
@@ -118,9 +120,13 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
             started_at,
             &computed.series,
         )?;
-        let card = publish::write_scorecard(&output, pipeline, &run_id, as_of, &scorecard)?;
+        let (card, card_file) =
+            publish::stage_scorecard(&output, pipeline, &run_id, as_of, &scorecard)?;
         let tables = [("kpi_values", &values), ("scorecard", &card)];
-        publish::write_exports(pipeline, as_of, tables, &run_id).await?;
+        let exports = publish::stage_exports(pipeline, as_of, &tables, &run_id).await?;
+        for file in [values_file, card_file].into_iter().chain(exports) {
+            file.commit()?;
+        }
         Ok::<_, Error>((computed, scorecard))
     }
     .await;
@@ -153,9 +159,6 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
     let (Computed { series, shared }, scorecard) = result?;
     recorded?;
     let lints = score::lint::check_stale(pipeline, &series, as_of);
-    for lint in &lints {
-        tracing::warn!(rule = lint.rule.as_str(), "{}", lint.problem.message);
-    }
     tracing::info!(pipeline = %pipeline.name, %run_id, ms = started.elapsed().as_millis() as u64, "run succeeded");
     Ok(RunReport {
         run_id,

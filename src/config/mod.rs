@@ -1,6 +1,7 @@
 //! Pipeline configuration: load a YAML file, check it, and return the model that
 //! the later stages use. Every problem names the file, line, column and a fix.
 
+pub mod checks;
 pub mod env;
 mod error;
 mod locate;
@@ -9,14 +10,15 @@ mod raw;
 
 use std::path::Path;
 
+pub use checks::{Check, CheckKind, OnFailure, Severity, Threshold};
 pub use error::{ConfigError, Problem};
 pub use locate::Position;
 pub use model::{
     Aggregation, Direction, Export, FileSource, Grain, Kpi, LintRule, LintSettings, Objective,
-    PERSPECTIVES, Perspective, Pipeline, Rollup, Scorecard, Scoring, Source, SourceKind, View,
-    parse_type, project_root,
+    PERSPECTIVES, Perspective, Pipeline, QualitySettings, Rollup, Scorecard, Scoring, Source,
+    SourceKind, View, parse_type, project_root,
 };
-pub use raw::{CsvOptions, FileFormat};
+pub use raw::{CsvOptions, FileFormat, Literal};
 
 use locate::SourceMap;
 use raw::RawPipeline;

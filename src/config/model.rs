@@ -8,6 +8,7 @@ use chrono_tz::Tz;
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use sha2::{Digest, Sha256};
 
+use super::checks::{Check, OnFailure, check_checks};
 use super::env::interpolate;
 use super::error::Problem;
 use super::raw::{
@@ -40,6 +41,16 @@ pub struct Pipeline {
     pub scorecard: Scorecard,
     pub kpis: Vec<Kpi>,
     pub exports: Vec<Export>,
+    /// Checks across sources (relationships, reconciliations).
+    pub checks: Vec<Check>,
+    pub quality: QualitySettings,
+}
+
+/// What the quality gate does, and how much it keeps of failing rows.
+#[derive(Debug, Clone)]
+pub struct QualitySettings {
+    pub on_failure: OnFailure,
+    pub sample_size: usize,
 }
 
 /// The strategy map and how scores roll up it.
@@ -106,6 +117,11 @@ pub struct Source {
     pub name: String,
     pub description: Option<String>,
     pub kind: SourceKind,
+    /// Columns identifying a row, shown in samples of failing rows.
+    pub key: Vec<String>,
+    pub checks: Vec<Check>,
+    /// Write rows failing row-level `error` checks to `quarantine/`.
+    pub quarantine: bool,
 }
 
 /// One variant per kind of source; `source::register` matches on it exhaustively.
@@ -317,17 +333,33 @@ impl Pipeline {
             }
         }
 
+        let checks = check_checks(raw.checks, "checks", None, &mut problems);
+        let quality = QualitySettings {
+            on_failure: raw
+                .quality
+                .as_ref()
+                .and_then(|q| q.on_failure)
+                .unwrap_or_default(),
+            sample_size: raw
+                .quality
+                .as_ref()
+                .and_then(|q| q.sample_size)
+                .unwrap_or(5),
+        };
+
         let mut exports = Vec::new();
         for (i, export) in raw.exports.into_iter().enumerate() {
             let path = format!("exports[{i}].file");
             match interpolate(&export.file, &path) {
-                Ok(file) if file.ends_with(".parquet") => exports.push(Export {
-                    file: root.join(file),
-                    query: export.query,
-                }),
+                Ok(file) if file.ends_with(".parquet") || file.ends_with(".json") => {
+                    exports.push(Export {
+                        file: root.join(file),
+                        query: export.query,
+                    })
+                }
                 Ok(file) => problems.push(
-                    Problem::new(path, format!("`{file}` is not a .parquet file"))
-                        .hint("exports are written as Parquet; name the file *.parquet"),
+                    Problem::new(path, format!("`{file}` is neither .parquet nor .json"))
+                        .hint("exports are written as Parquet (*.parquet) or a JSON array of rows (*.json)"),
                 ),
                 Err(p) => problems.push(p),
             }
@@ -349,6 +381,8 @@ impl Pipeline {
             scorecard,
             kpis,
             exports,
+            checks,
+            quality,
         })
     }
 }
@@ -436,12 +470,21 @@ fn check_source(name: &str, raw: RawSource, root: &Path) -> Result<Source, Vec<P
                 .hint("use one of: boolean, int, bigint, double, decimal(p,s), varchar, date, timestamp, timestamptz")),
         }
     }
+    let checks = check_checks(
+        raw.checks,
+        &format!("{path}.checks"),
+        Some(name),
+        &mut problems,
+    );
     if !problems.is_empty() {
         return Err(problems);
     }
     Ok(Source {
         name: name.to_string(),
         description: raw.description,
+        key: raw.key,
+        checks,
+        quarantine: raw.quarantine,
         kind: SourceKind::File(FileSource {
             pattern,
             paths,
@@ -551,22 +594,21 @@ fn check_scorecard(raw: Option<RawScorecard>, problems: &mut Vec<Problem>) -> Ch
             rollup: Rollup::default(),
         })
         .collect();
+    let mut declared_ids: Vec<String> = Vec::new();
     for (i, p) in raw.perspectives.into_iter().enumerate() {
         let path = format!("scorecard.perspectives[{i}]");
         if !is_identifier(&p.id) {
             problems.push(identifier_problem(&format!("{path}.id"), &p.id));
         }
         let weight = check_weight(p.weight, &format!("{path}.weight"), problems);
-        let classic = PERSPECTIVES.iter().any(|(id, _)| *id == p.id);
         let existing = perspectives.iter().position(|q| q.id == p.id);
-        match existing {
-            // A custom perspective declared twice.
-            Some(_) if !classic => problems.push(Problem::new(
+        if declared_ids.contains(&p.id) {
+            problems.push(Problem::new(
                 format!("{path}.id"),
                 format!("perspective `{}` is declared twice", p.id),
-            )),
-            _ => {}
+            ));
         }
+        declared_ids.push(p.id.clone());
         let declared = Perspective {
             name: p.name.unwrap_or_else(|| {
                 existing.map_or_else(|| p.id.clone(), |i| perspectives[i].name.clone())
@@ -656,10 +698,10 @@ fn check_scorecard(raw: Option<RawScorecard>, problems: &mut Vec<Problem>) -> Ch
     let lint = match raw.lint {
         None => defaults,
         Some(l) => {
-            if l.stale_periods == Some(0) {
+            if l.stale_periods.is_some_and(|n| !(1..=1000).contains(&n)) {
                 problems.push(Problem::new(
                     "scorecard.lint.stale_periods",
-                    "must be at least 1",
+                    "must be from 1 to 1000",
                 ));
             }
             LintSettings {
@@ -684,16 +726,19 @@ fn check_scorecard(raw: Option<RawScorecard>, problems: &mut Vec<Problem>) -> Ch
     }
 }
 
-/// A roll-up weight: a finite number >= 0, default 1.
+/// A roll-up weight: a number from 0 to 1e6 (weights are relative), default 1.
 fn check_weight(weight: Option<f64>, path: &str, problems: &mut Vec<Problem>) -> f64 {
     match weight {
         None => 1.0,
-        Some(w) if w.is_finite() && w >= 0.0 => w,
+        Some(w) if (0.0..=1e6).contains(&w) => w,
         Some(w) => {
-            problems.push(Problem::new(
-                path,
-                format!("weight {w} must be a number >= 0"),
-            ));
+            problems.push(
+                Problem::new(
+                    path,
+                    format!("weight {w} must be a number from 0 to 1000000"),
+                )
+                .hint("weights are relative: 2 counts twice as much as 1"),
+            );
             1.0
         }
     }
@@ -771,6 +816,14 @@ fn check_kpi(
     };
     let sql = read_sql(root, &raw.sql, &format!("{path}.sql"));
     let weight = check_weight(raw.weight, &format!("{path}.weight"), &mut problems);
+    for (key, v) in [("target", raw.target), ("red_flag", raw.red_flag)] {
+        if v.is_some_and(|v| !v.is_finite()) {
+            problems.push(Problem::new(
+                format!("{path}.{key}"),
+                format!("{key} must be a finite number"),
+            ));
+        }
+    }
     let scoring = check_scoring(&raw, path, &mut problems);
     for (i, d) in raw.dimensions.iter().enumerate() {
         if ["period", "value", "numerator", "denominator"].contains(&d.as_str())

@@ -26,6 +26,186 @@ pub struct RawPipeline {
     pub kpis: Vec<RawKpi>,
     #[serde(default)]
     pub exports: Vec<RawExport>,
+    /// Checks across sources (relationships, reconciliations).
+    #[serde(default)]
+    pub checks: Vec<RawCheck>,
+    #[serde(default)]
+    pub quality: Option<RawQuality>,
+}
+
+/// What a failed `error` check does to the KPIs that read its source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuality {
+    #[serde(default)]
+    pub on_failure: Option<OnFailure>,
+    /// Failing rows kept as a sample per check (default 5).
+    #[serde(default)]
+    pub sample_size: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Publish the blocked KPIs' values with `quality_status = failed` and no score.
+    #[default]
+    Flag,
+    /// Publish no values for the blocked KPIs.
+    Withhold,
+}
+
+/// One check: a single key naming its type, with a column, a list of columns,
+/// or its settings: `not_null: id`, `unique: [a, b]`, `between: {column: x, min: 0}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawCheck {
+    RowCount(CheckBody),
+    NotNull(CheckBody),
+    Completeness(CheckBody),
+    Unique(CheckBody),
+    AcceptedValues(CheckBody),
+    Between(CheckBody),
+    Regex(CheckBody),
+    Freshness(CheckBody),
+    Schema(CheckBody),
+    Relationship(CheckBody),
+    Reconcile(CheckBody),
+    Expression(CheckBody),
+    Metric(CheckBody),
+    Change(CheckBody),
+    Anomaly(CheckBody),
+}
+
+/// A check's body: shorthand (a column or a list of columns) or its settings.
+#[derive(Debug, Clone)]
+pub enum CheckBody {
+    Column(String),
+    Columns(Vec<String>),
+    Args(Box<CheckArgs>),
+}
+
+/// Every setting any check takes; `model.rs` rejects those a type does not use.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckArgs {
+    /// Names the check in results and history; defaults to `<type>_<column>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub severity: Option<Severity>,
+    /// A SQL predicate: only the rows it holds for are checked.
+    #[serde(default, rename = "where")]
+    pub filter: Option<String>,
+    /// Check each segment of these columns on its own.
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    /// Fraction of the checked rows that must pass (0 < mostly <= 1).
+    #[serde(default)]
+    pub mostly: Option<f64>,
+    /// Rows allowed to fail, as a count.
+    #[serde(default)]
+    pub max_unexpected: Option<u64>,
+    #[serde(default)]
+    pub column: Option<String>,
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+    #[serde(default)]
+    pub values: Option<Vec<Literal>>,
+    #[serde(default)]
+    pub min: Option<f64>,
+    #[serde(default)]
+    pub max: Option<f64>,
+    #[serde(default)]
+    pub strict_min: bool,
+    #[serde(default)]
+    pub strict_max: bool,
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// `36h`, `2d`, `90m`, `45s`.
+    #[serde(default)]
+    pub max_age: Option<String>,
+    #[serde(default)]
+    pub required: Vec<String>,
+    #[serde(default)]
+    pub types: BTreeMap<String, String>,
+    #[serde(default)]
+    pub forbidden: Vec<String>,
+    /// `source.column`.
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default)]
+    pub left: Option<String>,
+    #[serde(default)]
+    pub right: Option<String>,
+    /// Relative tolerance of a reconciliation (0.001 = 0.1%).
+    #[serde(default)]
+    pub tolerance: Option<f64>,
+    /// A row-level predicate (`expression`) or an aggregate (`metric`, `change`, `anomaly`).
+    #[serde(default)]
+    pub sql: Option<String>,
+    /// Largest allowed relative change against the previous run (0.2 = 20%).
+    #[serde(default)]
+    pub max_change: Option<f64>,
+    /// Largest allowed |z-score| against the last `runs` runs.
+    #[serde(default)]
+    pub max_z: Option<f64>,
+    #[serde(default)]
+    pub runs: Option<usize>,
+    #[serde(default)]
+    pub min_runs: Option<usize>,
+}
+
+/// An accepted value as written: text, a number or a boolean.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Literal {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    #[default]
+    Error,
+    Warn,
+}
+
+impl<'de> Deserialize<'de> for CheckBody {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Body;
+        impl<'de> serde::de::Visitor<'de> for Body {
+            type Value = CheckBody;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a column, a list of columns, or the check's settings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CheckBody, E> {
+                Ok(CheckBody::Column(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<CheckBody, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(CheckBody::Columns)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<CheckBody, A::Error> {
+                CheckArgs::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|a| CheckBody::Args(Box::new(a)))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<CheckBody, E> {
+                Ok(CheckBody::Args(Box::default()))
+            }
+        }
+        d.deserialize_any(Body)
+    }
 }
 
 /// A flat extract of the run's results for a tool that wants one file with its
@@ -55,6 +235,14 @@ pub struct RawSource {
     /// Declared column types, overriding inference: `{amount: "decimal(12,2)"}`.
     #[serde(default)]
     pub columns: BTreeMap<String, String>,
+    /// The columns that identify a row, shown in samples of failing rows.
+    #[serde(default)]
+    pub key: Vec<String>,
+    #[serde(default)]
+    pub checks: Vec<RawCheck>,
+    /// Write the rows that fail this source's row-level `error` checks to `quarantine/`.
+    #[serde(default)]
+    pub quarantine: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

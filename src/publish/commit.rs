@@ -1,9 +1,12 @@
-//! Atomic file commit: write a Parquet file under a hidden temporary name in its
-//! final folder, flush it to disk, then rename it into place. Readers see the old
-//! file or the new one, never a part; a killed run leaves at most a hidden
-//! `.*.tmp` file, which Parquet readers (DuckDB, pyarrow, Polars) skip.
+//! Atomic file commit: write a file under a hidden temporary name in its final
+//! folder and flush it to disk (`stage_*`), then rename it into place
+//! (`Staged::commit`). Readers see the old file or the new one, never a part; a
+//! killed run leaves at most a hidden `.*.tmp` file, which Parquet readers
+//! (DuckDB, pyarrow, Polars) skip. A run stages all its files before it commits
+//! any, so an error while writing one leaves every dataset as it was.
 
 use std::fs::{self, File};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use datafusion::arrow::array::RecordBatch;
@@ -13,6 +16,105 @@ use datafusion::parquet::file::properties::WriterProperties;
 
 use super::PublishError;
 
+/// A file written and flushed under its temporary name, not yet in place.
+/// Dropped without `commit`, it is removed.
+#[derive(Debug)]
+pub struct Staged {
+    temp: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    /// Renames the file into place (replacing any file there) and makes the rename durable.
+    pub fn commit(mut self) -> Result<PathBuf, PublishError> {
+        fs::rename(&self.temp, &self.target).map_err(|e| io(&self.target, e))?;
+        self.committed = true;
+        if let Some(dir) = self.target.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io(dir, e))?;
+        }
+        Ok(self.target.clone())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+fn io(path: &Path, source: std::io::Error) -> PublishError {
+    PublishError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Stages `batch` as the Parquet file `dir/name`.
+pub fn stage_parquet(
+    dir: &Path,
+    name: &str,
+    batch: &RecordBatch,
+    tag: &str,
+) -> Result<Staged, PublishError> {
+    stage(dir, name, tag, |file, target| {
+        let parquet = |source| PublishError::Parquet {
+            path: target.to_path_buf(),
+            source,
+        };
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
+        let mut writer =
+            ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(parquet)?;
+        writer.write(batch).map_err(parquet)?;
+        writer.into_inner().map_err(parquet)
+    })
+}
+
+/// Stages `batch` as a JSON array of row objects, `dir/name`.
+pub fn stage_json(
+    dir: &Path,
+    name: &str,
+    batch: &RecordBatch,
+    tag: &str,
+) -> Result<Staged, PublishError> {
+    stage(dir, name, tag, |file, target| {
+        let arrow = |source| PublishError::Arrow {
+            dataset: "exports",
+            source,
+        };
+        let mut writer = datafusion::arrow::json::ArrayWriter::new(file);
+        writer.write(batch).map_err(arrow)?;
+        writer.finish().map_err(arrow)?;
+        let mut file = writer.into_inner();
+        file.write_all(b"\n").map_err(|e| io(target, e))?;
+        Ok(file)
+    })
+}
+
+fn stage(
+    dir: &Path,
+    name: &str,
+    tag: &str,
+    write: impl FnOnce(File, &Path) -> Result<File, PublishError>,
+) -> Result<Staged, PublishError> {
+    fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let staged = Staged {
+        temp: dir.join(format!(".{name}.{tag}.tmp")),
+        target: dir.join(name),
+        committed: false,
+    };
+    let file = File::create(&staged.temp).map_err(|e| io(&staged.temp, e))?;
+    let file = write(file, &staged.target)?;
+    file.sync_all().map_err(|e| io(&staged.temp, e))?;
+    Ok(staged)
+}
+
 /// Writes `batch` to `dir/name` atomically, replacing any file already there.
 pub fn write_parquet(
     dir: &Path,
@@ -20,46 +122,5 @@ pub fn write_parquet(
     batch: &RecordBatch,
     tag: &str,
 ) -> Result<PathBuf, PublishError> {
-    let io = |path: &Path, source: std::io::Error| PublishError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let target = dir.join(name);
-    let temp = dir.join(format!(".{name}.{tag}.tmp"));
-    let result = (|| {
-        let file = File::create(&temp).map_err(|e| io(&temp, e))?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .build();
-        let mut writer =
-            ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|source| {
-                PublishError::Parquet {
-                    path: target.clone(),
-                    source,
-                }
-            })?;
-        writer
-            .write(batch)
-            .map_err(|source| PublishError::Parquet {
-                path: target.clone(),
-                source,
-            })?;
-        let file = writer
-            .into_inner()
-            .map_err(|source| PublishError::Parquet {
-                path: target.clone(),
-                source,
-            })?;
-        file.sync_all().map_err(|e| io(&temp, e))?;
-        fs::rename(&temp, &target).map_err(|e| io(&target, e))?;
-        // Make the rename itself durable.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io(dir, e))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result.map(|()| target)
+    stage_parquet(dir, name, batch, tag)?.commit()
 }

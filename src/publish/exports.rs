@@ -12,21 +12,22 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
-use super::{PublishError, commit};
+use super::{PublishError, Staged, commit};
 use crate::config::Pipeline;
 use crate::kpi::epoch_days;
 
-/// Writes every export of `pipeline` from the run's `kpi_values` and `scorecard`
-/// rows, each atomically. Both tables also have the partition columns
-/// `pipeline` and `as_of`, as a reader of the datasets sees them.
-pub async fn write_exports(
+/// Stages every export of `pipeline` from the run's result tables (`kpi_values`,
+/// `scorecard`, ...). Each table also has the partition columns `pipeline` and
+/// `as_of`, as a reader of the datasets sees them.
+pub async fn stage_exports(
     pipeline: &Pipeline,
     as_of: NaiveDate,
-    tables: [(&str, &RecordBatch); 2],
+    tables: &[(&str, &RecordBatch)],
     run_id: &str,
-) -> Result<(), PublishError> {
+) -> Result<Vec<Staged>, PublishError> {
+    let mut staged = Vec::new();
     if pipeline.exports.is_empty() {
-        return Ok(());
+        return Ok(staged);
     }
     let arrow = |source| PublishError::Arrow {
         dataset: "exports",
@@ -40,7 +41,7 @@ pub async fn write_exports(
         }
     };
     let ctx = SessionContext::new();
-    for (name, batch) in tables {
+    for &(name, batch) in tables {
         let n = batch.num_rows();
         let mut fields: Vec<Field> = batch
             .schema()
@@ -74,7 +75,11 @@ pub async fn write_exports(
                 });
             }
         };
-        commit::write_parquet(dir, &name, &batch, run_id)?;
+        staged.push(if name.ends_with(".json") {
+            commit::stage_json(dir, &name, &batch, run_id)?
+        } else {
+            commit::stage_parquet(dir, &name, &batch, run_id)?
+        });
     }
-    Ok(())
+    Ok(staged)
 }

@@ -9,7 +9,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-use super::{PublishError, write_partition};
+use super::{PublishError, Staged, stage_partition};
 use crate::config::Pipeline;
 use crate::kpi::{KpiSeries, epoch_days};
 
@@ -52,16 +52,16 @@ pub fn kpi_values_schema() -> SchemaRef {
     ]))
 }
 
-/// Writes the run's KPI values as its `kpi_values` partition, replacing a previous
+/// Stages the run's KPI values as its `kpi_values` partition, replacing a previous
 /// run's for the same pipeline and as-of date. Returns the rows written.
-pub fn write_kpi_values(
+pub fn stage_kpi_values(
     output: &Path,
     pipeline: &Pipeline,
     run_id: &str,
     as_of: chrono::NaiveDate,
     computed_at: DateTime<Utc>,
     series: &[KpiSeries],
-) -> Result<RecordBatch, PublishError> {
+) -> Result<(RecordBatch, Staged), PublishError> {
     let rows: Vec<(&KpiSeries, &crate::kpi::KpiValue)> = series
         .iter()
         .flat_map(|s| s.values.iter().map(move |v| (s, v)))
@@ -117,7 +117,7 @@ pub fn write_kpi_values(
         ),
         text(&|s| Some(s.kpi.definition_hash.clone())),
     ];
-    write_partition(
+    stage_partition(
         output,
         "kpi_values",
         &pipeline.name,

@@ -17,10 +17,13 @@ use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
 
-pub use exports::write_exports;
-pub use kpi_values::{kpi_values_schema, write_kpi_values};
+pub use commit::Staged;
+pub use exports::stage_exports;
+pub use kpi_values::{kpi_values_schema, stage_kpi_values};
 pub use runs::{RunRecord, RunStatus, runs_schema, write_run_record};
-pub use scorecard::{scorecard_schema, write_scorecard};
+pub use scorecard::{scorecard_schema, stage_scorecard};
+
+use datafusion::arrow::array::RecordBatch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -50,9 +53,10 @@ pub enum PublishError {
     },
 }
 
-/// Builds a dataset's batch from its columns and writes it as the run's
-/// partition (`part-0.parquet`, replacing a previous run's for the same date).
-fn write_partition(
+/// Builds a dataset's batch from its columns and stages it as the run's
+/// partition (`part-0.parquet`, replacing a previous run's for the same date
+/// when committed).
+fn stage_partition(
     output: &Path,
     dataset: &'static str,
     pipeline: &str,
@@ -60,12 +64,12 @@ fn write_partition(
     run_id: &str,
     schema: datafusion::arrow::datatypes::SchemaRef,
     columns: Vec<datafusion::arrow::array::ArrayRef>,
-) -> Result<datafusion::arrow::array::RecordBatch, PublishError> {
-    let batch = datafusion::arrow::array::RecordBatch::try_new(schema, columns)
+) -> Result<(RecordBatch, Staged), PublishError> {
+    let batch = RecordBatch::try_new(schema, columns)
         .map_err(|source| PublishError::Arrow { dataset, source })?;
     let dir = partition(output, dataset, pipeline, as_of);
-    commit::write_parquet(&dir, "part-0.parquet", &batch, run_id)?;
-    Ok(batch)
+    let staged = commit::stage_parquet(&dir, "part-0.parquet", &batch, run_id)?;
+    Ok((batch, staged))
 }
 
 /// The folder of one dataset's partition for a pipeline and run date.

@@ -10,7 +10,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
-use super::{PublishError, write_partition};
+use super::{PublishError, Staged, stage_partition};
 use crate::config::Pipeline;
 use crate::kpi::epoch_days;
 use crate::score::ScorecardRow;
@@ -41,15 +41,15 @@ pub fn scorecard_schema() -> SchemaRef {
     ]))
 }
 
-/// Writes the run's scorecard as its `scorecard` partition (replacing a previous
+/// Stages the run's scorecard as its `scorecard` partition (replacing a previous
 /// run's for the same pipeline and as-of date).
-pub fn write_scorecard(
+pub fn stage_scorecard(
     output: &Path,
     pipeline: &Pipeline,
     run_id: &str,
     as_of: NaiveDate,
     rows: &[ScorecardRow],
-) -> Result<RecordBatch, PublishError> {
+) -> Result<(RecordBatch, Staged), PublishError> {
     let n = rows.len();
     let text = |f: &dyn Fn(&ScorecardRow) -> Option<&str>| -> ArrayRef {
         Arc::new(rows.iter().map(f).collect::<StringArray>())
@@ -88,7 +88,7 @@ pub fn write_scorecard(
         count(&|r| r.children_scored),
         count(&|r| r.children_total),
     ];
-    write_partition(
+    stage_partition(
         output,
         "scorecard",
         &pipeline.name,

@@ -28,6 +28,7 @@ pub fn scorecard(rows: &[ScorecardRow], series: &[KpiSeries], colour: Colour) ->
     let Some(latest) = latest else {
         return String::new();
     };
+    let all = rows;
     let rows: Vec<&ScorecardRow> = rows.iter().filter(|r| r.period_start == latest).collect();
     let mut out = String::new();
     for r in rows {
@@ -50,7 +51,7 @@ pub fn scorecard(rows: &[ScorecardRow], series: &[KpiSeries], colour: Colour) ->
         let pad = 44usize.saturating_sub(indent);
         let mut line = format!("{:indent$}{label:<pad$} {score}  {status}", "");
         if r.level == Level::Kpi {
-            line.push_str(&kpi_details(r, series));
+            line.push_str(&kpi_details(r, all, series));
         } else if r.children_scored < r.children_total {
             let _ = write!(
                 line,
@@ -64,8 +65,9 @@ pub fn scorecard(rows: &[ScorecardRow], series: &[KpiSeries], colour: Colour) ->
     out
 }
 
-/// Value, target and change of a KPI row.
-fn kpi_details(r: &ScorecardRow, series: &[KpiSeries]) -> String {
+/// Value, target and change of a KPI row; the change is against the KPI's row
+/// of the previous scorecard period, so it compares like with like at any grain.
+fn kpi_details(r: &ScorecardRow, all: &[ScorecardRow], series: &[KpiSeries]) -> String {
     let kpi = series.iter().find(|s| s.kpi.id == r.id);
     let unit = kpi
         .and_then(|s| s.kpi.unit.as_deref())
@@ -84,13 +86,16 @@ fn kpi_details(r: &ScorecardRow, series: &[KpiSeries]) -> String {
     if let Some(t) = r.target {
         let _ = write!(text, "  target {}", number(t));
     }
-    let change = kpi
-        .and_then(|s| {
-            s.values
-                .iter()
-                .find(|v| v.segment.is_none() && v.period_start == r.period_start)
-        })
-        .and_then(|v| v.change_pct);
+    let previous = all
+        .iter()
+        .filter(|p| p.level == Level::Kpi && p.id == r.id && p.period_start < r.period_start)
+        .max_by_key(|p| p.period_start)
+        .and_then(|p| p.value);
+    let change = r
+        .value
+        .zip(previous)
+        .filter(|(_, before)| *before != 0.0)
+        .map(|(now, before)| (now - before) / before.abs());
     if let Some(c) = change {
         let _ = write!(text, "  {:+.1}% vs previous", c * 100.0);
     }

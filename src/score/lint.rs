@@ -185,8 +185,10 @@ pub fn check_stale(pipeline: &Pipeline, series: &[KpiSeries], as_of: NaiveDate) 
     let mut found = Vec::new();
     for s in series {
         let kpi = &s.kpi;
+        // The period in progress counts when it has a value, but is not one of
+        // the `n`: a KPI that reports complete periods only is not stale.
         let latest = period::start_of(kpi.grain, as_of);
-        let first = period::shift(kpi.grain, latest, 1 - n as i32);
+        let first = period::shift(kpi.grain, latest, -(n as i32));
         let fresh = s
             .values
             .iter()

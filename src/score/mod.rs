@@ -18,7 +18,9 @@ pub use method::{Goals, Status};
 pub use rollup::{Level, ScorecardRow, scorecard};
 pub use targets::{Targets, load as load_targets};
 
-use crate::config::Pipeline;
+use chrono::NaiveDate;
+
+use crate::config::{Kpi, Pipeline};
 use crate::kpi::{KpiSeries, Measure, PlannedKpi};
 
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +105,18 @@ pub async fn check(
                     table: table.clone(),
                     source,
                 })?;
-            targets::check_schema(kpi, table, df.schema().as_arrow())?;
+            let schema = df.schema().as_arrow();
+            targets::check_schema(kpi, table, schema)?;
+            if kpi.scoring == crate::config::Scoring::GoalRedFlag
+                && kpi.red_flag.is_none()
+                && schema.field_with_name("red_flag").is_err()
+            {
+                return Err(ScoreError::TargetsSchema {
+                    kpi: kpi.id.clone(),
+                    table: table.clone(),
+                    message: "goal/red-flag scoring needs a red flag: the table has no `red_flag` column and the KPI no `red_flag:`".into(),
+                });
+            }
         }
     }
     Ok(())
@@ -129,6 +142,20 @@ pub fn score_values(series: &mut [KpiSeries], targets: &Targets) {
             v.target_gap = v.value.zip(target).map(|(v, t)| v - t);
             (v.score, v.status) = score_one(&kpi.scoring, kpi.direction, v.value, goals);
         }
+    }
+}
+
+/// A KPI's target and red flag for a period and segment: its row of the
+/// targets table (a `red_flag:` constant filling in), or its constants.
+pub fn goals_of(
+    targets: &Targets,
+    kpi: &Kpi,
+    period: NaiveDate,
+    dimensions: &[Option<String>],
+) -> (Option<f64>, Option<f64>) {
+    match targets.lookup(&kpi.id, period, dimensions) {
+        Some((target, red_flag)) => (target, red_flag.or(kpi.red_flag)),
+        None => (kpi.target, kpi.red_flag),
     }
 }
 

@@ -10,10 +10,11 @@
 //! A week belongs to the month (quarter, year) its Monday falls in.
 //! A KPI with segments counts once: the mean of its segments' scores.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::NaiveDate;
 
+use super::Targets;
 use super::method::{self, Goals, Status};
 use crate::config::{Aggregation, Grain, Pipeline, Rollup};
 use crate::kpi::{KpiSeries, KpiValue, Measure, period};
@@ -61,7 +62,12 @@ pub struct ScorecardRow {
 }
 
 /// The scorecard of every period up to `as_of`; empty without a strategy map.
-pub fn scorecard(pipeline: &Pipeline, series: &[KpiSeries], as_of: NaiveDate) -> Vec<ScorecardRow> {
+pub fn scorecard(
+    pipeline: &Pipeline,
+    series: &[KpiSeries],
+    targets: &Targets,
+    as_of: NaiveDate,
+) -> Vec<ScorecardRow> {
     let card = &pipeline.scorecard;
     if card.objectives.is_empty() {
         return Vec::new();
@@ -117,7 +123,13 @@ pub fn scorecard(pipeline: &Pipeline, series: &[KpiSeries], as_of: NaiveDate) ->
                     .iter()
                     .filter(|s| s.kpi.objective.as_deref() == Some(&o.id))
                 {
-                    let node = kpi_node(s, grain, start);
+                    let at = At {
+                        grain,
+                        start,
+                        as_of,
+                        targets,
+                    };
+                    let node = kpi_node(s, &at);
                     let mut kpi = row(Level::Kpi, &s.kpi.id, &s.kpi.name, Some(&o.id), Some(&p.id));
                     kpi_scores.push((node.score, s.kpi.weight));
                     kpi.weight = s.kpi.weight;
@@ -168,7 +180,10 @@ fn periods(series: &[&KpiSeries], grain: Grain, as_of: NaiveDate) -> BTreeSet<Na
 /// (or with weight 0) are left out and counted.
 fn set_rollup(node: &mut ScorecardRow, children: &[(Option<f64>, f64)], rollup: Rollup) {
     node.children_total = children.len();
-    node.children_scored = children.iter().filter(|(s, _)| s.is_some()).count();
+    node.children_scored = children
+        .iter()
+        .filter(|(s, w)| s.is_some() && *w > 0.0)
+        .count();
     node.score = combine(children, rollup);
     node.status = node.score.map_or(Status::NoData, Status::from_score);
 }
@@ -184,7 +199,7 @@ pub fn combine(children: &[(Option<f64>, f64)], rollup: Rollup) -> Option<f64> {
             let (sum, weight) = scored.fold((0.0, 0.0), |(sum, weight), (s, w)| {
                 (sum + s * w, weight + w)
             });
-            (weight > 0.0).then(|| sum / weight)
+            Some(sum / weight).filter(|s| weight > 0.0 && s.is_finite())
         }
         Rollup::WorstChild => scored.map(|(s, _)| s).min_by(f64::total_cmp),
     }
@@ -201,7 +216,16 @@ struct KpiNode {
     segments_scored: usize,
 }
 
-fn kpi_node(series: &KpiSeries, grain: Grain, start: NaiveDate) -> KpiNode {
+/// One scorecard period, and what rolling up into it needs.
+struct At<'a> {
+    grain: Grain,
+    start: NaiveDate,
+    as_of: NaiveDate,
+    targets: &'a Targets,
+}
+
+fn kpi_node(series: &KpiSeries, at: &At) -> KpiNode {
+    let (grain, start) = (at.grain, at.start);
     let kpi = &series.kpi;
     let inside: Vec<&KpiValue> = if kpi.grain <= grain {
         series
@@ -223,7 +247,7 @@ fn kpi_node(series: &KpiSeries, grain: Grain, start: NaiveDate) -> KpiNode {
     }
     let segments: Vec<Rolled> = by_segment
         .values()
-        .map(|values| roll(series, grain, values))
+        .map(|values| roll(series, at, values))
         .collect();
 
     let mut node = KpiNode {
@@ -256,14 +280,16 @@ fn kpi_node(series: &KpiSeries, grain: Grain, start: NaiveDate) -> KpiNode {
 }
 
 /// One segment of a KPI rolled to the scorecard's grain, and scored there.
+#[derive(Default)]
 struct Rolled {
     value: Option<f64>,
     target: Option<f64>,
     score: Option<f64>,
 }
 
-fn roll(series: &KpiSeries, grain: Grain, values: &[&KpiValue]) -> Rolled {
+fn roll(series: &KpiSeries, at: &At, values: &[&KpiValue]) -> Rolled {
     let kpi = &series.kpi;
+    let grain = at.grain;
     // At the KPI's own grain (or coarser) the value was scored as it is.
     if kpi.grain >= grain {
         let v = values.last();
@@ -283,11 +309,7 @@ fn roll(series: &KpiSeries, grain: Grain, values: &[&KpiValue]) -> Rolled {
         })
         .collect();
     let Some(last) = counted.iter().max_by_key(|v| v.period_start) else {
-        return Rolled {
-            value: None,
-            target: None,
-            score: None,
-        };
+        return Rolled::default();
     };
     let n = counted.len() as f64;
     let sum = |f: &dyn Fn(&KpiValue) -> Option<f64>| -> Option<f64> {
@@ -297,6 +319,9 @@ fn roll(series: &KpiSeries, grain: Grain, values: &[&KpiValue]) -> Rolled {
         Measure::Ratio => None,
         Measure::Value => Some(kpi.aggregation.unwrap_or(Aggregation::Last)),
     };
+    if aggregation == Some(Aggregation::Sum) {
+        return roll_sum(series, at, &counted);
+    }
     let value = match aggregation {
         None => match (sum(&|v| v.numerator), sum(&|v| v.denominator)) {
             (Some(num), Some(den)) if den != 0.0 => Some(num / den),
@@ -309,19 +334,55 @@ fn roll(series: &KpiSeries, grain: Grain, values: &[&KpiValue]) -> Rolled {
     // Goals combine like the values: summed for sums, averaged for averages and
     // rates, the last period's for `last`. A period without a goal leaves none.
     let goal = |f: &dyn Fn(&KpiValue) -> Option<f64>| match aggregation {
-        Some(Aggregation::Sum) => sum(f),
         Some(Aggregation::Last) => f(last),
-        None | Some(Aggregation::Average) => sum(f).map(|s| s / n),
+        _ => sum(f).map(|s| s / n),
     };
     let goals = Goals {
         target: goal(&|v| v.target),
         red_flag: goal(&|v| v.red_flag),
-        threshold_scale: if aggregation == Some(Aggregation::Sum) {
-            n
-        } else {
-            1.0
-        },
+        threshold_scale: 1.0,
     };
+    scored(series, value, goals)
+}
+
+/// A sum over the KPI's periods elapsed in the scorecard period: a period
+/// without a row adds 0 to the value and its goals to the goals, so a month in
+/// progress is compared with the days it has had, and a day without sales
+/// counts against the month.
+fn roll_sum(series: &KpiSeries, at: &At, counted: &[&KpiValue]) -> Rolled {
+    let kpi = &series.kpi;
+    let Some(first) = counted.first() else {
+        return Rolled::default();
+    };
+    let by_start: HashMap<NaiveDate, &KpiValue> =
+        counted.iter().map(|v| (v.period_start, *v)).collect();
+    let end = period::end_of(at.grain, at.start).min(at.as_of);
+    let mut p = period::start_of(kpi.grain, at.start);
+    if p < at.start {
+        p = period::shift(kpi.grain, p, 1);
+    }
+    let (mut target, mut red_flag, mut n) = (Some(0.0), Some(0.0), 0.0);
+    while p <= end {
+        let (t, r) = match by_start.get(&p) {
+            Some(v) => (v.target, v.red_flag),
+            None => super::goals_of(at.targets, kpi, p, &first.dimensions),
+        };
+        target = target.zip(t).map(|(a, b)| a + b);
+        red_flag = red_flag.zip(r).map(|(a, b)| a + b);
+        n += 1.0;
+        p = period::shift(kpi.grain, p, 1);
+    }
+    let value = counted.iter().map(|v| v.value).sum::<Option<f64>>();
+    let goals = Goals {
+        target,
+        red_flag,
+        threshold_scale: n,
+    };
+    scored(series, value, goals)
+}
+
+fn scored(series: &KpiSeries, value: Option<f64>, goals: Goals) -> Rolled {
+    let kpi = &series.kpi;
     Rolled {
         value,
         target: goals.target,

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use chrono::NaiveDate;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::{DataType, Date32Type, Float64Type, Schema};
 use datafusion::prelude::{SessionContext, col, lit};
 
@@ -128,10 +128,16 @@ pub async fn load(ctx: &SessionContext, pipeline: &Pipeline) -> Result<Targets, 
 
 fn read_rows(kpi: &Kpi, batches: &[RecordBatch]) -> Result<ByPeriod, String> {
     let mut rows = ByPeriod::new();
+    let strict = CastOptions {
+        safe: false,
+        ..CastOptions::default()
+    };
     for batch in batches {
         let column = |name: &str, t: &DataType| -> Result<Option<ArrayRef>, String> {
             match batch.schema().index_of(name) {
-                Ok(i) => cast(batch.column(i), t)
+                // Not `safe`: a value that does not convert (a period of
+                // "2025-01") is an error, not a NULL that would mean "every period".
+                Ok(i) => cast_with_options(batch.column(i), t, &strict)
                     .map(Some)
                     .map_err(|e| format!("column `{name}`: {e}")),
                 Err(_) => Ok(None),
@@ -149,7 +155,7 @@ fn read_rows(kpi: &Kpi, batches: &[RecordBatch]) -> Result<ByPeriod, String> {
         let get = |a: &Option<ArrayRef>, i: usize| {
             a.as_ref().and_then(|a| {
                 let a = a.as_primitive::<Float64Type>();
-                a.is_valid(i).then(|| a.value(i))
+                a.is_valid(i).then(|| a.value(i)).filter(|v| v.is_finite())
             })
         };
         for i in 0..batch.num_rows() {

@@ -187,11 +187,12 @@ kpis:
     assert_close(num(q1("r"), "target"), Some(0.05), "rate target");
     let r_score = RED_FLAG + (4.0 / 104.0 - 0.10) * (TARGET - RED_FLAG) / (0.05 - 0.10);
     assert_close(num(q1("r"), "score"), Some(r_score), "r score");
-    // Sum: 30 against 12 + 12.
+    // Sum: 30 over the quarter's three months (March has no row: 0), against
+    // 12 a month, red flag 8 a month.
     assert_close(num(q1("s"), "value"), Some(30.0), "sum");
-    assert_close(num(q1("s"), "target"), Some(24.0), "summed target");
-    let s_score = RED_FLAG + (30.0 - 16.0) * (TARGET - RED_FLAG) / 8.0;
-    assert_close(num(q1("s"), "score"), Some(s_score.min(100.0)), "s score");
+    assert_close(num(q1("s"), "target"), Some(36.0), "summed target");
+    let s_score = RED_FLAG + (30.0 - 24.0) * (TARGET - RED_FLAG) / 12.0;
+    assert_close(num(q1("s"), "score"), Some(s_score), "s score");
     assert_close(num(q1("t"), "value"), Some(15.0), "average");
     assert_close(num(q1("t"), "target"), Some(12.0), "average target");
     assert_close(num(q1("u"), "value"), Some(20.0), "last");
@@ -558,20 +559,87 @@ fn lint_warns_of_each_scorecard_pitfall_with_its_line() {
         stderr(&out)
     );
 
-    // On a run: a KPI with no value in its last 2 months is stale.
+    // On a run: a KPI with no value in its last 2 months is stale; the month
+    // in progress (April) does not count as one of the 2.
+    let out = kpiforge(
+        dir.path(),
+        &["run", "pipelines/p.yaml", "--as-of", "2026-04-10"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    for kpi in ["a", "b", "c"] {
+        let needle = format!(
+            "KPI `{kpi}` has no value in its last 2 months (since 2026-02-01); the latest is for 2026-01-01"
+        );
+        assert!(err.contains(&needle), "{kpi}: {err}");
+    }
+    assert!(
+        err.contains("warning[stale_kpi]: pipelines/p.yaml:13:6: KPI `a`"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("KPI `a` has no value").count(),
+        1,
+        "printed once: {err}"
+    );
     let out = kpiforge(
         dir.path(),
         &["run", "pipelines/p.yaml", "--as-of", "2026-03-10"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("warning[stale_kpi]: pipelines/p.yaml:13:6: KPI `a` has no value in its last 2 months (since 2026-02-01); the latest is for 2026-01-01"),
-        "{}",
-        stderr(&out)
+    assert!(!stderr(&out).contains("stale_kpi"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_targets_period_that_is_not_a_date_is_an_error() {
+    let data = "kpi,period,segment,value,num,den\nk,2026-01-01,,1,,\n";
+    let yaml = format!(
+        "name: p\noutput: out\n{SOURCES}  targets:\n    file: data/targets.csv\n    columns: {{period: varchar}}\n\
+scorecard:\n  objectives:\n    - {{id: o, perspective: customer}}\n\
+kpis:\n  - {{id: k, objective: o, sql: sql/k.sql, grain: month, targets: targets, red_flag: 1}}\n"
     );
+    let dir = project(&[
+        ("pipelines/p.yaml", &yaml),
+        ("data/v.csv", data),
+        ("data/targets.csv", "period,target\n2026-01,5\n"),
+        ("sql/k.sql", "SELECT period, value FROM v"),
+    ]);
     let out = kpiforge(
         dir.path(),
-        &["run", "pipelines/p.yaml", "--as-of", "2026-02-10"],
+        &["run", "pipelines/p.yaml", "--as-of", "2026-02-01"],
     );
-    assert!(!stderr(&out).contains("stale_kpi"), "{}", stderr(&out));
+    assert_fails(
+        &out,
+        1,
+        &[
+            "KPI `k`: targets table `targets`: column `period`",
+            "2026-01",
+        ],
+    );
+}
+
+#[test]
+fn daily_sums_roll_up_over_the_days_elapsed() {
+    // A daily KPI summed into a monthly scorecard with a daily target of 10: by
+    // March 3 the month has had 3 days (target 30) whatever rows the query
+    // returns; the day without a row counts as 0.
+    let data = "kpi,period,segment,value,num,den\nd,2026-03-01,,12,,\nd,2026-03-03,,15,,\n";
+    let yaml = format!(
+        "name: p\noutput: out\n{SOURCES}scorecard:\n  grain: month\n  objectives:\n    - {{id: o, perspective: financial}}\n\
+kpis:\n  - {{id: d, objective: o, sql: sql/d.sql, grain: day, aggregation: sum, target: 10, red_flag: 5}}\n"
+    );
+    let dir = project(&[
+        ("pipelines/p.yaml", &yaml),
+        ("data/v.csv", data),
+        ("sql/d.sql", "SELECT period, value FROM v"),
+    ]);
+    let (_, card) = run(dir.path(), "2026-03-03");
+    let d = find(&card, "d", "2026-03-01", None);
+    assert_close(num(d, "value"), Some(27.0), "sum");
+    assert_close(num(d, "target"), Some(30.0), "3 days of targets");
+    assert_close(
+        num(d, "score"),
+        Some(RED_FLAG + 12.0 * (TARGET - RED_FLAG) / 15.0),
+        "score",
+    );
 }
