@@ -3,6 +3,7 @@
 use crate::config::ConfigError;
 use crate::kpi::KpiError;
 use crate::publish::PublishError;
+use crate::quality::QualityError;
 use crate::score::ScoreError;
 use crate::source::SourceError;
 
@@ -17,6 +18,8 @@ pub enum Error {
     #[error(transparent)]
     Score(#[from] ScoreError),
     #[error(transparent)]
+    Quality(#[from] QualityError),
+    #[error(transparent)]
     Publish(#[from] PublishError),
     /// A command-line value that cannot be used.
     #[error("{0}")]
@@ -30,6 +33,9 @@ pub mod exit {
     pub const RUN_FAILED: i32 = 1;
     /// Bad arguments or configuration: nothing was run.
     pub const CONFIG: i32 = 2;
+    /// The run finished, but an `error` check failed: the KPIs reading the
+    /// failed sources were published as blocked (or withheld).
+    pub const CHECKS_FAILED: i32 = 3;
 }
 
 impl Error {

@@ -12,10 +12,11 @@ pub mod error;
 pub mod init;
 pub mod kpi;
 pub mod publish;
+pub mod quality;
 pub mod report;
 pub mod run;
 pub mod score;
 pub mod source;
 
 pub use error::Error;
-pub use run::{RunOptions, RunReport, run, validate};
+pub use run::{RunOptions, RunReport, check, run, validate};

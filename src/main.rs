@@ -56,7 +56,17 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
-    /// Pull sources, compute KPIs and publish the results.
+    /// Pull the sources and run only their checks; print a report, publish nothing.
+    Check {
+        pipeline: PathBuf,
+        /// The run date (YYYY-MM-DD) freshness and history are judged at.
+        #[arg(long, value_parser = parse_date)]
+        as_of: Option<NaiveDate>,
+        /// Read check history from here instead of the pipeline's `output:`.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Pull sources, check them, compute KPIs and publish the results.
     Run {
         pipeline: PathBuf,
         /// The run date (YYYY-MM-DD); defaults to today in the pipeline's time zone.
@@ -84,7 +94,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(execute(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code as u8),
         Err((context, e)) => {
             match context {
                 Some(pipeline) if !matches!(e, Error::Config(_)) => {
@@ -97,8 +107,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs a command; an error comes with the pipeline's name when one was loaded.
-async fn execute(command: Command) -> Result<(), (Option<String>, Error)> {
+/// Runs a command and returns its exit code; an error comes with the pipeline's
+/// name when one was loaded.
+async fn execute(command: Command) -> Result<i32, (Option<String>, Error)> {
     match command {
         Command::Init { dir } => {
             let files = kpiforge::init::scaffold(&dir).map_err(|e| (None, e))?;
@@ -109,7 +120,7 @@ async fn execute(command: Command) -> Result<(), (Option<String>, Error)> {
                 "\nnext: kpiforge run {}",
                 dir.join("pipelines/example.yaml").display()
             );
-            Ok(())
+            Ok(exit::SUCCESS)
         }
         Command::Validate { pipeline, strict } => {
             let pipeline = config::load(&pipeline).map_err(|e| (None, e.into()))?;
@@ -154,7 +165,30 @@ async fn execute(command: Command) -> Result<(), (Option<String>, Error)> {
                 checked.kpis.len(),
                 checked.lints.len()
             );
-            Ok(())
+            Ok(exit::SUCCESS)
+        }
+        Command::Check {
+            pipeline,
+            as_of,
+            output,
+        } => {
+            let pipeline = config::load(&pipeline).map_err(|e| (None, e.into()))?;
+            let name = Some(pipeline.name.clone());
+            let report = kpiforge::check(&pipeline, &RunOptions { as_of, output })
+                .await
+                .map_err(|e| (name, e))?;
+            if report.results.is_empty() {
+                out!("pipeline `{}` declares no checks", pipeline.name);
+            }
+            out!(
+                "{}",
+                kpiforge::report::quality::checks(&report, true, colour()).trim_end()
+            );
+            Ok(if report.failed() {
+                exit::CHECKS_FAILED
+            } else {
+                exit::SUCCESS
+            })
         }
         Command::Run {
             pipeline,
@@ -167,7 +201,20 @@ async fn execute(command: Command) -> Result<(), (Option<String>, Error)> {
                 .await
                 .map_err(|e| (name, e))?;
             print_report(&report);
-            Ok(())
+            if report.quality.failed() {
+                err!(
+                    "error: pipeline `{}`: {} check(s) failed; the KPIs reading {} are {}",
+                    pipeline.name,
+                    report.quality.count(kpiforge::quality::Outcome::Failed),
+                    report.quality_failed_sources.join(", "),
+                    match pipeline.quality.on_failure {
+                        config::OnFailure::Flag => "published as blocked, without scores",
+                        config::OnFailure::Withhold => "withheld",
+                    }
+                );
+                return Ok(exit::CHECKS_FAILED);
+            }
+            Ok(exit::SUCCESS)
         }
     }
 }
@@ -186,13 +233,7 @@ fn print_report(report: &kpiforge::RunReport) {
     for lint in &report.lints {
         err!("{lint}");
     }
-    let colour = if std::io::IsTerminal::is_terminal(&std::io::stdout())
-        && std::env::var_os("NO_COLOR").is_none()
-    {
-        Colour::Always
-    } else {
-        Colour::Never
-    };
+    let colour = colour();
     for series in &report.series {
         let latest = series
             .values
@@ -222,11 +263,26 @@ fn print_report(report: &kpiforge::RunReport) {
             s.users
         );
     }
+    let checks = kpiforge::report::quality::checks(&report.quality, false, colour);
+    if !checks.is_empty() {
+        out!("\n{}", checks.trim_end());
+    }
     let card = kpiforge::report::terminal::scorecard(&report.scorecard, &report.series, colour);
     if !card.is_empty() {
         out!("\n{}", card.trim_end());
     }
     out!("results: {}", report.output.display());
+}
+
+/// Colour on a terminal, unless NO_COLOR is set.
+fn colour() -> Colour {
+    if std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none()
+    {
+        Colour::Always
+    } else {
+        Colour::Never
+    }
 }
 
 fn init_logging(cli: &Cli) {

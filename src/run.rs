@@ -12,6 +12,7 @@ use crate::config::Pipeline;
 use crate::error::Error;
 use crate::kpi::{self, Computed, KpiSeries, PlannedKpi, SharedPlan};
 use crate::publish::{self, RunRecord, RunStatus};
+use crate::quality::{self, Compiled, Outcome, QualityError, QualityReport};
 use crate::score::{self, Lint, ScorecardRow};
 use crate::source::{self, Mode, SourceTable};
 
@@ -35,6 +36,10 @@ pub struct RunReport {
     pub shared: Vec<SharedPlan>,
     /// The scorecard tree per period; empty without a strategy map.
     pub scorecard: Vec<ScorecardRow>,
+    /// Every check's result; `quality.failed()` when an `error` check failed.
+    pub quality: QualityReport,
+    /// Sources with a failed `error` check: the KPIs reading them are blocked.
+    pub quality_failed_sources: Vec<String>,
     /// Lint found on the run's data: KPIs without recent values.
     pub lints: Vec<Lint>,
     pub elapsed: Duration,
@@ -72,13 +77,15 @@ pub fn today(pipeline: &Pipeline) -> NaiveDate {
     Utc::now().with_timezone(&pipeline.timezone).date_naive()
 }
 
-/// Parses the config's sources and plans every KPI against them, computing nothing.
+/// Parses the config's sources and plans every KPI and check against them,
+/// computing nothing.
 pub async fn validate(pipeline: &Pipeline) -> Result<Validation, Error> {
     let ctx = session();
     let sources = source::register_all(&ctx, pipeline, Mode::Plan).await?;
     kpi::views::register_all(&ctx, pipeline, Mode::Plan).await?;
     let kpis = kpi::plan_all(&ctx, pipeline, today(pipeline)).await?;
     score::check(&ctx, pipeline, &kpis).await?;
+    compile_checks(&ctx, pipeline).await?;
     Ok(Validation {
         sources,
         kpis,
@@ -106,10 +113,21 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
         kpi::views::register_all(&ctx, pipeline, Mode::Load).await?;
         let planned = kpi::plan_all(&ctx, pipeline, as_of).await?;
         score::check(&ctx, pipeline, &planned).await?;
-        let mut computed = kpi::compute(&ctx, planned, as_of).await?;
+        let checks = compile_checks(&ctx, pipeline).await?;
+        // Checks and KPIs run side by side; the gate applies once both are done.
+        let (report, computed) = tokio::join!(
+            quality::run(&ctx, pipeline, &checks, as_of, &output),
+            kpi::compute(&ctx, planned, as_of)
+        );
+        let mut computed = computed?;
         let targets = score::load_targets(&ctx, pipeline).await?;
         score::score_values(&mut computed.series, &targets);
+        let gate = quality::Gate::new(&ctx, pipeline, &report);
+        quality::apply_gate(&ctx, pipeline, &gate, &mut computed.series);
         let scorecard = score::scorecard(pipeline, &computed.series, &targets, as_of);
+        let quarantined = quality::quarantine(&ctx, pipeline)
+            .await
+            .map_err(QualityError::Quarantine)?;
         // Stage every file, then put them all in place: an error while writing
         // any of them leaves every dataset as it was.
         let (values, values_file) = publish::stage_kpi_values(
@@ -122,12 +140,35 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
         )?;
         let (card, card_file) =
             publish::stage_scorecard(&output, pipeline, &run_id, as_of, &scorecard)?;
-        let tables = [("kpi_values", &values), ("scorecard", &card)];
-        let exports = publish::stage_exports(pipeline, as_of, &tables, &run_id).await?;
-        for file in [values_file, card_file].into_iter().chain(exports) {
+        let (checked, checked_file) =
+            publish::stage_quality(&output, pipeline, &run_id, as_of, started_at, &report)?;
+        let mut files = vec![values_file, card_file, checked_file];
+        for (source, schema, batches) in &quarantined {
+            files.push(publish::stage_quarantine(
+                &output,
+                pipeline,
+                &run_id,
+                as_of,
+                source,
+                schema.clone(),
+                batches,
+            )?);
+        }
+        let tables = [
+            ("kpi_values", &values),
+            ("scorecard", &card),
+            ("quality", &checked),
+        ];
+        files.extend(publish::stage_exports(pipeline, as_of, &tables, &run_id).await?);
+        for file in files {
             file.commit()?;
         }
-        Ok::<_, Error>((computed, scorecard))
+        let failed_sources: Vec<String> = gate
+            .failed_sources()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        Ok::<_, Error>((computed, scorecard, report, failed_sources))
     }
     .await;
 
@@ -137,16 +178,24 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
         as_of,
         started_at,
         finished_at: Utc::now(),
-        status: if result.is_ok() {
-            RunStatus::Succeeded
-        } else {
-            RunStatus::Failed
+        status: match &result {
+            Ok((_, _, q, _)) if q.failed() => RunStatus::QualityFailed,
+            Ok(_) => RunStatus::Succeeded,
+            Err(_) => RunStatus::Failed,
         },
         rows_read: sources.iter().map(|s| (s.name.clone(), s.rows)).collect(),
-        kpis_published: result.as_ref().map_or(0, |(c, _)| c.series.len()),
-        values_published: result
+        kpis_published: result.as_ref().map_or(0, |(c, _, _, _)| {
+            c.series.iter().filter(|s| !s.values.is_empty()).count()
+        }),
+        values_published: result.as_ref().map_or(0, |(c, _, _, _)| {
+            c.series.iter().map(|k| k.values.len()).sum()
+        }),
+        checks_failed: result
             .as_ref()
-            .map_or(0, |(c, _)| c.series.iter().map(|k| k.values.len()).sum()),
+            .map_or(0, |(_, _, q, _)| q.count(Outcome::Failed)),
+        checks_warned: result
+            .as_ref()
+            .map_or(0, |(_, _, q, _)| q.count(Outcome::Warned)),
         error: result
             .as_ref()
             .err()
@@ -156,10 +205,10 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
     if let Err(e) = &recorded {
         tracing::error!(error = %e, "the run could not be recorded in the runs dataset");
     }
-    let (Computed { series, shared }, scorecard) = result?;
+    let (Computed { series, shared }, scorecard, quality, quality_failed_sources) = result?;
     recorded?;
     let lints = score::lint::check_stale(pipeline, &series, as_of);
-    tracing::info!(pipeline = %pipeline.name, %run_id, ms = started.elapsed().as_millis() as u64, "run succeeded");
+    tracing::info!(pipeline = %pipeline.name, %run_id, status = record.status.as_str(), ms = started.elapsed().as_millis() as u64, "run finished");
     Ok(RunReport {
         run_id,
         as_of,
@@ -168,9 +217,40 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
         series,
         shared,
         scorecard,
+        quality,
+        quality_failed_sources,
         lints,
         elapsed: started.elapsed(),
     })
+}
+
+/// Pulls the sources and runs only the checks (`kpiforge check`); publishes nothing.
+pub async fn check(pipeline: &Pipeline, options: &RunOptions) -> Result<QualityReport, Error> {
+    let as_of = options.as_of.unwrap_or_else(|| today(pipeline));
+    let output = options
+        .output
+        .clone()
+        .unwrap_or_else(|| pipeline.output.clone());
+    let ctx = session();
+    source::register_all(&ctx, pipeline, Mode::Load).await?;
+    // Views stay lazy: only a reconciliation's SQL may read them.
+    kpi::views::register_all(&ctx, pipeline, Mode::Plan).await?;
+    let checks = compile_checks(&ctx, pipeline).await?;
+    Ok(quality::run(&ctx, pipeline, &checks, as_of, &output).await)
+}
+
+/// Compiles the checks; problems are configuration errors with file positions.
+async fn compile_checks(ctx: &SessionContext, pipeline: &Pipeline) -> Result<Compiled, Error> {
+    quality::compile::compile(ctx, pipeline)
+        .await
+        .map_err(|mut problems| {
+            crate::config::locate(&pipeline.file, &mut problems);
+            Error::Config(crate::config::ConfigError {
+                file: pipeline.file.clone(),
+                pipeline: Some(pipeline.name.clone()),
+                problems,
+            })
+        })
 }
 
 /// A run id that sorts by start time and is unique across processes.

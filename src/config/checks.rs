@@ -252,23 +252,7 @@ pub fn check_checks(
 }
 
 fn split(raw: RawCheck) -> (&'static str, CheckBody) {
-    match raw {
-        RawCheck::RowCount(b) => ("row_count", b),
-        RawCheck::NotNull(b) => ("not_null", b),
-        RawCheck::Completeness(b) => ("completeness", b),
-        RawCheck::Unique(b) => ("unique", b),
-        RawCheck::AcceptedValues(b) => ("accepted_values", b),
-        RawCheck::Between(b) => ("between", b),
-        RawCheck::Regex(b) => ("regex", b),
-        RawCheck::Freshness(b) => ("freshness", b),
-        RawCheck::Schema(b) => ("schema", b),
-        RawCheck::Relationship(b) => ("relationship", b),
-        RawCheck::Reconcile(b) => ("reconcile", b),
-        RawCheck::Expression(b) => ("expression", b),
-        RawCheck::Metric(b) => ("metric", b),
-        RawCheck::Change(b) => ("change", b),
-        RawCheck::Anomaly(b) => ("anomaly", b),
-    }
+    (raw.kind, raw.body)
 }
 
 fn check_one(

@@ -56,24 +56,65 @@ pub enum OnFailure {
 
 /// One check: a single key naming its type, with a column, a list of columns,
 /// or its settings: `not_null: id`, `unique: [a, b]`, `between: {column: x, min: 0}`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RawCheck {
-    RowCount(CheckBody),
-    NotNull(CheckBody),
-    Completeness(CheckBody),
-    Unique(CheckBody),
-    AcceptedValues(CheckBody),
-    Between(CheckBody),
-    Regex(CheckBody),
-    Freshness(CheckBody),
-    Schema(CheckBody),
-    Relationship(CheckBody),
-    Reconcile(CheckBody),
-    Expression(CheckBody),
-    Metric(CheckBody),
-    Change(CheckBody),
-    Anomaly(CheckBody),
+#[derive(Debug, Clone)]
+pub struct RawCheck {
+    /// One of [`CHECK_TYPES`].
+    pub kind: &'static str,
+    pub body: CheckBody,
+}
+
+/// The check types, by the key that names them.
+pub const CHECK_TYPES: [&str; 15] = [
+    "row_count",
+    "not_null",
+    "completeness",
+    "unique",
+    "accepted_values",
+    "between",
+    "regex",
+    "freshness",
+    "schema",
+    "relationship",
+    "reconcile",
+    "expression",
+    "metric",
+    "change",
+    "anomaly",
+];
+
+impl<'de> Deserialize<'de> for RawCheck {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct OneKey;
+        impl<'de> serde::de::Visitor<'de> for OneKey {
+            type Value = RawCheck;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a check: one key naming its type, e.g. `unique: order_id`")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawCheck, A::Error> {
+                use serde::de::Error;
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(A::Error::custom(
+                        "a check needs its type as a key, e.g. `unique: order_id`",
+                    ));
+                };
+                let kind = CHECK_TYPES
+                    .iter()
+                    .find(|k| **k == key)
+                    .ok_or_else(|| A::Error::unknown_variant(&key, &CHECK_TYPES))?;
+                let body = map.next_value::<CheckBody>()?;
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(A::Error::custom(format!(
+                        "`{extra}` beside `{kind}`: one check per list item; put settings inside it: `{kind}: {{column: ..., {extra}: ...}}`"
+                    )));
+                }
+                Ok(RawCheck { kind, body })
+            }
+        }
+        d.deserialize_map(OneKey)
+    }
 }
 
 /// A check's body: shorthand (a column or a list of columns) or its settings.

@@ -21,6 +21,7 @@ pub use contract::{KpiRow, Measure};
 pub use share::SharedPlan;
 
 use crate::config::{Kpi, Pipeline};
+use crate::quality::QualityStatus;
 use crate::score::Status;
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +91,8 @@ pub struct KpiSeries {
     pub kpi: Kpi,
     pub measure: Measure,
     pub values: Vec<KpiValue>,
+    /// The quality of the sources it reads, set by the quality gate.
+    pub quality: QualityStatus,
 }
 
 /// The KPIs' results, and the sub-plans they shared.
@@ -223,7 +226,7 @@ pub async fn compute(
             let rows = contract::rows(&p.kpi, p.measure, &batches).map_err(sql_error)?;
             let values = series(&p.kpi, rows, as_of)?;
             tracing::info!(kpi = %p.kpi.id, rows = values.len(), ms = started.elapsed().as_millis() as u64, "KPI computed");
-            Ok::<_, KpiError>(KpiSeries { kpi: p.kpi, measure: p.measure, values })
+            Ok::<_, KpiError>(KpiSeries { kpi: p.kpi, measure: p.measure, values, quality: QualityStatus::default() })
         })
     });
     let joined = try_join_all(tasks)

@@ -109,8 +109,7 @@ pub fn stage_kpi_values(
         float(&|_, v| v.change_pct),
         float(&|_, v| v.last_year_value),
         float(&|_, v| v.target_gap),
-        // Quality checks arrive with the quality stage.
-        Arc::new(StringArray::from(vec!["not_checked"; n])),
+        text(&|s| Some(s.quality.as_str().to_string())),
         Arc::new(
             TimestampMicrosecondArray::from(vec![computed_at.timestamp_micros(); n])
                 .with_timezone("UTC"),

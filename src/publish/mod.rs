@@ -4,12 +4,15 @@
 //! ```text
 //! <output>/kpi_values/pipeline=<name>/as_of=<date>/part-0.parquet   replaced by a rerun
 //! <output>/scorecard/pipeline=<name>/as_of=<date>/part-0.parquet    replaced by a rerun
+//! <output>/quality/pipeline=<name>/as_of=<date>/part-0.parquet      replaced by a rerun
+//! <output>/quarantine/<source>/pipeline=<name>/as_of=<date>/part-0.parquet
 //! <output>/runs/pipeline=<name>/as_of=<date>/run-<run_id>.parquet   one per run, kept
 //! ```
 
 mod commit;
 mod exports;
 mod kpi_values;
+mod quality;
 mod runs;
 mod scorecard;
 
@@ -20,6 +23,7 @@ use chrono::NaiveDate;
 pub use commit::Staged;
 pub use exports::stage_exports;
 pub use kpi_values::{kpi_values_schema, stage_kpi_values};
+pub use quality::{quality_schema, stage_quality, stage_quarantine};
 pub use runs::{RunRecord, RunStatus, runs_schema, write_run_record};
 pub use scorecard::{scorecard_schema, stage_scorecard};
 

@@ -16,6 +16,8 @@ use super::{PublishError, commit, partition};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunStatus {
     Succeeded,
+    /// Ran to the end, but an `error` check failed: the KPIs it blocks were not reported.
+    QualityFailed,
     Failed,
 }
 
@@ -23,6 +25,7 @@ impl RunStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             RunStatus::Succeeded => "succeeded",
+            RunStatus::QualityFailed => "quality_failed",
             RunStatus::Failed => "failed",
         }
     }
@@ -41,6 +44,8 @@ pub struct RunRecord {
     pub rows_read: Vec<(String, Option<u64>)>,
     pub kpis_published: usize,
     pub values_published: usize,
+    pub checks_failed: usize,
+    pub checks_warned: usize,
     pub error: Option<String>,
 }
 
@@ -76,6 +81,8 @@ pub fn runs_schema() -> SchemaRef {
         ),
         Field::new("kpis_published", DataType::Int64, false),
         Field::new("values_published", DataType::Int64, false),
+        Field::new("checks_failed", DataType::Int64, false),
+        Field::new("checks_warned", DataType::Int64, false),
         Field::new("error", DataType::Utf8, true),
         Field::new("kpiforge_version", DataType::Utf8, false),
     ]))
@@ -111,6 +118,8 @@ pub fn write_run_record(output: &Path, record: &RunRecord) -> Result<PathBuf, Pu
         Arc::new(rows_read.finish()),
         Arc::new(Int64Array::from(vec![record.kpis_published as i64])),
         Arc::new(Int64Array::from(vec![record.values_published as i64])),
+        Arc::new(Int64Array::from(vec![record.checks_failed as i64])),
+        Arc::new(Int64Array::from(vec![record.checks_warned as i64])),
         Arc::new(StringArray::from(vec![record.error.as_deref()])),
         Arc::new(StringArray::from(vec![env!("CARGO_PKG_VERSION")])),
     ];

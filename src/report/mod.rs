@@ -1,3 +1,5 @@
-//! Reports of a run for people: the scorecard as text on the terminal.
+//! Reports of a run for people: the scorecard and the check results as text on
+//! the terminal.
 
+pub mod quality;
 pub mod terminal;

@@ -112,6 +112,7 @@ fn paint(status: Status, colour: Colour) -> String {
         Status::Amber => "33",
         Status::Red => "31",
         Status::NoData | Status::NoTarget => "2",
+        Status::Blocked => "35",
     };
     format!("\x1b[{code}m{text}\x1b[0m")
 }

@@ -25,6 +25,8 @@ pub enum Status {
     NoData,
     /// A value, but no target to score it against.
     NoTarget,
+    /// A failed `error` check on a source it reads: not scored, not reported as good or bad.
+    Blocked,
 }
 
 impl Status {
@@ -46,6 +48,7 @@ impl Status {
             Status::Red => "red",
             Status::NoData => "no_data",
             Status::NoTarget => "no_target",
+            Status::Blocked => "blocked",
         }
     }
 }

@@ -269,10 +269,15 @@ fn kpi_node(series: &KpiSeries, at: &At) -> KpiNode {
         node.value = only.value;
         node.target = only.target;
     }
+    let blocked = series.quality == crate::quality::QualityStatus::Failed;
     let scores: Vec<(Option<f64>, f64)> = segments.iter().map(|s| (s.score, 1.0)).collect();
-    node.score = combine(&scores, Rollup::WeightedMean);
+    node.score = combine(&scores, Rollup::WeightedMean).filter(|_| !blocked);
+    if blocked {
+        node.segments_scored = 0;
+    }
     node.status = match node.score {
         Some(score) => Status::from_score(score),
+        None if series.quality == crate::quality::QualityStatus::Failed => Status::Blocked,
         None if segments.iter().any(|s| s.value.is_some()) => Status::NoTarget,
         None => Status::NoData,
     };

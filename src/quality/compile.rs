@@ -1,0 +1,582 @@
+//! Checks compiled to as few queries as possible: every scalar check of a
+//! source (each with its `where:` inside its CASE) becomes one column of a single
+//! aggregate query over that source, so N checks cost one scan; checks split by
+//! `group_by:` share one GROUP BY per column set; uniqueness (with the accepted
+//! values of the same column) one GROUP BY per key; relationships are anti-joins.
+//! Columns and SQL are checked against the sources' schemas here, before any
+//! data is read, and problems point at the check in the pipeline file.
+
+use std::collections::HashMap;
+
+use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::prelude::SessionContext;
+
+use crate::config::checks::column_hint;
+use crate::config::{Check, CheckKind, Literal, Pipeline, Problem};
+
+/// Which check a result belongs to: `(Some(source), index)` for a source's
+/// checks, `(None, index)` for the pipeline's checks across sources.
+pub type CheckRef = (Option<String>, usize);
+
+/// The queries that measure every check of a pipeline.
+#[derive(Debug, Default)]
+pub struct Compiled {
+    pub queries: Vec<Query>,
+}
+
+/// One query and what its result columns measure.
+#[derive(Debug, Clone)]
+pub struct Query {
+    /// The source scanned (for logs), or `None` across sources.
+    pub source: Option<String>,
+    pub sql: String,
+    /// Leading group-by columns (a row per segment), or empty (one row).
+    pub group_by: Vec<String>,
+    /// Result column alias -> (check, what it measures).
+    pub slots: Vec<(String, CheckRef, Slot)>,
+}
+
+/// What a result column measures for a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// Rows considered (after `where:`).
+    Rows,
+    /// Rows judged: non-null values for value checks.
+    Checked,
+    /// Rows that fail.
+    Bad,
+    /// Duplicated keys (unique), for the message.
+    Keys,
+    /// An aggregate's value (metric, change, anomaly; reconcile's left side).
+    Metric,
+    /// Reconcile's right side.
+    Right,
+    /// The newest value (freshness).
+    Latest,
+}
+
+/// Builds the select list of one query, sharing identical aggregates.
+#[derive(Default)]
+struct Select {
+    exprs: Vec<String>,
+    slots: Vec<(String, CheckRef, Slot)>,
+}
+
+impl Select {
+    fn add(&mut self, sql: String, check: &CheckRef, slot: Slot) {
+        let index = match self.exprs.iter().position(|e| *e == sql) {
+            Some(i) => i,
+            None => {
+                self.exprs.push(sql);
+                self.exprs.len() - 1
+            }
+        };
+        self.slots.push((format!("m{index}"), check.clone(), slot));
+    }
+
+    fn list(&self) -> String {
+        self.exprs
+            .iter()
+            .enumerate()
+            .map(|(i, e)| format!("{e} AS m{i}"))
+            .collect::<Vec<_>>()
+            .join(",\n       ")
+    }
+}
+
+/// A column in SQL, quoted so any header name works.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A string in SQL.
+pub fn quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+fn literal(value: &Literal) -> String {
+    match value {
+        Literal::Bool(b) => b.to_string(),
+        Literal::Int(i) => i.to_string(),
+        Literal::Float(f) => format!("{f:?}"),
+        Literal::Text(t) => quote(t),
+    }
+}
+
+fn count_if(condition: &str) -> String {
+    if condition == "TRUE" {
+        "count(*)".into()
+    } else {
+        format!("CAST(sum(CASE WHEN {condition} THEN 1 ELSE 0 END) AS BIGINT)")
+    }
+}
+
+fn and(a: &str, b: &str) -> String {
+    match (a, b) {
+        ("TRUE", b) => b.to_string(),
+        (a, "TRUE") => a.to_string(),
+        (a, b) => format!("{a} AND {b}"),
+    }
+}
+
+/// The rows a check considers: its `where:`, or all.
+pub fn rows_condition(check: &Check) -> String {
+    check
+        .filter
+        .as_deref()
+        .map_or("TRUE".to_string(), |f| format!("({f})"))
+}
+
+/// For a row-level check: (rows it judges, rows that fail), as SQL predicates.
+pub fn row_conditions(check: &Check) -> Option<(String, String)> {
+    let rows = rows_condition(check);
+    let present = |c: &str| and(&rows, &format!("{} IS NOT NULL", ident(c)));
+    let (checked, bad) = match &check.kind {
+        CheckKind::NotNull { column } => (rows.clone(), format!("{} IS NULL", ident(column))),
+        CheckKind::AcceptedValues { column, values } => {
+            let bad = if values.is_empty() {
+                "TRUE".to_string()
+            } else {
+                let list: Vec<String> = values.iter().map(literal).collect();
+                format!("NOT ({} IN ({}))", ident(column), list.join(", "))
+            };
+            (present(column), bad)
+        }
+        CheckKind::Between {
+            column,
+            min,
+            max,
+            strict_min,
+            strict_max,
+        } => {
+            let c = ident(column);
+            let mut ok = Vec::new();
+            if let Some(min) = min {
+                ok.push(format!(
+                    "{c} {} {min:?}",
+                    if *strict_min { ">" } else { ">=" }
+                ));
+            }
+            if let Some(max) = max {
+                ok.push(format!(
+                    "{c} {} {max:?}",
+                    if *strict_max { "<" } else { "<=" }
+                ));
+            }
+            let bad = if ok.is_empty() {
+                "FALSE".to_string()
+            } else {
+                format!("NOT ({})", ok.join(" AND "))
+            };
+            (present(column), bad)
+        }
+        CheckKind::Regex { column, pattern } => (
+            present(column),
+            format!(
+                "NOT (CAST({} AS VARCHAR) ~ {})",
+                ident(column),
+                quote(pattern)
+            ),
+        ),
+        // NULL passes, as in dbt's `expression_is_true`.
+        CheckKind::Expression { sql } => (rows.clone(), format!("NOT ({sql})")),
+        _ => return None,
+    };
+    let bad = and(&checked, &bad);
+    Some((checked, bad))
+}
+
+/// Compiles every check of `pipeline`, checking columns against the registered
+/// tables and planning every query. Returns the problems instead when any is found.
+pub async fn compile(ctx: &SessionContext, pipeline: &Pipeline) -> Result<Compiled, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut schemas: HashMap<String, Schema> = HashMap::new();
+    for s in &pipeline.sources {
+        if let Ok(df) = ctx.table(s.name.as_str()).await {
+            schemas.insert(s.name.clone(), df.schema().as_arrow().clone());
+        }
+    }
+    let mut compiled = Compiled::default();
+    // Scalar selects per source, and per (source, group-by set).
+    let mut scalar: HashMap<String, Select> = HashMap::new();
+    let mut grouped: HashMap<(String, Vec<String>), Select> = HashMap::new();
+
+    for source in &pipeline.sources {
+        let Some(schema) = schemas.get(&source.name) else {
+            continue;
+        };
+        let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        for (i, key) in source.key.iter().enumerate() {
+            if !columns.contains(key) {
+                problems.push(unknown_column(
+                    &format!("sources.{}.key[{i}]", source.name),
+                    key,
+                    &source.name,
+                    &columns,
+                ));
+            }
+        }
+        let mut uniques: Vec<(usize, &Check)> = Vec::new();
+        for (i, check) in source.checks.iter().enumerate() {
+            let at = (Some(source.name.clone()), i);
+            let mut known = true;
+            for c in check
+                .kind
+                .columns()
+                .into_iter()
+                .chain(check.group_by.iter().map(String::as_str))
+            {
+                if !columns.iter().any(|x| x == c) {
+                    problems.push(unknown_column(&check.path, c, &source.name, &columns));
+                    known = false;
+                }
+            }
+            if !known {
+                continue;
+            }
+            let select = if check.group_by.is_empty() {
+                scalar.entry(source.name.clone()).or_default()
+            } else {
+                grouped
+                    .entry((source.name.clone(), check.group_by.clone()))
+                    .or_default()
+            };
+            let rows = rows_condition(check);
+            match &check.kind {
+                CheckKind::Unique { .. } => uniques.push((i, check)),
+                CheckKind::AcceptedValues { column, .. }
+                    if check.group_by.is_empty()
+                        && source
+                            .checks
+                            .iter()
+                            .any(|u| shares_group_by(u, column, check)) =>
+                {
+                    // Measured by the GROUP BY of the unique check on the same column.
+                    select.add(
+                        count_if(&and(&rows, &format!("{} IS NOT NULL", ident(column)))),
+                        &at,
+                        Slot::Checked,
+                    );
+                }
+                CheckKind::RowCount { .. } => select.add(count_if(&rows), &at, Slot::Rows),
+                CheckKind::Completeness { column, .. } => {
+                    select.add(count_if(&rows), &at, Slot::Rows);
+                    select.add(
+                        count_if(&and(&rows, &format!("{} IS NULL", ident(column)))),
+                        &at,
+                        Slot::Bad,
+                    );
+                }
+                CheckKind::Freshness { column, .. } => {
+                    select.add(count_if(&rows), &at, Slot::Rows);
+                    let latest = if rows == "TRUE" {
+                        format!("max({})", ident(column))
+                    } else {
+                        format!("max(CASE WHEN {rows} THEN {} END)", ident(column))
+                    };
+                    select.add(latest, &at, Slot::Latest);
+                }
+                CheckKind::Metric { sql, .. }
+                | CheckKind::Change { sql, .. }
+                | CheckKind::Anomaly { sql, .. } => {
+                    if check.filter.is_none() {
+                        select.add(format!("CAST(({sql}) AS DOUBLE)"), &at, Slot::Metric);
+                    } else {
+                        // An aggregate expression cannot take the filter inside
+                        // it, so a filtered metric runs on its own.
+                        let group = check.group_by.iter().map(|g| ident(g)).collect::<Vec<_>>();
+                        let lead = if group.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{}, ", group.join(", "))
+                        };
+                        let tail = if group.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" GROUP BY {}", group.join(", "))
+                        };
+                        compiled.queries.push(Query {
+                            source: Some(source.name.clone()),
+                            sql: format!("SELECT {lead}CAST(({sql}) AS DOUBLE) AS m0 FROM {} WHERE {rows}{tail}", source.name),
+                            group_by: check.group_by.clone(),
+                            slots: vec![("m0".into(), at.clone(), Slot::Metric)],
+                        });
+                    }
+                }
+                CheckKind::Schema { .. } => {}
+                _ => {
+                    let Some((checked, bad)) = row_conditions(check) else {
+                        continue;
+                    };
+                    select.add(count_if(&rows), &at, Slot::Rows);
+                    select.add(count_if(&checked), &at, Slot::Checked);
+                    select.add(count_if(&bad), &at, Slot::Bad);
+                }
+            }
+        }
+        for (i, check) in uniques {
+            compiled.queries.push(unique_query(source, i, check));
+            let CheckKind::Unique { columns } = &check.kind else {
+                continue;
+            };
+            let at = (Some(source.name.clone()), i);
+            let all_null = columns
+                .iter()
+                .map(|c| format!("{} IS NULL", ident(c)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            scalar.entry(source.name.clone()).or_default().add(
+                count_if(&and(&rows_condition(check), &format!("NOT ({all_null})"))),
+                &at,
+                Slot::Checked,
+            );
+        }
+    }
+
+    for (i, check) in pipeline.checks.iter().enumerate() {
+        let at = (None, i);
+        match &check.kind {
+            CheckKind::Relationship { from, to } => {
+                let mut ok = true;
+                for (side, (source, column)) in [("from", from), ("to", to)] {
+                    match schemas.get(source) {
+                        None => {
+                            let names: Vec<String> =
+                                pipeline.sources.iter().map(|s| s.name.clone()).collect();
+                            problems.push(
+                                Problem::new(
+                                    format!("{}.{side}", check.path),
+                                    format!("unknown source `{source}`"),
+                                )
+                                .hint(column_hint(source, &names)),
+                            );
+                            ok = false;
+                        }
+                        Some(schema) if schema.field_with_name(column).is_err() => {
+                            let columns: Vec<String> =
+                                schema.fields().iter().map(|f| f.name().clone()).collect();
+                            problems.push(unknown_column(
+                                &format!("{}.{side}", check.path),
+                                column,
+                                source,
+                                &columns,
+                            ));
+                            ok = false;
+                        }
+                        _ => {}
+                    }
+                }
+                if !ok {
+                    continue;
+                }
+                let (checked, orphans) = relationship_conditions(check);
+                scalar.entry(from.0.clone()).or_default().add(
+                    count_if(&checked),
+                    &at,
+                    Slot::Checked,
+                );
+                compiled.queries.push(Query {
+                    source: None,
+                    sql: format!("SELECT count(*) AS m0 FROM {} AS f WHERE {orphans}", from.0),
+                    group_by: Vec::new(),
+                    slots: vec![("m0".into(), at.clone(), Slot::Bad)],
+                });
+            }
+            CheckKind::Reconcile { left, right, .. } => {
+                for (sql, slot) in [(left, Slot::Metric), (right, Slot::Right)] {
+                    compiled.queries.push(Query {
+                        source: None,
+                        sql: format!("SELECT CAST(v AS DOUBLE) AS m0 FROM ({sql}) AS side(v)"),
+                        group_by: Vec::new(),
+                        slots: vec![("m0".into(), at.clone(), slot)],
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    for (source, select) in scalar {
+        if select.exprs.is_empty() {
+            continue;
+        }
+        compiled.queries.push(Query {
+            sql: format!("SELECT {}\nFROM {source}", select.list()),
+            source: Some(source),
+            group_by: Vec::new(),
+            slots: select.slots,
+        });
+    }
+    for ((source, group_by), select) in grouped {
+        let group: Vec<String> = group_by.iter().map(|g| ident(g)).collect();
+        compiled.queries.push(Query {
+            sql: format!(
+                "SELECT {}, {}\nFROM {source}\nGROUP BY {}",
+                group.join(", "),
+                select.list(),
+                group.join(", ")
+            ),
+            source: Some(source),
+            group_by,
+            slots: select.slots,
+        });
+    }
+
+    // Plan every query: a column a `where:` or `sql:` names that does not exist,
+    // or SQL that does not parse, is found now, pointed at its check.
+    if problems.is_empty() {
+        for q in &compiled.queries {
+            if let Err(e) = ctx.state().create_logical_plan(&q.sql).await {
+                let mut paths: Vec<String> = q
+                    .slots
+                    .iter()
+                    .map(|(_, c, _)| check_path(pipeline, c))
+                    .collect();
+                paths.dedup();
+                let path = if paths.len() == 1 {
+                    paths.remove(0)
+                } else {
+                    format!("sources.{}.checks", q.source.as_deref().unwrap_or("?"))
+                };
+                problems.push(
+                    Problem::new(
+                        path,
+                        format!(
+                            "the check's SQL does not plan: {}",
+                            first_line(&e.to_string())
+                        ),
+                    )
+                    .hint("check the column names and SQL in `where:` and `sql:`"),
+                );
+            }
+        }
+    }
+    if problems.is_empty() {
+        compiled.queries.sort_by(|a, b| a.sql.cmp(&b.sql));
+        Ok(compiled)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Whether `unique` check `u` groups by exactly `column` with `check`'s filter.
+fn shares_group_by(u: &Check, column: &str, check: &Check) -> bool {
+    matches!(&u.kind, CheckKind::Unique { columns } if columns.len() == 1 && columns[0] == column)
+        && u.filter == check.filter
+        && u.group_by.is_empty()
+}
+
+/// One GROUP BY over the key: duplicated rows and keys, and the accepted values
+/// of the same column (one hash aggregate serves both).
+fn unique_query(source: &crate::config::Source, index: usize, check: &Check) -> Query {
+    let CheckKind::Unique { columns } = &check.kind else {
+        unreachable!("called for unique checks")
+    };
+    let at = (Some(source.name.clone()), index);
+    let rows = rows_condition(check);
+    let keys: Vec<String> = columns.iter().map(|c| ident(c)).collect();
+    // Compound keys skip rows whose key columns are all NULL; a single key its NULLs.
+    let all_null = keys
+        .iter()
+        .map(|k| format!("{k} IS NULL"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let mut outer = vec![
+        "CAST(COALESCE(sum(CASE WHEN n > 1 THEN n ELSE 0 END), 0) AS BIGINT) AS m0".to_string(),
+        "CAST(COALESCE(sum(CASE WHEN n > 1 THEN 1 ELSE 0 END), 0) AS BIGINT) AS m1".to_string(),
+    ];
+    let mut slots = vec![
+        ("m0".to_string(), at.clone(), Slot::Bad),
+        ("m1".to_string(), at.clone(), Slot::Keys),
+    ];
+    if let [column] = columns.as_slice() {
+        for (j, other) in source.checks.iter().enumerate() {
+            if let CheckKind::AcceptedValues { column: c, .. } = &other.kind
+                && c == column
+                && other.group_by.is_empty()
+                && shares_group_by(check, c, other)
+                && let Some((_, bad)) = row_conditions(&Check {
+                    filter: None,
+                    ..other.clone()
+                })
+            {
+                let alias = format!("m{}", outer.len());
+                outer.push(format!(
+                    "CAST(COALESCE(sum(CASE WHEN {bad} THEN n ELSE 0 END), 0) AS BIGINT) AS {alias}"
+                ));
+                slots.push((alias, (Some(source.name.clone()), j), Slot::Bad));
+            }
+        }
+    }
+    Query {
+        source: Some(source.name.clone()),
+        sql: format!(
+            "SELECT {}\nFROM (SELECT {}, count(*) AS n FROM {} WHERE {} GROUP BY {}) AS keys",
+            outer.join(", "),
+            keys.join(", "),
+            source.name,
+            and(&rows, &format!("NOT ({all_null})")),
+            keys.join(", ")
+        ),
+        group_by: Vec::new(),
+        slots,
+    }
+}
+
+/// A relationship's (rows judged, orphans) predicates over its `from` source,
+/// the orphan test an anti-join (`NOT EXISTS`) against the `to` source.
+pub fn relationship_conditions(check: &Check) -> (String, String) {
+    let CheckKind::Relationship { from, to } = &check.kind else {
+        return ("FALSE".into(), "FALSE".into());
+    };
+    let checked = and(
+        &rows_condition(check),
+        &format!("{} IS NOT NULL", ident(&from.1)),
+    );
+    let orphans = format!(
+        "{checked} AND NOT EXISTS (SELECT 1 FROM {} AS t WHERE t.{} = f.{})",
+        to.0,
+        ident(&to.1),
+        ident(&from.1)
+    );
+    (checked, orphans)
+}
+
+/// The config path of a check, for problems.
+pub fn check_path(pipeline: &Pipeline, check: &CheckRef) -> String {
+    lookup(pipeline, check).map_or_else(String::new, |c| c.path.clone())
+}
+
+/// The check a reference names.
+pub fn lookup<'a>(pipeline: &'a Pipeline, check: &CheckRef) -> Option<&'a Check> {
+    match &check.0 {
+        Some(source) => pipeline
+            .sources
+            .iter()
+            .find(|s| &s.name == source)?
+            .checks
+            .get(check.1),
+        None => pipeline.checks.get(check.1),
+    }
+}
+
+fn unknown_column(path: &str, column: &str, source: &str, columns: &[String]) -> Problem {
+    Problem::new(path, format!("source `{source}` has no column `{column}`"))
+        .hint(column_hint(column, columns))
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or(text)
+}
+
+/// Types the schema check compares, by the name `columns:` uses.
+pub fn same_type(actual: &DataType, declared: &DataType) -> bool {
+    match (actual, declared) {
+        (DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View, DataType::Utf8) => true,
+        (DataType::Timestamp(u1, tz1), DataType::Timestamp(u2, tz2)) => {
+            let _ = (u1, u2);
+            tz1.is_some() == tz2.is_some()
+        }
+        (a, b) => a == b,
+    }
+}

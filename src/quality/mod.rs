@@ -1,0 +1,417 @@
+//! Data quality: every check of every source measured in as few scans as
+//! possible (`compile.rs`), judged with the semantics of the established tools
+//! (`judge.rs`), compared with its own history where asked (`history.rs`), and
+//! the gate that keeps KPIs computed from failed data from being reported
+//! (`gate.rs`).
+
+pub mod compile;
+mod gate;
+mod history;
+mod judge;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use chrono::NaiveDate;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
+use datafusion::arrow::util::display::array_value_to_string;
+use datafusion::common::ScalarValue;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+use futures::future::join_all;
+
+pub use compile::{CheckRef, Compiled};
+pub use gate::{Gate, QualityStatus, apply as apply_gate};
+
+use crate::config::{Check, CheckKind, Pipeline, Severity};
+use compile::{Query, Slot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QualityError {
+    #[error("cannot collect the quarantined rows: {0}")]
+    Quarantine(#[source] DataFusionError),
+}
+
+/// What a check concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Passed,
+    /// Failed, with `severity: warn`: reported, never blocking.
+    Warned,
+    /// Failed, with `severity: error`: blocks the KPIs that read the source.
+    Failed,
+    /// Could not be judged yet (a history check without enough history).
+    Skipped,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Passed => "passed",
+            Outcome::Warned => "warned",
+            Outcome::Failed => "failed",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// One check's result (for one segment, with `group_by:`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckResult {
+    /// The source checked; `None` for checks across sources.
+    pub source: Option<String>,
+    pub check: String,
+    pub check_type: &'static str,
+    pub column: Option<String>,
+    /// `col=value` pairs of a `group_by:` segment; `None` for the whole check.
+    pub segment: Option<String>,
+    pub severity: Severity,
+    pub outcome: Outcome,
+    /// The measured value: a count, a fraction, an age in hours, a metric.
+    pub observed: Option<f64>,
+    pub unexpected: Option<u64>,
+    pub unexpected_fraction: Option<f64>,
+    pub rows_checked: Option<u64>,
+    /// The threshold as written, e.g. `= 0`, `mostly >= 0.99`, `<= 36h`.
+    pub threshold: String,
+    pub message: String,
+    /// Failing rows, each as `col=value` pairs (key columns first).
+    pub sample: Vec<String>,
+}
+
+/// The quality of one run: every check's result.
+#[derive(Debug, Clone, Default)]
+pub struct QualityReport {
+    pub results: Vec<CheckResult>,
+}
+
+impl QualityReport {
+    /// Checks (whole, not per segment) with this outcome.
+    pub fn count(&self, outcome: Outcome) -> usize {
+        self.results
+            .iter()
+            .filter(|r| r.segment.is_none() && r.outcome == outcome)
+            .count()
+    }
+
+    pub fn failed(&self) -> bool {
+        self.count(Outcome::Failed) > 0
+    }
+}
+
+/// What the queries measured for one check (one segment).
+#[derive(Debug, Clone, Default)]
+pub struct Measured {
+    pub rows: Option<u64>,
+    pub checked: Option<u64>,
+    pub bad: Option<u64>,
+    pub keys: Option<u64>,
+    pub metric: Option<f64>,
+    pub right: Option<f64>,
+    pub latest: Option<ScalarValue>,
+    /// The query failed while running.
+    pub error: Option<String>,
+}
+
+/// Runs every compiled query concurrently, judges every check, and samples the
+/// failing rows of the checks that did not pass.
+pub async fn run(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    compiled: &Compiled,
+    as_of: NaiveDate,
+    output: &Path,
+) -> QualityReport {
+    let started = std::time::Instant::now();
+    let tasks = compiled.queries.iter().map(|q| {
+        let ctx = ctx.clone();
+        let q = q.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let result = match ctx.sql(&q.sql).await {
+                Ok(df) => df.collect().await,
+                Err(e) => Err(e),
+            };
+            tracing::debug!(source = ?q.source, ms = started.elapsed().as_millis() as u64, sql = %q.sql, "check query");
+            (q, result)
+        })
+    });
+    // (check, segment) -> measurements; segment `None` for whole checks.
+    let mut measured: HashMap<(CheckRef, Option<String>), Measured> = HashMap::new();
+    for joined in join_all(tasks).await {
+        let Ok((q, result)) = joined else { continue };
+        match result {
+            Ok(batches) => read(&q, &batches, &mut measured),
+            Err(e) => {
+                for (_, check, _) in &q.slots {
+                    measured.entry((check.clone(), None)).or_default().error = Some(e.to_string());
+                }
+            }
+        }
+    }
+    let history = history::History::load(output, pipeline, as_of);
+    let mut schemas = HashMap::new();
+    for s in &pipeline.sources {
+        if let Ok(df) = ctx.table(s.name.as_str()).await {
+            schemas.insert(s.name.clone(), df.schema().as_arrow().clone());
+        }
+    }
+    let mut results = Vec::new();
+    for (source, checks) in all_checks(pipeline) {
+        for (i, check) in checks.iter().enumerate() {
+            let at: CheckRef = (source.map(str::to_string), i);
+            let mut segments: Vec<(&Option<String>, &Measured)> = measured
+                .iter()
+                .filter(|((c, s), _)| *c == at && s.is_some())
+                .map(|((_, s), m)| (s, m))
+                .collect();
+            segments.sort_by(|a, b| a.0.cmp(b.0));
+            let whole = measured
+                .get(&(at.clone(), None))
+                .cloned()
+                .unwrap_or_default();
+            let ctx_judge = judge::Context {
+                pipeline,
+                source,
+                schema: source.and_then(|s| schemas.get(s)),
+                as_of,
+                history: &history,
+            };
+            results.extend(judge::judge(&ctx_judge, check, &whole, &segments));
+        }
+    }
+    sample_failures(ctx, pipeline, &mut results).await;
+    tracing::info!(
+        checks = results.iter().filter(|r| r.segment.is_none()).count(),
+        queries = compiled.queries.len(),
+        failed = results
+            .iter()
+            .filter(|r| r.segment.is_none() && r.outcome == Outcome::Failed)
+            .count(),
+        ms = started.elapsed().as_millis() as u64,
+        "checks done"
+    );
+    QualityReport { results }
+}
+
+/// Every check with its source (`None` for the pipeline's cross-source checks).
+pub fn all_checks(pipeline: &Pipeline) -> Vec<(Option<&str>, &[Check])> {
+    pipeline
+        .sources
+        .iter()
+        .map(|s| (Some(s.name.as_str()), s.checks.as_slice()))
+        .chain(std::iter::once((None, pipeline.checks.as_slice())))
+        .collect()
+}
+
+/// Reads a query's result into the measurements of the checks it serves.
+fn read(
+    q: &Query,
+    batches: &[RecordBatch],
+    measured: &mut HashMap<(CheckRef, Option<String>), Measured>,
+) {
+    for batch in batches {
+        let column = |alias: &str| {
+            batch
+                .schema()
+                .index_of(alias)
+                .ok()
+                .map(|i| batch.column(i).clone())
+        };
+        for row in 0..batch.num_rows() {
+            let segment = (!q.group_by.is_empty()).then(|| {
+                q.group_by
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| {
+                        let a = batch.column(i);
+                        let v = if a.is_null(row) {
+                            "NULL".to_string()
+                        } else {
+                            array_value_to_string(a, row).unwrap_or_default()
+                        };
+                        format!("{g}={v}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            });
+            for (alias, check, slot) in &q.slots {
+                let Some(array) = column(alias) else { continue };
+                let m = measured
+                    .entry((check.clone(), segment.clone()))
+                    .or_default();
+                let int = || {
+                    cast(&array, &DataType::Int64).ok().and_then(|a| {
+                        let a = a.as_primitive::<Int64Type>();
+                        a.is_valid(row).then(|| a.value(row).max(0) as u64)
+                    })
+                };
+                let float = || {
+                    cast(&array, &DataType::Float64).ok().and_then(|a| {
+                        let a = a.as_primitive::<Float64Type>();
+                        a.is_valid(row).then(|| a.value(row))
+                    })
+                };
+                match slot {
+                    Slot::Rows => m.rows = int(),
+                    Slot::Checked => m.checked = int(),
+                    Slot::Bad => m.bad = Some(m.bad.unwrap_or(0) + int().unwrap_or(0)),
+                    Slot::Keys => m.keys = int(),
+                    Slot::Metric => m.metric = float(),
+                    Slot::Right => m.right = float(),
+                    Slot::Latest => m.latest = ScalarValue::try_from_array(&array, row).ok(),
+                }
+            }
+        }
+    }
+}
+
+/// Adds samples of failing rows to the results that did not pass, each from a
+/// small query run only for them.
+async fn sample_failures(ctx: &SessionContext, pipeline: &Pipeline, results: &mut [CheckResult]) {
+    let size = pipeline.quality.sample_size;
+    if size == 0 {
+        return;
+    }
+    for r in results.iter_mut().filter(|r| r.segment.is_none()) {
+        if !matches!(r.outcome, Outcome::Failed | Outcome::Warned) {
+            continue;
+        }
+        let Some(sql) = sample_sql(pipeline, r, size) else {
+            continue;
+        };
+        match ctx.sql(&sql).await {
+            Ok(df) => match df.collect().await {
+                Ok(batches) => r.sample = render(&batches),
+                Err(e) => {
+                    tracing::warn!(check = %r.check, error = %e, "could not sample failing rows")
+                }
+            },
+            Err(e) => tracing::warn!(check = %r.check, error = %e, "could not sample failing rows"),
+        }
+    }
+}
+
+fn sample_sql(pipeline: &Pipeline, r: &CheckResult, size: usize) -> Option<String> {
+    let (source, check) = find(pipeline, r)?;
+    let key_and = |columns: Vec<&str>| -> String {
+        let mut cols: Vec<String> = source
+            .map(|s| s.key.iter().map(|k| compile::ident(k)).collect())
+            .unwrap_or_default();
+        for c in columns {
+            let c = compile::ident(c);
+            if !cols.contains(&c) {
+                cols.push(c);
+            }
+        }
+        if cols.is_empty() {
+            "*".to_string()
+        } else {
+            cols.join(", ")
+        }
+    };
+    match &check.kind {
+        CheckKind::Unique { columns } => {
+            let keys: Vec<String> = columns.iter().map(|c| compile::ident(c)).collect();
+            Some(format!(
+                "SELECT {k}, count(*) AS duplicates FROM {t} WHERE {w} GROUP BY {k} HAVING count(*) > 1 ORDER BY count(*) DESC LIMIT {size}",
+                k = keys.join(", "),
+                t = source?.name,
+                w = compile::rows_condition(check),
+            ))
+        }
+        CheckKind::Relationship { from, .. } => {
+            let (_, orphans) = compile::relationship_conditions(check);
+            Some(format!(
+                "SELECT DISTINCT f.{c} FROM {t} AS f WHERE {orphans} LIMIT {size}",
+                c = compile::ident(&from.1),
+                t = from.0
+            ))
+        }
+        kind if kind.is_row_level() => {
+            let (_, bad) = compile::row_conditions(check)?;
+            Some(format!(
+                "SELECT {} FROM {} WHERE {bad} LIMIT {size}",
+                key_and(kind.columns()),
+                source?.name
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// The source (if any) and check definition behind a result.
+fn find<'a>(
+    pipeline: &'a Pipeline,
+    r: &CheckResult,
+) -> Option<(Option<&'a crate::config::Source>, &'a Check)> {
+    match &r.source {
+        Some(name) if !matches!(r.check_type, "relationship" | "reconcile") => {
+            let s = pipeline.sources.iter().find(|s| &s.name == name)?;
+            Some((Some(s), s.checks.iter().find(|c| c.id == r.check)?))
+        }
+        _ => Some((None, pipeline.checks.iter().find(|c| c.id == r.check)?)),
+    }
+}
+
+/// The rows of each `quarantine: true` source that fail any of its row-level
+/// checks, with a `failed_checks` column naming them.
+pub async fn quarantine(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+) -> Result<Vec<(String, SchemaRef, Vec<RecordBatch>)>, DataFusionError> {
+    let mut out = Vec::new();
+    for source in pipeline.sources.iter().filter(|s| s.quarantine) {
+        let rules: Vec<(String, String)> = source
+            .checks
+            .iter()
+            .filter_map(|c| compile::row_conditions(c).map(|(_, bad)| (c.id.clone(), bad)))
+            .collect();
+        if rules.is_empty() {
+            continue;
+        }
+        let names: Vec<String> = rules
+            .iter()
+            .map(|(id, bad)| format!("CASE WHEN {bad} THEN {} END", compile::quote(id)))
+            .collect();
+        let any: Vec<String> = rules.iter().map(|(_, bad)| format!("({bad})")).collect();
+        let sql = format!(
+            "SELECT *, concat_ws(', ', {}) AS failed_checks FROM {} WHERE {}",
+            names.join(", "),
+            source.name,
+            any.join(" OR ")
+        );
+        let df = ctx.sql(&sql).await?;
+        let schema: SchemaRef = std::sync::Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        out.push((source.name.clone(), schema, batches));
+    }
+    Ok(out)
+}
+
+/// Rows as `col=value, ...` lines.
+fn render(batches: &[RecordBatch]) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in batches {
+        for row in 0..b.num_rows() {
+            let cells: Vec<String> = b
+                .schema()
+                .fields()
+                .iter()
+                .zip(b.columns())
+                .map(|(f, a)| {
+                    let v = if a.is_null(row) {
+                        "NULL".to_string()
+                    } else {
+                        array_value_to_string(a, row).unwrap_or_default()
+                    };
+                    format!("{}={v}", f.name())
+                })
+                .collect();
+            out.push(cells.join(", "));
+        }
+    }
+    out
+}
