@@ -5,5 +5,6 @@ mod config_errors;
 mod demo;
 mod files;
 mod publish;
+mod quality;
 mod scorecard;
 mod util;
