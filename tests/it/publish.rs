@@ -170,7 +170,7 @@ import sys, json
 import pyarrow.dataset as ds
 root = sys.argv[1]
 out = {}
-for name in ["kpi_values", "scorecard", "runs"]:
+for name in ["kpi_values", "scorecard", "quality", "runs"]:
     t = ds.dataset(f"{root}/{name}", format="parquet", partitioning="hive").to_table()
     out[name] = {"rows": t.num_rows, "columns": t.column_names,
                  "pipelines": sorted(set(t.column("pipeline").to_pylist()))}
@@ -182,6 +182,9 @@ out["run_status"] = runs[0]["status"]
 out["rows_read_orders"] = [r["rows"] for r in runs[0]["rows_read"] if r["source"] == "orders"][0]
 out["types"] = {f.name: str(f.type) for f in ds.dataset(f"{root}/kpi_values", format="parquet", partitioning="hive").schema}
 card = ds.dataset(f"{root}/scorecard", format="parquet", partitioning="hive").to_table().to_pylist()
+out["quality_types"] = {f.name: str(f.type) for f in ds.dataset(f"{root}/quality", format="parquet", partitioning="hive").schema}
+quality = ds.dataset(f"{root}/quality", format="parquet", partitioning="hive").to_table().to_pylist()
+out["outcomes"] = sorted(set(r["outcome"] for r in quality))
 out["scorecard_types"] = {f.name: str(f.type) for f in ds.dataset(f"{root}/scorecard", format="parquet", partitioning="hive").schema}
 out["overall_oct_2026"] = [(r["score"], r["status"], r["children_scored"]) for r in card
     if r["level"] == "overall" and str(r["period_start"]) == "2026-10-01"][0]
@@ -273,6 +276,20 @@ print(json.dumps(out))
         844.0,
         "{overall}"
     );
+    // Every demo check, one row each (none is split by segment).
+    assert_eq!(got["quality"]["rows"], 33);
+    assert_eq!(
+        got["outcomes"],
+        serde_json::json!(["passed", "skipped", "warned"])
+    );
+    for (c, t) in [
+        ("sample", "list<item: string>"),
+        ("unexpected_count", "int64"),
+        ("observed_value", "double"),
+        ("checked_at", "timestamp[us, tz=UTC]"),
+    ] {
+        assert_eq!(got["quality_types"][c], t, "quality.{c}");
+    }
     assert_eq!(got["runs"]["rows"], 1);
     let run_columns = names(&got["runs"]["columns"]);
     for c in [
@@ -283,6 +300,8 @@ print(json.dumps(out))
         "rows_read",
         "kpis_published",
         "values_published",
+        "checks_failed",
+        "checks_warned",
         "error",
         "kpiforge_version",
         "pipeline",
