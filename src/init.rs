@@ -16,6 +16,11 @@ sources:
   orders:
     file: fixtures/orders.csv
     columns: {order_date: date, amount: "decimal(10,2)"}
+    key: [order_id]
+    checks:                  # docs/quality.md; a failed check blocks the KPIs reading orders
+      - not_null: [order_id, customer_id, order_date]
+      - unique: order_id
+      - between: {column: amount, min: 0, strict_min: true}
 
 scorecard:                 # docs/scorecard.md: scoring, roll-up, lint
   # A starter map covers two of the four perspectives; remove this line once

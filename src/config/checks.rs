@@ -630,7 +630,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "w" => 604800.0,
         u => return Err(format!("unknown unit `{u}` in `{text}`")),
     };
-    Ok(Duration::from_secs_f64(n * seconds))
+    Duration::try_from_secs_f64(n * seconds).map_err(|_| format!("`{text}` is too long a duration"))
 }
 
 /// Suggests a column name close to `name`.

@@ -120,7 +120,7 @@ pub struct Source {
     /// Columns identifying a row, shown in samples of failing rows.
     pub key: Vec<String>,
     pub checks: Vec<Check>,
-    /// Write rows failing row-level `error` checks to `quarantine/`.
+    /// Write rows failing its row-level checks to `quarantine/`.
     pub quarantine: bool,
 }
 

@@ -34,6 +34,75 @@ pub struct Query {
     pub group_by: Vec<String>,
     /// Result column alias -> (check, what it measures).
     pub slots: Vec<(String, CheckRef, Slot)>,
+    /// A fused query's expressions (alias `m<i>` is expression `i`) and the
+    /// clause after them, so it can be split into one query per check.
+    parts: Option<(Vec<String>, String)>,
+}
+
+impl Query {
+    /// A query serving one check, built as written.
+    fn single(
+        source: Option<String>,
+        sql: String,
+        group_by: Vec<String>,
+        slots: Vec<(String, CheckRef, Slot)>,
+    ) -> Query {
+        Query {
+            source,
+            sql,
+            group_by,
+            slots,
+            parts: None,
+        }
+    }
+
+    /// A fused query from its select list: `SELECT [group columns,] exprs <rest>`.
+    fn fused(source: &str, group_by: Vec<String>, select: Select, rest: String) -> Query {
+        let lead: String = group_by.iter().map(|g| format!("{}, ", ident(g))).collect();
+        Query {
+            sql: format!("SELECT {lead}{}\n{rest}", select.list()),
+            source: Some(source.to_string()),
+            group_by,
+            slots: select.slots,
+            parts: Some((select.exprs, rest)),
+        }
+    }
+
+    /// The checks this query serves, in order.
+    pub fn checks(&self) -> Vec<CheckRef> {
+        let mut checks: Vec<CheckRef> = Vec::new();
+        for (_, c, _) in &self.slots {
+            if !checks.contains(c) {
+                checks.push(c.clone());
+            }
+        }
+        checks
+    }
+
+    /// One query per check this fused query serves: when the fused query fails,
+    /// each check is measured (or fails) on its own, so one bad expression does
+    /// not take its neighbours down with it.
+    pub fn split(&self) -> Vec<Query> {
+        let Some((exprs, rest)) = &self.parts else {
+            return vec![self.clone()];
+        };
+        self.checks()
+            .into_iter()
+            .map(|check| {
+                let mut select = Select::default();
+                for (alias, c, slot) in self.slots.iter().filter(|(_, c, _)| *c == check) {
+                    let i: usize = alias[1..].parse().unwrap_or(0);
+                    select.add(exprs[i].clone(), c, *slot);
+                }
+                Query::fused(
+                    self.source.as_deref().unwrap_or_default(),
+                    self.group_by.clone(),
+                    select,
+                    rest.clone(),
+                )
+            })
+            .collect()
+    }
 }
 
 /// What a result column measures for a check.
@@ -268,6 +337,19 @@ pub async fn compile(ctx: &SessionContext, pipeline: &Pipeline) -> Result<Compil
                     );
                 }
                 CheckKind::Freshness { column, .. } => {
+                    let temporal = schema.field_with_name(column).is_ok_and(|f| {
+                        matches!(
+                            f.data_type(),
+                            DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)
+                        )
+                    });
+                    if !temporal {
+                        problems.push(
+                            Problem::new(&check.path, format!("freshness needs a date or timestamp column; `{column}` is not one"))
+                                .hint(format!("declare its type: `columns: {{{column}: timestamp}}` (or date)")),
+                        );
+                        continue;
+                    }
                     select.add(count_if(&rows), &at, Slot::Rows);
                     let latest = if rows == "TRUE" {
                         format!("max({})", ident(column))
@@ -295,12 +377,12 @@ pub async fn compile(ctx: &SessionContext, pipeline: &Pipeline) -> Result<Compil
                         } else {
                             format!(" GROUP BY {}", group.join(", "))
                         };
-                        compiled.queries.push(Query {
-                            source: Some(source.name.clone()),
-                            sql: format!("SELECT {lead}CAST(({sql}) AS DOUBLE) AS m0 FROM {} WHERE {rows}{tail}", source.name),
-                            group_by: check.group_by.clone(),
-                            slots: vec![("m0".into(), at.clone(), Slot::Metric)],
-                        });
+                        compiled.queries.push(Query::single(
+                            Some(source.name.clone()),
+                            format!("SELECT {lead}CAST(({sql}) AS DOUBLE) AS m0 FROM {} WHERE {rows}{tail}", source.name),
+                            check.group_by.clone(),
+                            vec![("m0".into(), at.clone(), Slot::Metric)],
+                        ));
                     }
                 }
                 CheckKind::Schema { .. } => {}
@@ -316,17 +398,9 @@ pub async fn compile(ctx: &SessionContext, pipeline: &Pipeline) -> Result<Compil
         }
         for (i, check) in uniques {
             compiled.queries.push(unique_query(source, i, check));
-            let CheckKind::Unique { columns } = &check.kind else {
-                continue;
-            };
             let at = (Some(source.name.clone()), i);
-            let all_null = columns
-                .iter()
-                .map(|c| format!("{} IS NULL", ident(c)))
-                .collect::<Vec<_>>()
-                .join(" AND ");
             scalar.entry(source.name.clone()).or_default().add(
-                count_if(&and(&rows_condition(check), &format!("NOT ({all_null})"))),
+                count_if(&unique_rows(check)),
                 &at,
                 Slot::Checked,
             );
@@ -375,21 +449,21 @@ pub async fn compile(ctx: &SessionContext, pipeline: &Pipeline) -> Result<Compil
                     &at,
                     Slot::Checked,
                 );
-                compiled.queries.push(Query {
-                    source: None,
-                    sql: format!("SELECT count(*) AS m0 FROM {} AS f WHERE {orphans}", from.0),
-                    group_by: Vec::new(),
-                    slots: vec![("m0".into(), at.clone(), Slot::Bad)],
-                });
+                compiled.queries.push(Query::single(
+                    None,
+                    format!("SELECT count(*) AS m0 FROM {} AS f WHERE {orphans}", from.0),
+                    Vec::new(),
+                    vec![("m0".into(), at.clone(), Slot::Bad)],
+                ));
             }
             CheckKind::Reconcile { left, right, .. } => {
                 for (sql, slot) in [(left, Slot::Metric), (right, Slot::Right)] {
-                    compiled.queries.push(Query {
-                        source: None,
-                        sql: format!("SELECT CAST(v AS DOUBLE) AS m0 FROM ({sql}) AS side(v)"),
-                        group_by: Vec::new(),
-                        slots: vec![("m0".into(), at.clone(), slot)],
-                    });
+                    compiled.queries.push(Query::single(
+                        None,
+                        format!("SELECT CAST(v AS DOUBLE) AS m0 FROM ({sql}) AS side(v)"),
+                        Vec::new(),
+                        vec![("m0".into(), at.clone(), slot)],
+                    ));
                 }
             }
             _ => {}
@@ -400,54 +474,45 @@ pub async fn compile(ctx: &SessionContext, pipeline: &Pipeline) -> Result<Compil
         if select.exprs.is_empty() {
             continue;
         }
-        compiled.queries.push(Query {
-            sql: format!("SELECT {}\nFROM {source}", select.list()),
-            source: Some(source),
-            group_by: Vec::new(),
-            slots: select.slots,
-        });
+        let rest = format!("FROM {source}");
+        compiled
+            .queries
+            .push(Query::fused(&source, Vec::new(), select, rest));
     }
     for ((source, group_by), select) in grouped {
         let group: Vec<String> = group_by.iter().map(|g| ident(g)).collect();
-        compiled.queries.push(Query {
-            sql: format!(
-                "SELECT {}, {}\nFROM {source}\nGROUP BY {}",
-                group.join(", "),
-                select.list(),
-                group.join(", ")
-            ),
-            source: Some(source),
-            group_by,
-            slots: select.slots,
-        });
+        let rest = format!("FROM {source}\nGROUP BY {}", group.join(", "));
+        compiled
+            .queries
+            .push(Query::fused(&source, group_by, select, rest));
     }
 
     // Plan every query: a column a `where:` or `sql:` names that does not exist,
-    // or SQL that does not parse, is found now, pointed at its check.
+    // or SQL that does not parse, is found now. A fused query that does not plan
+    // is split, so the problem points at the check at fault.
     if problems.is_empty() {
         for q in &compiled.queries {
-            if let Err(e) = ctx.state().create_logical_plan(&q.sql).await {
-                let mut paths: Vec<String> = q
-                    .slots
-                    .iter()
-                    .map(|(_, c, _)| check_path(pipeline, c))
-                    .collect();
-                paths.dedup();
-                let path = if paths.len() == 1 {
-                    paths.remove(0)
-                } else {
-                    format!("sources.{}.checks", q.source.as_deref().unwrap_or("?"))
-                };
-                problems.push(
-                    Problem::new(
-                        path,
-                        format!(
-                            "the check's SQL does not plan: {}",
-                            first_line(&e.to_string())
-                        ),
-                    )
-                    .hint("check the column names and SQL in `where:` and `sql:`"),
-                );
+            if ctx.state().create_logical_plan(&q.sql).await.is_ok() {
+                continue;
+            }
+            for single in q.split() {
+                if let Err(e) = ctx.state().create_logical_plan(&single.sql).await {
+                    let path = single
+                        .checks()
+                        .first()
+                        .map(|c| check_path(pipeline, c))
+                        .unwrap_or_default();
+                    problems.push(
+                        Problem::new(
+                            path,
+                            format!(
+                                "the check's SQL does not plan: {}",
+                                first_line(&e.to_string())
+                            ),
+                        )
+                        .hint("check the column names and SQL in `where:` and `sql:`"),
+                    );
+                }
             }
         }
     }
@@ -473,14 +538,7 @@ fn unique_query(source: &crate::config::Source, index: usize, check: &Check) -> 
         unreachable!("called for unique checks")
     };
     let at = (Some(source.name.clone()), index);
-    let rows = rows_condition(check);
     let keys: Vec<String> = columns.iter().map(|c| ident(c)).collect();
-    // Compound keys skip rows whose key columns are all NULL; a single key its NULLs.
-    let all_null = keys
-        .iter()
-        .map(|k| format!("{k} IS NULL"))
-        .collect::<Vec<_>>()
-        .join(" AND ");
     let mut outer = vec![
         "CAST(COALESCE(sum(CASE WHEN n > 1 THEN n ELSE 0 END), 0) AS BIGINT) AS m0".to_string(),
         "CAST(COALESCE(sum(CASE WHEN n > 1 THEN 1 ELSE 0 END), 0) AS BIGINT) AS m1".to_string(),
@@ -489,7 +547,14 @@ fn unique_query(source: &crate::config::Source, index: usize, check: &Check) -> 
         ("m0".to_string(), at.clone(), Slot::Bad),
         ("m1".to_string(), at.clone(), Slot::Keys),
     ];
-    if let [column] = columns.as_slice() {
+    // The first unique check on the column measures its accepted values.
+    let first = source
+        .checks
+        .iter()
+        .position(|u| shares_group_by(u, &columns[0], check));
+    if let [column] = columns.as_slice()
+        && first == Some(index)
+    {
         for (j, other) in source.checks.iter().enumerate() {
             if let CheckKind::AcceptedValues { column: c, .. } = &other.kind
                 && c == column
@@ -508,19 +573,33 @@ fn unique_query(source: &crate::config::Source, index: usize, check: &Check) -> 
             }
         }
     }
-    Query {
-        source: Some(source.name.clone()),
-        sql: format!(
+    Query::single(
+        Some(source.name.clone()),
+        format!(
             "SELECT {}\nFROM (SELECT {}, count(*) AS n FROM {} WHERE {} GROUP BY {}) AS keys",
             outer.join(", "),
             keys.join(", "),
             source.name,
-            and(&rows, &format!("NOT ({all_null})")),
+            unique_rows(check),
             keys.join(", ")
         ),
-        group_by: Vec::new(),
+        Vec::new(),
         slots,
-    }
+    )
+}
+
+/// The rows a unique check judges: its `where:`, without rows whose key columns
+/// are all NULL (a single key: without its NULLs).
+pub fn unique_rows(check: &Check) -> String {
+    let CheckKind::Unique { columns } = &check.kind else {
+        return rows_condition(check);
+    };
+    let all_null = columns
+        .iter()
+        .map(|c| format!("{} IS NULL", ident(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    and(&rows_condition(check), &format!("NOT ({all_null})"))
 }
 
 /// A relationship's (rows judged, orphans) predicates over its `from` source,

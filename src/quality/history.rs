@@ -72,12 +72,14 @@ impl History {
                 col("segment")?,
                 col("observed_value")?,
             );
-            let (source, check, segment) = (
-                source.as_string::<i32>(),
-                check.as_string::<i32>(),
-                segment.as_string::<i32>(),
-            );
-            let observed = observed.as_primitive::<Float64Type>();
+            let (Some(source), Some(check), Some(segment), Some(observed)) = (
+                source.as_string_opt::<i32>(),
+                check.as_string_opt::<i32>(),
+                segment.as_string_opt::<i32>(),
+                observed.as_primitive_opt::<Float64Type>(),
+            ) else {
+                return Err("columns of unexpected types".into());
+            };
             for i in 0..batch.num_rows() {
                 if segment.is_valid(i) || observed.is_null(i) {
                     continue;

@@ -63,7 +63,8 @@ pub fn judge(
         message: v.message,
         sample: Vec::new(),
     };
-    if check.group_by.is_empty() {
+    if check.group_by.is_empty() || (segments.is_empty() && whole.error.is_none()) {
+        // No segment at all (an empty table): judged as a whole over no rows.
         return vec![result(None, verdict(cx, check, whole))];
     }
     // Split by segment: the whole check fails when a segment does; each failing
@@ -159,7 +160,7 @@ fn verdict(cx: &Context, check: &Check, m: &Measured) -> Verdict {
         | CheckKind::Unique { .. }
         | CheckKind::Relationship { .. } => {
             let checked = m.checked.unwrap_or(0);
-            let bad = m.bad.unwrap_or(0);
+            let bad = m.bad.unwrap_or(0).min(checked);
             v.rows = Some(checked);
             v.unexpected = Some(bad);
             v.observed = Some(bad as f64);
@@ -404,7 +405,9 @@ fn allowed(threshold: Threshold, bad: u64, checked: u64) -> bool {
     match threshold {
         Threshold::Zero => bad == 0,
         Threshold::MaxUnexpected(n) => bad <= n,
-        Threshold::Mostly(m) => checked == 0 || (checked - bad) as f64 / checked as f64 >= m,
+        Threshold::Mostly(m) => {
+            checked == 0 || checked.saturating_sub(bad) as f64 / checked as f64 >= m
+        }
     }
 }
 
@@ -454,10 +457,14 @@ fn reference_instant(cx: &Context) -> chrono::DateTime<Utc> {
 }
 
 fn local_to_utc(pipeline: &Pipeline, t: NaiveDateTime) -> chrono::DateTime<Utc> {
-    pipeline
-        .timezone
-        .from_local_datetime(&t)
+    // A local time in a daylight-saving gap does not exist: take the hour after.
+    let zone = pipeline.timezone;
+    zone.from_local_datetime(&t)
         .earliest()
+        .or_else(|| {
+            zone.from_local_datetime(&(t + chrono::Duration::hours(1)))
+                .earliest()
+        })
         .map_or_else(|| Utc.from_utc_datetime(&t), |d| d.with_timezone(&Utc))
 }
 

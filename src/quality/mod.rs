@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use chrono::NaiveDate;
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
 use datafusion::arrow::util::display::array_value_to_string;
@@ -125,30 +125,22 @@ pub async fn run(
     output: &Path,
 ) -> QualityReport {
     let started = std::time::Instant::now();
-    let tasks = compiled.queries.iter().map(|q| {
-        let ctx = ctx.clone();
-        let q = q.clone();
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let result = match ctx.sql(&q.sql).await {
-                Ok(df) => df.collect().await,
-                Err(e) => Err(e),
-            };
-            tracing::debug!(source = ?q.source, ms = started.elapsed().as_millis() as u64, sql = %q.sql, "check query");
-            (q, result)
-        })
-    });
     // (check, segment) -> measurements; segment `None` for whole checks.
     let mut measured: HashMap<(CheckRef, Option<String>), Measured> = HashMap::new();
-    for joined in join_all(tasks).await {
-        let Ok((q, result)) = joined else { continue };
+    let mut retry = Vec::new();
+    for (q, result) in run_queries(ctx, compiled.queries.clone()).await {
         match result {
             Ok(batches) => read(&q, &batches, &mut measured),
-            Err(e) => {
-                for (_, check, _) in &q.slots {
-                    measured.entry((check.clone(), None)).or_default().error = Some(e.to_string());
-                }
-            }
+            // A fused query that fails is split: each check runs on its own, so
+            // one failing expression (a cast of bad text) fails only its check.
+            Err(_) if q.checks().len() > 1 => retry.extend(q.split()),
+            Err(e) => fail(&q, &e, &mut measured),
+        }
+    }
+    for (q, result) in run_queries(ctx, retry).await {
+        match result {
+            Ok(batches) => read(&q, &batches, &mut measured),
+            Err(e) => fail(&q, &e, &mut measured),
         }
     }
     let history = history::History::load(output, pipeline, as_of);
@@ -196,6 +188,46 @@ pub async fn run(
     QualityReport { results }
 }
 
+/// Runs queries concurrently; each comes back with its result (a task that
+/// panicked is an error of its query, never a silent pass).
+async fn run_queries(
+    ctx: &SessionContext,
+    queries: Vec<Query>,
+) -> Vec<(Query, Result<Vec<RecordBatch>, String>)> {
+    let tasks: Vec<_> = queries
+        .iter()
+        .map(|q| {
+            let ctx = ctx.clone();
+            let sql = q.sql.clone();
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let result = match ctx.sql(&sql).await {
+                    Ok(df) => df.collect().await,
+                    Err(e) => Err(e),
+                };
+                tracing::debug!(ms = started.elapsed().as_millis() as u64, %sql, "check query");
+                result.map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    let results = join_all(tasks).await;
+    queries
+        .into_iter()
+        .zip(results)
+        .map(|(q, joined)| {
+            let result = joined.unwrap_or_else(|e| Err(format!("the check query stopped: {e}")));
+            (q, result)
+        })
+        .collect()
+}
+
+/// Records a query's error on every check it serves.
+fn fail(q: &Query, error: &str, measured: &mut HashMap<(CheckRef, Option<String>), Measured>) {
+    for check in q.checks() {
+        measured.entry((check, None)).or_default().error = Some(error.to_string());
+    }
+}
+
 /// Every check with its source (`None` for the pipeline's cross-source checks).
 pub fn all_checks(pipeline: &Pipeline) -> Vec<(Option<&str>, &[Check])> {
     pipeline
@@ -212,59 +244,73 @@ fn read(
     batches: &[RecordBatch],
     measured: &mut HashMap<(CheckRef, Option<String>), Measured>,
 ) {
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if q.group_by.is_empty() && rows != 1 {
+        // A scalar query (a reconciliation's side) must give exactly one value.
+        let error = format!("the query returned {rows} rows where one value was expected");
+        return fail(q, &error, measured);
+    }
     for batch in batches {
-        let column = |alias: &str| {
-            batch
-                .schema()
-                .index_of(alias)
-                .ok()
-                .map(|i| batch.column(i).clone())
-        };
+        // Each result column cast once, to integers and to floats.
+        let columns: Vec<(Option<ArrayRef>, Option<ArrayRef>, Option<ArrayRef>)> = q
+            .slots
+            .iter()
+            .map(|(alias, _, _)| {
+                let raw = batch
+                    .schema()
+                    .index_of(alias)
+                    .ok()
+                    .map(|i| batch.column(i).clone());
+                let int = raw.as_ref().and_then(|a| cast(a, &DataType::Int64).ok());
+                let float = raw.as_ref().and_then(|a| cast(a, &DataType::Float64).ok());
+                (raw, int, float)
+            })
+            .collect();
         for row in 0..batch.num_rows() {
             let segment = (!q.group_by.is_empty()).then(|| {
                 q.group_by
                     .iter()
                     .enumerate()
-                    .map(|(i, g)| {
-                        let a = batch.column(i);
-                        let v = if a.is_null(row) {
-                            "NULL".to_string()
-                        } else {
-                            array_value_to_string(a, row).unwrap_or_default()
-                        };
-                        format!("{g}={v}")
-                    })
+                    .map(|(i, g)| format!("{g}={}", cell(batch.column(i), row)))
                     .collect::<Vec<_>>()
                     .join(", ")
             });
-            for (alias, check, slot) in &q.slots {
-                let Some(array) = column(alias) else { continue };
+            for ((_, check, slot), (raw, int, float)) in q.slots.iter().zip(&columns) {
                 let m = measured
                     .entry((check.clone(), segment.clone()))
                     .or_default();
-                let int = || {
-                    cast(&array, &DataType::Int64).ok().and_then(|a| {
-                        let a = a.as_primitive::<Int64Type>();
-                        a.is_valid(row).then(|| a.value(row).max(0) as u64)
-                    })
-                };
-                let float = || {
-                    cast(&array, &DataType::Float64).ok().and_then(|a| {
-                        let a = a.as_primitive::<Float64Type>();
-                        a.is_valid(row).then(|| a.value(row))
-                    })
-                };
+                let int = int.as_ref().and_then(|a| {
+                    let a = a.as_primitive::<Int64Type>();
+                    a.is_valid(row).then(|| a.value(row).max(0) as u64)
+                });
+                let float = float.as_ref().and_then(|a| {
+                    let a = a.as_primitive::<Float64Type>();
+                    a.is_valid(row).then(|| a.value(row))
+                });
                 match slot {
-                    Slot::Rows => m.rows = int(),
-                    Slot::Checked => m.checked = int(),
-                    Slot::Bad => m.bad = Some(m.bad.unwrap_or(0) + int().unwrap_or(0)),
-                    Slot::Keys => m.keys = int(),
-                    Slot::Metric => m.metric = float(),
-                    Slot::Right => m.right = float(),
-                    Slot::Latest => m.latest = ScalarValue::try_from_array(&array, row).ok(),
+                    Slot::Rows => m.rows = int,
+                    Slot::Checked => m.checked = int,
+                    Slot::Bad => m.bad = int,
+                    Slot::Keys => m.keys = int,
+                    Slot::Metric => m.metric = float,
+                    Slot::Right => m.right = float,
+                    Slot::Latest => {
+                        m.latest = raw
+                            .as_ref()
+                            .and_then(|a| ScalarValue::try_from_array(a, row).ok())
+                    }
                 }
             }
         }
+    }
+}
+
+/// One cell as text, `NULL` for a null.
+fn cell(array: &ArrayRef, row: usize) -> String {
+    if array.is_null(row) {
+        "NULL".to_string()
+    } else {
+        array_value_to_string(array, row).unwrap_or_default()
     }
 }
 
@@ -319,7 +365,7 @@ fn sample_sql(pipeline: &Pipeline, r: &CheckResult, size: usize) -> Option<Strin
                 "SELECT {k}, count(*) AS duplicates FROM {t} WHERE {w} GROUP BY {k} HAVING count(*) > 1 ORDER BY count(*) DESC LIMIT {size}",
                 k = keys.join(", "),
                 t = source?.name,
-                w = compile::rows_condition(check),
+                w = compile::unique_rows(check),
             ))
         }
         CheckKind::Relationship { from, .. } => {
@@ -401,14 +447,7 @@ fn render(batches: &[RecordBatch]) -> Vec<String> {
                 .fields()
                 .iter()
                 .zip(b.columns())
-                .map(|(f, a)| {
-                    let v = if a.is_null(row) {
-                        "NULL".to_string()
-                    } else {
-                        array_value_to_string(a, row).unwrap_or_default()
-                    };
-                    format!("{}={v}", f.name())
-                })
+                .map(|(f, a)| format!("{}={}", f.name(), cell(a, row)))
                 .collect();
             out.push(cells.join(", "));
         }

@@ -183,7 +183,11 @@ pub fn check_config(pipeline: &Pipeline) -> Vec<Lint> {
 pub fn check_stale(pipeline: &Pipeline, series: &[KpiSeries], as_of: NaiveDate) -> Vec<Lint> {
     let n = pipeline.scorecard.lint.stale_periods;
     let mut found = Vec::new();
-    for s in series {
+    // A KPI withheld by the quality gate has its values, just not published.
+    for s in series
+        .iter()
+        .filter(|s| s.quality != crate::quality::QualityStatus::Failed)
+    {
         let kpi = &s.kpi;
         // The period in progress counts when it has a value, but is not one of
         // the `n`: a KPI that reports complete periods only is not stale.

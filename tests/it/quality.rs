@@ -608,7 +608,7 @@ async fn scalar_checks_of_a_source_share_one_scan() {
     let checks = "      - row_count: {min: 1}
       - not_null: [id, amount]
       - completeness: {column: email, min: 0.5}
-      - accepted_values: {column: kind, values: [a, b]}
+      - accepted_values: {column: kind, values: [a, b], max_unexpected: 1}
       - between: {column: amount, min: 0, where: \"kind = 'a'\"}
       - regex: {column: email, pattern: '@'}
       - expression: {sql: \"amount < 1000\"}
@@ -616,7 +616,7 @@ async fn scalar_checks_of_a_source_share_one_scan() {
       - freshness: {column: d, max_age: 400d}
 ";
     let dir = one_source(
-        "id,kind,amount,email,d\n1,a,5,x@y,2026-01-01\n2,b,7,,2026-01-02\n",
+        "id,kind,amount,email,d\n1,a,5,x@y,2026-01-01\n2,b,7,,2026-01-02\n3,c,9,z@y,2026-01-03\n",
         "amount: double, d: date",
         checks,
     );
@@ -675,9 +675,80 @@ async fn scalar_checks_of_a_source_share_one_scan() {
         .iter()
         .find(|r| r.check == "accepted_values_kind")
         .unwrap();
+    // kind c is outside the set; the GROUP BY of `unique: kind` measured it.
     assert_eq!(
         (accepted.unexpected, accepted.rows_checked),
-        (Some(0), Some(2))
+        (Some(1), Some(3))
     );
     assert_eq!(scans, 2, "the scalar pass and one GROUP BY");
+}
+
+#[test]
+fn shared_measurements_stay_right_at_the_edges() {
+    // Two unique checks on one column: the accepted values they share are counted once.
+    let csv = "id,k\n1,x\n2,x\n3,y\n4,z\n5,\n6,\n";
+    let checks = "      - unique: k
+      - unique: {column: k, mostly: 0.5, severity: warn, name: k_mostly_unique}
+      - accepted_values: {column: k, values: [x, y], mostly: 0.7}
+      - row_count: {min: 1, group_by: [k], where: \"id > 100\", name: per_k}
+      - expression: {sql: \"CAST(k AS INT) > 0\", severity: warn, name: k_is_a_number}
+";
+    let dir = one_source(csv, "k: varchar", checks);
+    let (_, rows) = run(dir.path(), "2026-01-31");
+    // x twice; the two NULLs are neither duplicates nor sampled.
+    assert_eq!(verdict(&rows, "unique_k"), v("failed", Some(2), Some(4)));
+    assert_eq!(
+        text(result(&rows, "unique_k"), "sample"),
+        Some("[k=x, duplicates=2]")
+    );
+    assert_eq!(verdict(&rows, "k_mostly_unique").0, "passed");
+    // z is the one value outside the set: 3 of 4 pass, 0.75 >= 0.7.
+    assert_eq!(
+        verdict(&rows, "accepted_values_k"),
+        v("passed", Some(1), Some(4))
+    );
+    // No segment at all: judged as a whole over no rows, so row_count fails.
+    assert_eq!(text(result(&rows, "per_k"), "outcome"), Some("failed"));
+    // A check whose SQL fails on the data fails alone (here as a warning),
+    // without taking the checks it shares a scan with down.
+    let broken = result(&rows, "k_is_a_number");
+    assert_eq!(text(broken, "outcome"), Some("warned"));
+    assert!(
+        text(broken, "message")
+            .unwrap()
+            .starts_with("the check could not run"),
+        "{broken:?}"
+    );
+    assert_eq!(verdict(&rows, "accepted_values_k").0, "passed");
+}
+
+#[test]
+fn sql_that_does_not_plan_is_pointed_at_its_check_among_many() {
+    let checks = "      - not_null: amount
+      - expression: {sql: \"amount > 0\"}
+      - expression: {sql: \"amout > 0\", name: typo}
+";
+    let dir = one_source("id,amount\n1,2\n", "amount: double", checks);
+    let out = kpiforge(dir.path(), &["validate", "pipelines/p.yaml"]);
+    assert_fails(
+        &out,
+        2,
+        &[
+            "pipelines/p.yaml:10:9: sources.t.checks[2].expression: the check's SQL does not plan",
+            "1 problem",
+        ],
+    );
+    assert_fails(
+        &kpiforge(
+            one_source(
+                "id,d\n1,x\n",
+                "d: varchar",
+                "      - freshness: {column: d, max_age: 1d}\n",
+            )
+            .path(),
+            &["validate", "pipelines/p.yaml"],
+        ),
+        2,
+        &["freshness needs a date or timestamp column; `d` is not one"],
+    );
 }
