@@ -125,6 +125,7 @@ pub async fn run(
     output: &Path,
 ) -> QualityReport {
     let started = std::time::Instant::now();
+    let ctx = &checks_session(ctx);
     // (check, segment) -> measurements; segment `None` for whole checks.
     let mut measured: HashMap<(CheckRef, Option<String>), Measured> = HashMap::new();
     let mut retry = Vec::new();
@@ -186,6 +187,29 @@ pub async fn run(
         "checks done"
     );
     QualityReport { results }
+}
+
+/// The session check queries run in: the run's tables and settings, except that
+/// a relationship's key side is hashed once for all probing partitions rather
+/// than both sides being repartitioned (its build side is one column of keys),
+/// and each query takes fewer partitions: the checks run side by side with each
+/// other and with the KPIs, which keep the cores busy. Measured on SF1 TPC-H
+/// (BENCHMARKS.md). `DATAFUSION_*` variables set by the user win.
+fn checks_session(ctx: &SessionContext) -> SessionContext {
+    let mut state = ctx.state();
+    let options = state.config_mut().options_mut();
+    let set = |var: &str| std::env::var_os(var).is_none();
+    if set("DATAFUSION_OPTIMIZER_HASH_JOIN_SINGLE_PARTITION_THRESHOLD_ROWS") {
+        options.optimizer.hash_join_single_partition_threshold_rows = 16 << 20;
+    }
+    if set("DATAFUSION_OPTIMIZER_HASH_JOIN_SINGLE_PARTITION_THRESHOLD") {
+        options.optimizer.hash_join_single_partition_threshold = 256 << 20;
+    }
+    if set("DATAFUSION_EXECUTION_TARGET_PARTITIONS") {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        options.execution.target_partitions = cores.max(2);
+    }
+    SessionContext::new_with_state(state)
 }
 
 /// Runs queries concurrently; each comes back with its result (a task that
