@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::prelude::SessionContext;
 
+use super::keys::{FastKeys, in_keys, in_keys_name, is_integer};
 use crate::config::checks::column_hint;
 use crate::config::{Check, CheckKind, Literal, Pipeline, Problem};
 
@@ -37,6 +38,8 @@ pub struct Query {
     /// A fused query's expressions (alias `m<i>` is expression `i`) and the
     /// clause after them, so it can be split into one query per check.
     parts: Option<(Vec<String>, String)>,
+    /// Integer keys this query can be answered from with bitmaps (`keys.rs`).
+    pub fast: Option<FastKeys>,
 }
 
 impl Query {
@@ -53,6 +56,7 @@ impl Query {
             group_by,
             slots,
             parts: None,
+            fast: None,
         }
     }
 
@@ -65,6 +69,7 @@ impl Query {
             group_by,
             slots: select.slots,
             parts: Some((select.exprs, rest)),
+            fast: None,
         }
     }
 
@@ -176,7 +181,8 @@ fn count_if(condition: &str) -> String {
     if condition == "TRUE" {
         "count(*)".into()
     } else {
-        format!("CAST(sum(CASE WHEN {condition} THEN 1 ELSE 0 END) AS BIGINT)")
+        // A filtered count: rows where the condition is TRUE (not FALSE, not NULL).
+        format!("count(*) FILTER (WHERE {condition})")
     }
 }
 
@@ -397,7 +403,21 @@ pub async fn compile(ctx: &SessionContext, pipeline: &Pipeline) -> Result<Compil
             }
         }
         for (i, check) in uniques {
-            compiled.queries.push(unique_query(source, i, check));
+            let mut query = unique_query(source, i, check);
+            if let CheckKind::Unique { columns } = &check.kind
+                && let [column] = columns.as_slice()
+                && check.filter.is_none()
+                && query.slots.len() == 2
+                && schema
+                    .field_with_name(column)
+                    .is_ok_and(|f| is_integer(f.data_type()))
+            {
+                query.fast = Some(FastKeys::Unique {
+                    table: source.name.clone(),
+                    column: column.clone(),
+                });
+            }
+            compiled.queries.push(query);
             let at = (Some(source.name.clone()), i);
             scalar.entry(source.name.clone()).or_default().add(
                 count_if(&unique_rows(check)),
@@ -444,17 +464,33 @@ pub async fn compile(ctx: &SessionContext, pipeline: &Pipeline) -> Result<Compil
                     continue;
                 }
                 let (checked, orphans) = relationship_conditions(check);
-                scalar.entry(from.0.clone()).or_default().add(
-                    count_if(&checked),
-                    &at,
-                    Slot::Checked,
-                );
-                compiled.queries.push(Query::single(
+                let select = scalar.entry(from.0.clone()).or_default();
+                select.add(count_if(&checked), &at, Slot::Checked);
+                let mut query = Query::single(
                     None,
                     format!("SELECT count(*) AS m0 FROM {} AS f WHERE {orphans}", from.0),
                     Vec::new(),
                     vec![("m0".into(), at.clone(), Slot::Bad)],
-                ));
+                );
+                let integer = |(s, c): &(String, String)| {
+                    schemas
+                        .get(s)
+                        .and_then(|x| x.field_with_name(c).ok())
+                        .is_some_and(|f| is_integer(f.data_type()))
+                };
+                if check.filter.is_none() && integer(from) && integer(to) {
+                    // Counted in the `from` source's scan by a bitmap of the `to`
+                    // keys; the anti-join stays for keys too spread for a bitmap.
+                    let name = in_keys_name(i);
+                    ctx.register_udf(in_keys(&name, None));
+                    let orphan = format!("NOT {name}({})", ident(&from.1));
+                    select.add(count_if(&and(&checked, &orphan)), &at, Slot::Bad);
+                    query.fast = Some(FastKeys::Relationship {
+                        index: i,
+                        to: to.clone(),
+                    });
+                }
+                compiled.queries.push(query);
             }
             CheckKind::Reconcile { left, right, .. } => {
                 for (sql, slot) in [(left, Slot::Metric), (right, Slot::Right)] {

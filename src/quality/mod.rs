@@ -8,6 +8,7 @@ pub mod compile;
 mod gate;
 mod history;
 mod judge;
+mod keys;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -126,10 +127,20 @@ pub async fn run(
 ) -> QualityReport {
     let started = std::time::Instant::now();
     let ctx = &checks_session(ctx);
+    // Queries that call a relationship's key bitmap wait for it to be built;
+    // the others start at once.
+    let (later, now): (Vec<Query>, Vec<Query>) = compiled.queries.iter().cloned().partition(|q| {
+        q.sql.contains(keys::IN_KEYS_PREFIX)
+            || matches!(q.fast, Some(keys::FastKeys::Relationship { .. }))
+    });
+    let (now, later) = tokio::join!(run_queries(ctx, now), async {
+        let later = with_key_sets(ctx, later).await;
+        run_queries(ctx, later).await
+    });
     // (check, segment) -> measurements; segment `None` for whole checks.
     let mut measured: HashMap<(CheckRef, Option<String>), Measured> = HashMap::new();
     let mut retry = Vec::new();
-    for (q, result) in run_queries(ctx, compiled.queries.clone()).await {
+    for (q, result) in now.into_iter().chain(later) {
         match result {
             Ok(batches) => read(&q, &batches, &mut measured),
             // A fused query that fails is split: each check runs on its own, so
@@ -212,6 +223,36 @@ fn checks_session(ctx: &SessionContext) -> SessionContext {
     SessionContext::new_with_state(state)
 }
 
+/// Builds the key bitmaps of integer relationships and registers them as the
+/// `in_keys` functions the `from` sources' scans call; their anti-join queries
+/// are then not needed. A relationship whose keys do not fit keeps its query.
+async fn with_key_sets(ctx: &SessionContext, queries: Vec<Query>) -> Vec<Query> {
+    let built = join_all(queries.iter().map(|q| async move {
+        match &q.fast {
+            Some(keys::FastKeys::Relationship { index, to }) => {
+                Some((*index, keys::key_set(ctx, &to.0, &to.1).await))
+            }
+            _ => None,
+        }
+    }))
+    .await;
+    let mut kept = Vec::new();
+    for (q, built) in queries.into_iter().zip(built) {
+        match built {
+            Some((index, Ok(Some(set)))) => {
+                let udf = keys::in_keys(&keys::in_keys_name(index), Some(std::sync::Arc::new(set)));
+                ctx.register_udf(udf);
+            }
+            Some((_, Err(e))) => {
+                tracing::debug!(error = %e, "no key bitmap; the relationship runs as a join");
+                kept.push(q);
+            }
+            _ => kept.push(q),
+        }
+    }
+    kept
+}
+
 /// Runs queries concurrently; each comes back with its result (a task that
 /// panicked is an error of its query, never a silent pass).
 async fn run_queries(
@@ -223,11 +264,19 @@ async fn run_queries(
         .map(|q| {
             let ctx = ctx.clone();
             let sql = q.sql.clone();
+            let fast = q.fast.clone();
             tokio::spawn(async move {
                 let started = std::time::Instant::now();
-                let result = match ctx.sql(&sql).await {
-                    Ok(df) => df.collect().await,
-                    Err(e) => Err(e),
+                let fast = match &fast {
+                    Some(f) => keys::measure(&ctx, f).await.transpose(),
+                    None => None,
+                };
+                let result = match fast {
+                    Some(result) => result,
+                    None => match ctx.sql(&sql).await {
+                        Ok(df) => df.collect().await,
+                        Err(e) => Err(e),
+                    },
                 };
                 tracing::debug!(ms = started.elapsed().as_millis() as u64, %sql, "check query");
                 result.map_err(|e| e.to_string())
@@ -314,7 +363,10 @@ fn read(
                 match slot {
                     Slot::Rows => m.rows = int,
                     Slot::Checked => m.checked = int,
-                    Slot::Bad => m.bad = int,
+                    // A relationship's orphans come from its bitmap in the scan or,
+                    // when the keys did not fit, from its anti-join (the scan then
+                    // counts none): the larger is the count.
+                    Slot::Bad => m.bad = m.bad.max(int),
                     Slot::Keys => m.keys = int,
                     Slot::Metric => m.metric = float,
                     Slot::Right => m.right = float,

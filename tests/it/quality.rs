@@ -752,3 +752,45 @@ fn sql_that_does_not_plan_is_pointed_at_its_check_among_many() {
         &["freshness needs a date or timestamp column; `d` is not one"],
     );
 }
+
+#[test]
+fn integer_keys_are_judged_alike_by_bitmap_and_by_sql() {
+    // Small ranges go through bitmaps, a range of 2^40 through SQL: same answers.
+    for (base, big) in [(0i64, false), (1i64 << 40, true)] {
+        let a = |k: i64| if big && k > 1 { base + k } else { k };
+        let csv = format!(
+            "id,k,ref\n1,{},{}\n2,{},{}\n3,{},\n4,{},{}\n5,,{}\n",
+            a(1),
+            a(2),
+            a(1),
+            a(9),
+            a(2),
+            a(3),
+            a(3),
+            a(5)
+        );
+        let checks = "      - unique: k\n      - unique: {column: k, where: \"id < 3\", name: k_first_two}\n";
+        let yaml = format!(
+            "name: p\noutput: out\nsources:\n  t:\n    file: data/t.csv\n    columns: {{k: bigint, ref: bigint}}\n    checks:\n{checks}checks:\n  - relationship: {{from: t.ref, to: t.k}}\n"
+        );
+        let dir = project(&[("pipelines/p.yaml", &yaml), ("data/t.csv", &csv)]);
+        let (_, rows) = run(dir.path(), "2026-01-31");
+        // k: 1, 1, 2, 3, NULL: key 1 twice.
+        assert_eq!(
+            verdict(&rows, "unique_k"),
+            v("failed", Some(2), Some(4)),
+            "base {base}"
+        );
+        assert_eq!(
+            verdict(&rows, "k_first_two"),
+            v("failed", Some(2), Some(2)),
+            "base {base}"
+        );
+        // ref: 2, 9, NULL, 3, 5 against k {1, 2, 3}: 9 and 5 have no match.
+        assert_eq!(
+            verdict(&rows, "relationship_t_ref_t"),
+            v("failed", Some(2), Some(4)),
+            "base {base}"
+        );
+    }
+}
