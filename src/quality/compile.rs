@@ -479,15 +479,25 @@ pub async fn compile(ctx: &SessionContext, pipeline: &Pipeline) -> Result<Compil
                         .is_some_and(|f| is_integer(f.data_type()))
                 };
                 if check.filter.is_none() && integer(from) && integer(to) {
-                    // Counted in the `from` source's scan by a bitmap of the `to`
-                    // keys; the anti-join stays for keys too spread for a bitmap.
+                    // A scan of the `from` keys testing each against a bitmap
+                    // of the `to` keys; the anti-join stays for keys too spread
+                    // for a bitmap. Its own scan, so the source's other checks
+                    // need not wait for the bitmap (it decodes one column).
                     let name = in_keys_name(i);
                     ctx.register_udf(in_keys(&name, None));
                     let orphan = format!("NOT {name}({})", ident(&from.1));
-                    select.add(count_if(&and(&checked, &orphan)), &at, Slot::Bad);
+                    let fallback = std::mem::replace(
+                        &mut query.sql,
+                        format!(
+                            "SELECT {} AS m0 FROM {}",
+                            count_if(&and(&checked, &orphan)),
+                            from.0
+                        ),
+                    );
                     query.fast = Some(FastKeys::Relationship {
                         index: i,
                         to: to.clone(),
+                        fallback,
                     });
                 }
                 compiled.queries.push(query);

@@ -30,12 +30,13 @@ const MAX_RANGE: u64 = 1 << 28;
 pub enum FastKeys {
     /// Measures duplicated rows (`m0`) and keys (`m1`).
     Unique { table: String, column: String },
-    /// A relationship's anti-join, run only when the `to` keys do not fit a
-    /// bitmap; else the `from` source's scan counts the orphans with `in_keys`.
+    /// A relationship's scan of the `from` keys calling `in_keys`; when the
+    /// `to` keys do not fit a bitmap, its anti-join (`fallback`) runs instead.
     Relationship {
         /// The pipeline's check index, naming its `in_keys` function.
         index: usize,
         to: (String, String),
+        fallback: String,
     },
 }
 

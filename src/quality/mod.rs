@@ -129,10 +129,11 @@ pub async fn run(
     let ctx = &checks_session(ctx);
     // Queries that call a relationship's key bitmap wait for it to be built;
     // the others start at once.
-    let (later, now): (Vec<Query>, Vec<Query>) = compiled.queries.iter().cloned().partition(|q| {
-        q.sql.contains(keys::IN_KEYS_PREFIX)
-            || matches!(q.fast, Some(keys::FastKeys::Relationship { .. }))
-    });
+    let (later, now): (Vec<Query>, Vec<Query>) = compiled
+        .queries
+        .iter()
+        .cloned()
+        .partition(|q| matches!(q.fast, Some(keys::FastKeys::Relationship { .. })));
     let (now, later) = tokio::join!(run_queries(ctx, now), async {
         let later = with_key_sets(ctx, later).await;
         run_queries(ctx, later).await
@@ -224,33 +225,36 @@ fn checks_session(ctx: &SessionContext) -> SessionContext {
 }
 
 /// Builds the key bitmaps of integer relationships and registers them as the
-/// `in_keys` functions the `from` sources' scans call; their anti-join queries
-/// are then not needed. A relationship whose keys do not fit keeps its query.
+/// `in_keys` functions their queries call; a relationship whose keys do not
+/// fit a bitmap runs its anti-join instead.
 async fn with_key_sets(ctx: &SessionContext, queries: Vec<Query>) -> Vec<Query> {
     let built = join_all(queries.iter().map(|q| async move {
         match &q.fast {
-            Some(keys::FastKeys::Relationship { index, to }) => {
+            Some(keys::FastKeys::Relationship { index, to, .. }) => {
                 Some((*index, keys::key_set(ctx, &to.0, &to.1).await))
             }
             _ => None,
         }
     }))
     .await;
-    let mut kept = Vec::new();
-    for (q, built) in queries.into_iter().zip(built) {
-        match built {
-            Some((index, Ok(Some(set)))) => {
+    let mut ready = Vec::new();
+    for (mut q, built) in queries.into_iter().zip(built) {
+        match (built, &q.fast) {
+            (Some((index, Ok(Some(set)))), _) => {
                 let udf = keys::in_keys(&keys::in_keys_name(index), Some(std::sync::Arc::new(set)));
                 ctx.register_udf(udf);
             }
-            Some((_, Err(e))) => {
-                tracing::debug!(error = %e, "no key bitmap; the relationship runs as a join");
-                kept.push(q);
+            (Some((_, result)), Some(keys::FastKeys::Relationship { fallback, .. })) => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "no key bitmap; the relationship runs as a join");
+                }
+                q.sql = fallback.clone();
             }
-            _ => kept.push(q),
+            _ => {}
         }
+        ready.push(q);
     }
-    kept
+    ready
 }
 
 /// Runs queries concurrently; each comes back with its result (a task that
@@ -363,10 +367,7 @@ fn read(
                 match slot {
                     Slot::Rows => m.rows = int,
                     Slot::Checked => m.checked = int,
-                    // A relationship's orphans come from its bitmap in the scan or,
-                    // when the keys did not fit, from its anti-join (the scan then
-                    // counts none): the larger is the count.
-                    Slot::Bad => m.bad = m.bad.max(int),
+                    Slot::Bad => m.bad = int,
                     Slot::Keys => m.keys = int,
                     Slot::Metric => m.metric = float,
                     Slot::Right => m.right = float,
