@@ -123,8 +123,7 @@ async fn execute(command: Command) -> Result<i32, (Option<String>, Error)> {
             Ok(exit::SUCCESS)
         }
         Command::Validate { pipeline, strict } => {
-            let pipeline = config::load(&pipeline).map_err(|e| (None, e.into()))?;
-            let name = Some(pipeline.name.clone());
+            let (pipeline, name) = load(&pipeline)?;
             let checked = kpiforge::validate(&pipeline)
                 .await
                 .map_err(|e| (name.clone(), e))?;
@@ -172,8 +171,7 @@ async fn execute(command: Command) -> Result<i32, (Option<String>, Error)> {
             as_of,
             output,
         } => {
-            let pipeline = config::load(&pipeline).map_err(|e| (None, e.into()))?;
-            let name = Some(pipeline.name.clone());
+            let (pipeline, name) = load(&pipeline)?;
             let report = kpiforge::check(&pipeline, &RunOptions { as_of, output })
                 .await
                 .map_err(|e| (name, e))?;
@@ -195,8 +193,7 @@ async fn execute(command: Command) -> Result<i32, (Option<String>, Error)> {
             as_of,
             output,
         } => {
-            let pipeline = config::load(&pipeline).map_err(|e| (None, e.into()))?;
-            let name = Some(pipeline.name.clone());
+            let (pipeline, name) = load(&pipeline)?;
             let report = kpiforge::run(&pipeline, &RunOptions { as_of, output })
                 .await
                 .map_err(|e| (name, e))?;
@@ -272,6 +269,15 @@ fn print_report(report: &kpiforge::RunReport) {
         out!("\n{}", card.trim_end());
     }
     out!("results: {}", report.output.display());
+}
+
+/// Loads a pipeline; later errors carry its name.
+fn load(
+    path: &std::path::Path,
+) -> Result<(config::Pipeline, Option<String>), (Option<String>, Error)> {
+    let pipeline = config::load(path).map_err(|e| (None, e.into()))?;
+    let name = Some(pipeline.name.clone());
+    Ok((pipeline, name))
 }
 
 /// Colour on a terminal, unless NO_COLOR is set.

@@ -94,6 +94,14 @@ fn is_numeric(t: &DataType) -> bool {
     t.is_numeric() || matches!(t, DataType::Null)
 }
 
+/// Row `i` of a Float64 column, if present, non-null and finite.
+pub(crate) fn finite(column: &Option<ArrayRef>, i: usize) -> Option<f64> {
+    column.as_ref().and_then(|a| {
+        let a = a.as_primitive::<Float64Type>();
+        a.is_valid(i).then(|| a.value(i)).filter(|v| v.is_finite())
+    })
+}
+
 /// Reads the rows of a checked KPI result.
 pub fn rows(
     kpi: &Kpi,
@@ -127,12 +135,7 @@ pub fn rows(
             .iter()
             .map(|d| column(d, &DataType::Utf8).map(|c| c.expect("checked by contract")))
             .collect::<Result<_, _>>()?;
-        let get = |a: &Option<ArrayRef>, i: usize| {
-            a.as_ref().and_then(|a| {
-                let a = a.as_primitive::<Float64Type>();
-                a.is_valid(i).then(|| a.value(i)).filter(|v| v.is_finite())
-            })
-        };
+        let get = finite;
         for i in 0..batch.num_rows() {
             if period.is_null(i) {
                 return Err(DataFusionError::Execution(

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use chrono::NaiveDate;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
-use datafusion::arrow::datatypes::{DataType, Date32Type, Float64Type, Schema};
+use datafusion::arrow::datatypes::{DataType, Date32Type, Schema};
 use datafusion::prelude::{SessionContext, col, lit};
 
 use super::ScoreError;
@@ -152,12 +152,7 @@ fn read_rows(kpi: &Kpi, batches: &[RecordBatch]) -> Result<ByPeriod, String> {
             .iter()
             .map(|d| column(d, &DataType::Utf8))
             .collect::<Result<_, _>>()?;
-        let get = |a: &Option<ArrayRef>, i: usize| {
-            a.as_ref().and_then(|a| {
-                let a = a.as_primitive::<Float64Type>();
-                a.is_valid(i).then(|| a.value(i)).filter(|v| v.is_finite())
-            })
-        };
+        let get = crate::kpi::contract::finite;
         for i in 0..batch.num_rows() {
             let start = match periods.is_valid(i).then(|| periods.value_as_date(i)) {
                 None => None,
