@@ -49,10 +49,11 @@ pub enum CheckKind {
         column: String,
         values: Vec<Literal>,
     },
+    /// Bounds are numbers, or text that the column's type reads (a date).
     Between {
         column: String,
-        min: Option<f64>,
-        max: Option<f64>,
+        min: Option<Literal>,
+        max: Option<Literal>,
         strict_min: bool,
         strict_max: bool,
     },
@@ -311,6 +312,24 @@ fn check_one(
         }
     }
 
+    // `min`/`max` as numbers, for every type but `between`.
+    let number = |v: &Option<Literal>| match v {
+        Some(Literal::Int(i)) => Some(*i as f64),
+        Some(Literal::Float(f)) => Some(*f),
+        _ => None,
+    };
+    let (min_number, max_number) = (number(&a.min), number(&a.max));
+    if kind_name != "between" {
+        for (key, v, n) in [("min", &a.min, min_number), ("max", &a.max, max_number)] {
+            if v.is_some() && n.is_none() {
+                fail(
+                    key,
+                    format!("`{key}` of a `{kind_name}` check must be a number"),
+                    "",
+                );
+            }
+        }
+    }
     let mut need = |key: &str, value: Option<String>| -> String {
         value.unwrap_or_else(|| {
             fail(
@@ -323,15 +342,15 @@ fn check_one(
     };
     let kind = match kind_name {
         "row_count" => CheckKind::RowCount {
-            min: a.min,
-            max: a.max,
+            min: min_number,
+            max: max_number,
         },
         "not_null" => CheckKind::NotNull {
             column: need("column", a.column.clone()),
         },
         "completeness" => CheckKind::Completeness {
             column: need("column", a.column.clone()),
-            min: a.min.unwrap_or(1.0),
+            min: min_number.unwrap_or(1.0),
         },
         "unique" => CheckKind::Unique {
             columns: match (&a.column, &a.columns) {
@@ -352,8 +371,8 @@ fn check_one(
         },
         "between" => CheckKind::Between {
             column: need("column", a.column.clone()),
-            min: a.min,
-            max: a.max,
+            min: a.min.clone(),
+            max: a.max.clone(),
             strict_min: a.strict_min,
             strict_max: a.strict_max,
         },
@@ -384,8 +403,8 @@ fn check_one(
         },
         "metric" => CheckKind::Metric {
             sql: need("sql", a.sql.clone()),
-            min: a.min,
-            max: a.max,
+            min: min_number,
+            max: max_number,
         },
         "change" => CheckKind::Change {
             sql: need("sql", a.sql.clone()),
@@ -481,9 +500,16 @@ fn check_one(
         }
         other => other,
     };
-    if let (Some(min), Some(max)) = (a.min, a.max)
-        && min > max
-    {
+    let above = match (&a.min, &a.max) {
+        (Some(Literal::Text(lo)), Some(Literal::Text(hi))) => {
+            (lo > hi).then(|| (lo.clone(), hi.clone()))
+        }
+        _ => min_number
+            .zip(max_number)
+            .filter(|(lo, hi)| lo > hi)
+            .map(|(lo, hi)| (lo.to_string(), hi.to_string())),
+    };
+    if let Some((min, max)) = above {
         fail(
             "min",
             format!("min {min} is above max {max}"),

@@ -152,10 +152,11 @@ pub struct CheckArgs {
     pub columns: Option<Vec<String>>,
     #[serde(default)]
     pub values: Option<Vec<Literal>>,
+    /// A number; for `between` also a date or text (`"2020-01-01"`).
     #[serde(default)]
-    pub min: Option<f64>,
+    pub min: Option<Literal>,
     #[serde(default)]
-    pub max: Option<f64>,
+    pub max: Option<Literal>,
     #[serde(default)]
     pub strict_min: bool,
     #[serde(default)]

@@ -227,16 +227,12 @@ pub fn row_conditions(check: &Check) -> Option<(String, String)> {
             let c = ident(column);
             let mut ok = Vec::new();
             if let Some(min) = min {
-                ok.push(format!(
-                    "{c} {} {min:?}",
-                    if *strict_min { ">" } else { ">=" }
-                ));
+                let op = if *strict_min { ">" } else { ">=" };
+                ok.push(format!("{c} {op} {}", literal(min)));
             }
             if let Some(max) = max {
-                ok.push(format!(
-                    "{c} {} {max:?}",
-                    if *strict_max { "<" } else { "<=" }
-                ));
+                let op = if *strict_max { "<" } else { "<=" };
+                ok.push(format!("{c} {op} {}", literal(max)));
             }
             let bad = if ok.is_empty() {
                 "FALSE".to_string()

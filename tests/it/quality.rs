@@ -794,3 +794,26 @@ fn integer_keys_are_judged_alike_by_bitmap_and_by_sql() {
         );
     }
 }
+
+#[test]
+fn between_takes_dates_and_text_bounds() {
+    let csv = "id,d,s\n1,2019-12-31,b\n2,2020-01-01,c\n3,2020-06-30,z\n4,,\n";
+    let checks = "      - between: {column: d, min: 2020-01-01, max: '2020-12-31'}
+      - between: {column: d, min: 2020-01-01, strict_min: true, name: after_new_year}
+      - between: {column: s, min: a, max: c}
+";
+    let dir = one_source(csv, "d: date", checks);
+    let (_, rows) = run(dir.path(), "2026-01-31");
+    assert_eq!(verdict(&rows, "between_d"), v("failed", Some(1), Some(3)));
+    assert_eq!(
+        verdict(&rows, "after_new_year"),
+        v("failed", Some(2), Some(3))
+    );
+    assert_eq!(verdict(&rows, "between_s"), v("failed", Some(1), Some(3)));
+    let bad = one_source(csv, "d: date", "      - row_count: {min: many}\n");
+    assert_fails(
+        &kpiforge(bad.path(), &["validate", "pipelines/p.yaml"]),
+        2,
+        &["`min` of a `row_count` check must be a number"],
+    );
+}
