@@ -66,6 +66,20 @@ enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Write the HTML scorecard of a published run (self-contained, no network).
+    Report {
+        /// The output folder a pipeline published to.
+        output: PathBuf,
+        /// The pipeline, when the folder holds several.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// The run date to show; defaults to the latest.
+        #[arg(long, value_parser = parse_date)]
+        as_of: Option<NaiveDate>,
+        /// Where to write it; defaults to OUTPUT/report/pipeline=P/as_of=D/scorecard.html.
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
     /// Pull sources, check them, compute KPIs and publish the results.
     Run {
         pipeline: PathBuf,
@@ -188,6 +202,18 @@ async fn execute(command: Command) -> Result<i32, (Option<String>, Error)> {
                 exit::SUCCESS
             })
         }
+        Command::Report {
+            output,
+            pipeline,
+            as_of,
+            out,
+        } => {
+            let path =
+                kpiforge::report::write_html(&output, pipeline.as_deref(), as_of, out.as_deref())
+                    .map_err(|e| (pipeline.clone(), e))?;
+            out!("scorecard: {}", path.display());
+            Ok(exit::SUCCESS)
+        }
         Command::Run {
             pipeline,
             as_of,
@@ -269,6 +295,9 @@ fn print_report(report: &kpiforge::RunReport) {
         out!("\n{}", card.trim_end());
     }
     out!("results: {}", report.output.display());
+    if let Some(path) = &report.report {
+        out!("scorecard: {}", path.display());
+    }
 }
 
 /// Loads a pipeline; later errors carry its name.

@@ -42,6 +42,8 @@ pub struct RunReport {
     pub quality_failed_sources: Vec<String>,
     /// Lint found on the run's data: KPIs without recent values.
     pub lints: Vec<Lint>,
+    /// The HTML scorecard, with `report: true`.
+    pub report: Option<PathBuf>,
     pub elapsed: Duration,
 }
 
@@ -208,6 +210,12 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
     let (Computed { series, shared }, scorecard, quality, quality_failed_sources) = result?;
     recorded?;
     let lints = score::lint::check_stale(pipeline, &series, as_of);
+    let report = if pipeline.report {
+        let path = crate::report::write_html(&output, Some(&pipeline.name), Some(as_of), None)?;
+        Some(path)
+    } else {
+        None
+    };
     tracing::info!(pipeline = %pipeline.name, %run_id, status = record.status.as_str(), ms = started.elapsed().as_millis() as u64, "run finished");
     Ok(RunReport {
         run_id,
@@ -220,6 +228,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
         quality,
         quality_failed_sources,
         lints,
+        report,
         elapsed: started.elapsed(),
     })
 }

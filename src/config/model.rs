@@ -36,6 +36,8 @@ pub struct Pipeline {
     /// Folder that relative paths resolve against (see `project_root`).
     pub root: PathBuf,
     pub output: PathBuf,
+    /// Write the HTML scorecard after each run (`report: true`).
+    pub report: bool,
     pub sources: Vec<Source>,
     pub views: Vec<View>,
     pub scorecard: Scorecard,
@@ -376,6 +378,7 @@ impl Pipeline {
             file: file.to_path_buf(),
             root,
             output,
+            report: raw.report,
             sources,
             views,
             scorecard,

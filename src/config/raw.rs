@@ -17,6 +17,9 @@ pub struct RawPipeline {
     #[serde(default)]
     pub timezone: Option<String>,
     pub output: String,
+    /// Write the HTML scorecard beside the datasets after each run.
+    #[serde(default)]
+    pub report: bool,
     pub sources: BTreeMap<String, RawSource>,
     #[serde(default)]
     pub views: BTreeMap<String, RawView>,

@@ -97,6 +97,15 @@ pub fn stage_json(
     })
 }
 
+/// Stages `text` as the file `dir/name`.
+pub fn stage_text(dir: &Path, name: &str, text: &str) -> Result<Staged, PublishError> {
+    let tag = std::process::id().to_string();
+    stage(dir, name, &tag, |mut file, target| {
+        file.write_all(text.as_bytes()).map_err(|e| io(target, e))?;
+        Ok(file)
+    })
+}
+
 fn stage(
     dir: &Path,
     name: &str,

@@ -76,6 +76,25 @@ fn stage_partition(
     Ok((batch, staged))
 }
 
+/// Writes a text file atomically (the HTML scorecard).
+pub fn write_text(path: &Path, text: &str) -> Result<PathBuf, PublishError> {
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => (dir, name.to_string_lossy()),
+        _ => {
+            return Err(PublishError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other("not a file path"),
+            });
+        }
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    commit::stage_text(dir, &name, text)?.commit()
+}
+
 /// The folder of one dataset's partition for a pipeline and run date.
 pub fn partition(output: &Path, dataset: &str, pipeline: &str, as_of: NaiveDate) -> PathBuf {
     output

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use chrono::NaiveDate;
 use datafusion::arrow::array::{
-    ArrayRef, Date32Array, Float64Array, Int32Array, RecordBatch, StringArray,
+    ArrayRef, Date32Array, Float64Array, Int32Array, ListBuilder, RecordBatch, StringArray,
+    StringBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
@@ -38,6 +39,11 @@ pub fn scorecard_schema() -> SchemaRef {
         float("weight", false),
         int("children_scored"),
         int("children_total"),
+        Field::new(
+            "causes",
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            false,
+        ),
     ]))
 }
 
@@ -67,6 +73,13 @@ pub fn stage_scorecard(
             rows.iter().map(|r| f(r) as i32),
         ))
     };
+    let mut causes = ListBuilder::new(StringBuilder::new());
+    for r in rows {
+        for c in &r.causes {
+            causes.values().append_value(c);
+        }
+        causes.append(true);
+    }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![run_id; n])),
         Arc::new(StringArray::from(vec![
@@ -87,6 +100,7 @@ pub fn stage_scorecard(
         float(&|r| Some(r.weight)),
         count(&|r| r.children_scored),
         count(&|r| r.children_total),
+        Arc::new(causes.finish()),
     ];
     stage_partition(
         output,

@@ -59,6 +59,8 @@ pub struct ScorecardRow {
     /// Children (segments, for a KPI) with a score, and all of them.
     pub children_scored: usize,
     pub children_total: usize,
+    /// Objective rows: the objectives this one drives (the strategy map's arrows).
+    pub causes: Vec<String>,
 }
 
 /// The scorecard of every period up to `as_of`; empty without a strategy map.
@@ -98,6 +100,7 @@ pub fn scorecard(
                 weight: 1.0,
                 children_scored: 0,
                 children_total: 0,
+                causes: Vec::new(),
             }
         };
         let mut overall = row(Level::Overall, "overall", &pipeline.name, None, None);
@@ -117,6 +120,7 @@ pub fn scorecard(
             for o in card.objectives.iter().filter(|o| o.perspective == p.id) {
                 let mut objective = row(Level::Objective, &o.id, &o.name, Some(&p.id), Some(&p.id));
                 objective.weight = o.weight;
+                objective.causes = o.causes.clone();
                 let mut kpi_scores = Vec::new();
                 let mut kpis = Vec::new();
                 for s in mapped

@@ -6,5 +6,6 @@ mod demo;
 mod files;
 mod publish;
 mod quality;
+mod report;
 mod scorecard;
 mod util;

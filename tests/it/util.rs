@@ -149,3 +149,36 @@ pub fn assert_close(actual: Option<f64>, expected: Option<f64>, what: &str) {
         _ => assert_eq!(actual, expected, "{what}"),
     }
 }
+
+/// Whether a program runs here (`program --version`). In CI it must; elsewhere a
+/// test that needs it says it skips.
+pub fn have(program: &str, test: &str, install: &str) -> bool {
+    let ok = Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: {program} is required in CI (.ci/run installs it)"
+        );
+        eprintln!("SKIP {test}: {program} not found ({install})");
+    }
+    ok
+}
+
+/// Whether `python3 -c "import <module>"` works; in CI it must.
+pub fn have_python_module(module: &str, test: &str) -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: python3 -m pip install {module} is required in CI (.ci/run installs it)"
+        );
+        eprintln!("SKIP {test}: python3 with {module} not found (pip install {module})");
+    }
+    ok
+}
