@@ -9,6 +9,8 @@
 
 pub mod config;
 pub mod error;
+#[cfg(feature = "polars")]
+pub mod frames;
 pub mod init;
 pub mod kpi;
 pub mod publish;

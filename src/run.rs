@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, Utc};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::config::Pipeline;
@@ -44,7 +45,17 @@ pub struct RunReport {
     pub lints: Vec<Lint>,
     /// The HTML scorecard, with `report: true`.
     pub report: Option<PathBuf>,
+    /// The published tables of this run, as written.
+    pub tables: Published,
     pub elapsed: Duration,
+}
+
+/// A run's published rows: its `kpi_values`, `scorecard` and `quality` partitions.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub kpi_values: RecordBatch,
+    pub scorecard: RecordBatch,
+    pub quality: RecordBatch,
 }
 
 /// What `validate` learned: every source's schema, every KPI planned, and the
@@ -170,7 +181,12 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
             .iter()
             .map(|s| s.to_string())
             .collect();
-        Ok::<_, Error>((computed, scorecard, report, failed_sources))
+        let tables = Published {
+            kpi_values: values,
+            scorecard: card,
+            quality: checked,
+        };
+        Ok::<_, Error>((computed, scorecard, report, failed_sources, tables))
     }
     .await;
 
@@ -181,23 +197,23 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
         started_at,
         finished_at: Utc::now(),
         status: match &result {
-            Ok((_, _, q, _)) if q.failed() => RunStatus::QualityFailed,
+            Ok((_, _, q, _, _)) if q.failed() => RunStatus::QualityFailed,
             Ok(_) => RunStatus::Succeeded,
             Err(_) => RunStatus::Failed,
         },
         rows_read: sources.iter().map(|s| (s.name.clone(), s.rows)).collect(),
-        kpis_published: result.as_ref().map_or(0, |(c, _, _, _)| {
+        kpis_published: result.as_ref().map_or(0, |(c, _, _, _, _)| {
             c.series.iter().filter(|s| !s.values.is_empty()).count()
         }),
-        values_published: result.as_ref().map_or(0, |(c, _, _, _)| {
+        values_published: result.as_ref().map_or(0, |(c, _, _, _, _)| {
             c.series.iter().map(|k| k.values.len()).sum()
         }),
         checks_failed: result
             .as_ref()
-            .map_or(0, |(_, _, q, _)| q.count(Outcome::Failed)),
+            .map_or(0, |(_, _, q, _, _)| q.count(Outcome::Failed)),
         checks_warned: result
             .as_ref()
-            .map_or(0, |(_, _, q, _)| q.count(Outcome::Warned)),
+            .map_or(0, |(_, _, q, _, _)| q.count(Outcome::Warned)),
         error: result
             .as_ref()
             .err()
@@ -207,7 +223,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
     if let Err(e) = &recorded {
         tracing::error!(error = %e, "the run could not be recorded in the runs dataset");
     }
-    let (Computed { series, shared }, scorecard, quality, quality_failed_sources) = result?;
+    let (Computed { series, shared }, scorecard, quality, quality_failed_sources, tables) = result?;
     recorded?;
     let lints = score::lint::check_stale(pipeline, &series, as_of);
     let report = if pipeline.report {
@@ -229,6 +245,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
         quality_failed_sources,
         lints,
         report,
+        tables,
         elapsed: started.elapsed(),
     })
 }
