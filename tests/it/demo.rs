@@ -43,19 +43,7 @@ fn published(path: &std::path::Path) -> Values {
 
 #[test]
 fn demo_values_match_independent_computation() {
-    let out_dir = tempfile::tempdir().unwrap();
-    let out = kpiforge(
-        &repo(),
-        &[
-            "run",
-            "pipelines/demo.yaml",
-            "--as-of",
-            "2026-11-27",
-            "--output",
-            out_dir.path().to_str().unwrap(),
-        ],
-    );
-    assert!(out.status.success(), "demo run failed:\n{}", stderr(&out));
+    let (out_dir, out) = super::util::run_demo();
     assert!(
         stdout(&out).contains("kpi    monthly_revenue"),
         "{}",

@@ -8,7 +8,8 @@ use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::Int64Type;
 
 use super::util::{
-    assert_fails, have_pyarrow, kpiforge, project, published_values, read_parquet, repo, stderr,
+    assert_fails, have_python_module, kpiforge, project, published_values, read_parquet, repo,
+    stderr,
 };
 
 const SQL: &str = "SELECT CAST(date_trunc('month', d) AS DATE) AS period, CAST(sum(amount) AS DOUBLE) AS value FROM t GROUP BY CAST(date_trunc('month', d) AS DATE)";
@@ -149,22 +150,10 @@ fn rerun_replaces_exactly_its_own_partition() {
 /// checks schemas, partition keys and a value.
 #[test]
 fn pyarrow_reads_every_dataset() {
-    if !have_pyarrow("pyarrow_reads_every_dataset") {
+    if !have_python_module("pyarrow", "pyarrow_reads_every_dataset") {
         return;
     }
-    let out_dir = tempfile::tempdir().unwrap();
-    let out = kpiforge(
-        &repo(),
-        &[
-            "run",
-            "pipelines/demo.yaml",
-            "--as-of",
-            "2026-11-27",
-            "--output",
-            out_dir.path().to_str().unwrap(),
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    let (out_dir, _) = super::util::run_demo();
     let script = r#"
 import sys, json
 import pyarrow.dataset as ds

@@ -5,22 +5,8 @@ use std::process::Command;
 
 use super::util::{have, have_python_module, kpiforge, repo, stderr, stdout};
 
-/// Runs the demo into a temporary output folder.
 fn demo_output() -> tempfile::TempDir {
-    let out = tempfile::tempdir().unwrap();
-    let run = kpiforge(
-        &repo(),
-        &[
-            "run",
-            "pipelines/demo.yaml",
-            "--as-of",
-            "2026-11-27",
-            "--output",
-            out.path().to_str().unwrap(),
-        ],
-    );
-    assert!(run.status.success(), "{}", stderr(&run));
-    out
+    super::util::run_demo().0
 }
 
 const KPIS: [&str; 9] = [

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::util::{
-    Row, assert_close, assert_fails, kpiforge, num, project, repo, rows, stderr, stdout, text,
+    Row, assert_close, assert_fails, kpiforge, num, project, rows, stderr, stdout, text,
 };
 
 const TARGET: f64 = 200.0 / 3.0;
@@ -319,20 +319,8 @@ fn definitions_that_cannot_be_scored_are_rejected_before_running() {
 /// weights and roll-up rules of `pipelines/demo.yaml`.
 #[test]
 fn demo_scorecard_matches_a_recomputation() {
-    let out_dir = tempfile::tempdir().unwrap();
     let as_of = "2026-11-27";
-    let out = kpiforge(
-        &repo(),
-        &[
-            "run",
-            "pipelines/demo.yaml",
-            "--as-of",
-            as_of,
-            "--output",
-            out_dir.path().to_str().unwrap(),
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    let (out_dir, out) = super::util::run_demo();
     let part = |d: &str| {
         out_dir
             .path()

@@ -77,21 +77,23 @@ pub fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
     }
 }
 
-/// Whether `python3 -c "import pyarrow"` works. In CI it must; elsewhere a test
-/// that needs it says it skips.
-pub fn have_pyarrow(test: &str) -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import pyarrow"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: pyarrow is required in CI (.ci/run installs it)"
-        );
-        eprintln!("SKIP {test}: python3 with pyarrow not found (pip install pyarrow)");
-    }
-    ok
+/// Runs the demo pipeline as of 2026-11-27 into a temporary output folder;
+/// returns the folder and the run's output.
+pub fn run_demo() -> (tempfile::TempDir, Output) {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = kpiforge(
+        &repo(),
+        &[
+            "run",
+            "pipelines/demo.yaml",
+            "--as-of",
+            "2026-11-27",
+            "--output",
+            out_dir.path().to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "demo run failed:\n{}", stderr(&out));
+    (out_dir, out)
 }
 
 /// One row of a published file: column name -> value as text (NULL as `None`).
