@@ -214,7 +214,7 @@ pub fn check_checks(
     let mut checks: Vec<Check> = Vec::new();
     for (i, raw) in raw.into_iter().enumerate() {
         let path = format!("{base}[{i}]");
-        let (kind_name, body) = split(raw);
+        let (kind_name, body) = (raw.kind, raw.body);
         let at = format!("{path}.{kind_name}");
         let mut bodies = Vec::new();
         match body {
@@ -250,10 +250,6 @@ pub fn check_checks(
         }
     }
     checks
-}
-
-fn split(raw: RawCheck) -> (&'static str, CheckBody) {
-    (raw.kind, raw.body)
 }
 
 fn check_one(

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::prelude::SessionContext;
 
-use super::keys::{FastKeys, in_keys, in_keys_name, is_integer};
+use super::keys::{FastKeys, in_keys, in_keys_name};
 use crate::config::checks::column_hint;
 use crate::config::{Check, CheckKind, Literal, Pipeline, Problem};
 
@@ -23,6 +23,8 @@ pub type CheckRef = (Option<String>, usize);
 #[derive(Debug, Default)]
 pub struct Compiled {
     pub queries: Vec<Query>,
+    /// Each source's columns, as registered (for `schema` checks).
+    pub schemas: HashMap<String, Schema>,
 }
 
 /// One query and what its result columns measure.
@@ -267,7 +269,10 @@ pub async fn compile(ctx: &SessionContext, pipeline: &Pipeline) -> Result<Compil
             schemas.insert(s.name.clone(), df.schema().as_arrow().clone());
         }
     }
-    let mut compiled = Compiled::default();
+    let mut compiled = Compiled {
+        schemas: schemas.clone(),
+        ..Compiled::default()
+    };
     // Scalar selects per source, and per (source, group-by set).
     let mut scalar: HashMap<String, Select> = HashMap::new();
     let mut grouped: HashMap<(String, Vec<String>), Select> = HashMap::new();
@@ -406,7 +411,7 @@ pub async fn compile(ctx: &SessionContext, pipeline: &Pipeline) -> Result<Compil
                 && query.slots.len() == 2
                 && schema
                     .field_with_name(column)
-                    .is_ok_and(|f| is_integer(f.data_type()))
+                    .is_ok_and(|f| f.data_type().is_integer())
             {
                 query.fast = Some(FastKeys::Unique {
                     table: source.name.clone(),
@@ -472,7 +477,7 @@ pub async fn compile(ctx: &SessionContext, pipeline: &Pipeline) -> Result<Compil
                     schemas
                         .get(s)
                         .and_then(|x| x.field_with_name(c).ok())
-                        .is_some_and(|f| is_integer(f.data_type()))
+                        .is_some_and(|f| f.data_type().is_integer())
                 };
                 if check.filter.is_none() && integer(from) && integer(to) {
                     // A scan of the `from` keys testing each against a bitmap
@@ -694,10 +699,8 @@ fn first_line(text: &str) -> &str {
 pub fn same_type(actual: &DataType, declared: &DataType) -> bool {
     match (actual, declared) {
         (DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View, DataType::Utf8) => true,
-        (DataType::Timestamp(u1, tz1), DataType::Timestamp(u2, tz2)) => {
-            let _ = (u1, u2);
-            tz1.is_some() == tz2.is_some()
-        }
+        // `timestamp` matches any unit; with or without a zone must agree.
+        (DataType::Timestamp(_, a), DataType::Timestamp(_, b)) => a.is_some() == b.is_some(),
         (a, b) => a == b,
     }
 }

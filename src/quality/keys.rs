@@ -40,11 +40,6 @@ pub enum FastKeys {
     },
 }
 
-/// Whether a column type is an integer the bitmap path takes.
-pub fn is_integer(t: &DataType) -> bool {
-    t.is_integer()
-}
-
 /// The check's measurements as the SQL would give them, or `None` when the
 /// keys' range is too wide for a bitmap.
 pub async fn measure(

@@ -157,12 +157,6 @@ pub async fn run(
         }
     }
     let history = history::History::load(output, pipeline, as_of);
-    let mut schemas = HashMap::new();
-    for s in &pipeline.sources {
-        if let Ok(df) = ctx.table(s.name.as_str()).await {
-            schemas.insert(s.name.clone(), df.schema().as_arrow().clone());
-        }
-    }
     let mut results = Vec::new();
     for (source, checks) in all_checks(pipeline) {
         for (i, check) in checks.iter().enumerate() {
@@ -180,7 +174,7 @@ pub async fn run(
             let ctx_judge = judge::Context {
                 pipeline,
                 source,
-                schema: source.and_then(|s| schemas.get(s)),
+                schema: source.and_then(|s| compiled.schemas.get(s)),
                 as_of,
                 history: &history,
             };

@@ -161,16 +161,7 @@ for name in ["kpi_values", "scorecard", "quality", "runs"]:
 out["overall"] = duckdb.sql(f"SELECT round(score, 1), status FROM read_parquet('{root}/scorecard/**/*.parquet', hive_partitioning = true) WHERE level = 'overall' AND period_start = DATE '2026-10-01'").fetchall()
 print(json.dumps(out, default=str))
 "#;
-    let result = Command::new("python3")
-        .args(["-c", script, out.path().to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    let got: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    let got = super::util::python_json(script, out.path());
     // 7 monthly KPIs x 24 months, active customers x 2 segments, 7 quarters.
     assert_eq!(got["kpi_values"]["rows"], 7 * 24 + 2 * 24 + 7, "{got}");
     assert_eq!(got["scorecard"]["rows"], 24 * 18);

@@ -184,3 +184,18 @@ pub fn have_python_module(module: &str, test: &str) -> bool {
     }
     ok
 }
+
+/// Runs a Python script with `arg` and parses the JSON it prints.
+#[track_caller]
+pub fn python_json(script: &str, arg: &Path) -> serde_json::Value {
+    let result = Command::new("python3")
+        .args(["-c", script, arg.to_str().unwrap()])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    serde_json::from_slice(&result.stdout).unwrap()
+}
