@@ -2,6 +2,7 @@
 //! the later stages use. Every problem names the file, line, column and a fix.
 
 pub mod checks;
+pub mod connect;
 pub mod env;
 mod error;
 mod locate;
@@ -11,6 +12,10 @@ mod raw;
 use std::path::Path;
 
 pub use checks::{Check, CheckKind, OnFailure, Severity, Threshold};
+pub use connect::{
+    DatabaseKind, DatabaseSource, HttpAuth, HttpMethod, HttpSource, Incremental, Paginate,
+    Relation, TlsMode, strip_password,
+};
 pub use error::{ConfigError, Problem};
 pub use locate::Position;
 pub use model::{

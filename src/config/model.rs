@@ -9,6 +9,9 @@ use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use sha2::{Digest, Sha256};
 
 use super::checks::{Check, OnFailure, check_checks};
+use super::connect::{
+    DatabaseKind, DatabaseSource, HttpSource, Incremental, check_database, check_http,
+};
 use super::env::interpolate;
 use super::error::Problem;
 use super::raw::{
@@ -124,12 +127,16 @@ pub struct Source {
     pub checks: Vec<Check>,
     /// Write rows failing its row-level checks to `quarantine/`.
     pub quarantine: bool,
+    /// Pull only rows past a watermark (database and HTTP sources).
+    pub incremental: Option<Incremental>,
 }
 
 /// One variant per kind of source; `source::register` matches on it exhaustively.
 #[derive(Debug, Clone)]
 pub enum SourceKind {
     File(FileSource),
+    Database(DatabaseSource),
+    Http(HttpSource),
 }
 
 #[derive(Debug, Clone)]
@@ -390,17 +397,50 @@ impl Pipeline {
     }
 }
 
-fn check_source(name: &str, raw: RawSource, root: &Path) -> Result<Source, Vec<Problem>> {
+fn check_source(name: &str, mut raw: RawSource, root: &Path) -> Result<Source, Vec<Problem>> {
     let path = format!("sources.{name}");
     let mut problems = Vec::new();
     if !is_identifier(name) {
         problems.push(identifier_problem(&path, name));
     }
-    let Some(pattern) = raw.file else {
+    let kinds = [
+        raw.file.is_some(),
+        raw.postgres.is_some(),
+        raw.mysql.is_some(),
+        raw.sqlite.is_some(),
+        raw.http.is_some(),
+    ];
+    match kinds.iter().filter(|k| **k).count() {
+        1 => {}
+        0 => {
+            problems.push(Problem::new(&path, "the source names no kind").hint(
+                "add one of `file: data.csv`, `postgres: {url, table}`, `mysql: {url, table}`, \
+                 `sqlite: {path, table}` or `http: {url}`",
+            ));
+            return Err(problems);
+        }
+        _ => {
+            problems.push(
+                Problem::new(&path, "a source names exactly one kind")
+                    .hint("split it into two sources"),
+            );
+            return Err(problems);
+        }
+    }
+    let incremental = raw.incremental.take().map(|i| Incremental {
+        column: i.column,
+        param: i.param,
+    });
+    if raw.file.is_none() {
+        return check_remote_source(name, raw, incremental, &path, root, problems);
+    }
+    if incremental.is_some() {
         problems.push(
-            Problem::new(&path, "the source names no kind")
-                .hint("add `file: path/to/data.csv` (csv, parquet, json or ndjson)"),
+            Problem::new(format!("{path}.incremental"), "file sources are read whole")
+                .hint("`incremental:` applies to database and HTTP sources"),
         );
+    }
+    let Some(pattern) = raw.file else {
         return Err(problems);
     };
     let file_path = format!("{path}.file");
@@ -488,6 +528,7 @@ fn check_source(name: &str, raw: RawSource, root: &Path) -> Result<Source, Vec<P
         key: raw.key,
         checks,
         quarantine: raw.quarantine,
+        incremental: None,
         kind: SourceKind::File(FileSource {
             pattern,
             paths,
@@ -496,6 +537,74 @@ fn check_source(name: &str, raw: RawSource, root: &Path) -> Result<Source, Vec<P
             columns,
         }),
     })
+}
+
+/// A database or HTTP source (exactly one of their keys is set).
+fn check_remote_source(
+    name: &str,
+    raw: RawSource,
+    incremental: Option<Incremental>,
+    path: &str,
+    root: &Path,
+    mut problems: Vec<Problem>,
+) -> Result<Source, Vec<Problem>> {
+    let database = [
+        (DatabaseKind::Postgres, raw.postgres),
+        (DatabaseKind::Mysql, raw.mysql),
+        (DatabaseKind::Sqlite, raw.sqlite),
+    ]
+    .into_iter()
+    .find_map(|(kind, cfg)| cfg.map(|cfg| (kind, cfg)));
+    let kind = match (database, raw.http) {
+        (Some((kind, cfg)), _) => {
+            let here = format!("{path}.{}", kind.name());
+            if !raw.columns.is_empty() {
+                problems.push(
+                    Problem::new(format!("{path}.columns"), "database columns carry their own types")
+                        .hint("cast in the query instead: `query: SELECT CAST(x AS numeric(12,2)) AS x FROM t`"),
+                );
+            }
+            check_database(kind, cfg, &here, root, &mut problems).map(SourceKind::Database)
+        }
+        (None, Some(cfg)) => {
+            let here = format!("{path}.http");
+            check_http(cfg, &raw.columns, &here, &mut problems).map(SourceKind::Http)
+        }
+        (None, None) => None,
+    };
+    if let Some(inc) = &incremental
+        && inc.param.is_some()
+        && !matches!(kind, Some(SourceKind::Http(_)))
+    {
+        problems.push(Problem::new(
+            format!("{path}.incremental.param"),
+            "`param:` applies to HTTP sources (databases get a WHERE clause)",
+        ));
+    }
+    if raw.csv.is_some() || raw.format.is_some() {
+        problems.push(Problem::new(
+            path,
+            "`csv:` and `format:` apply only to file sources",
+        ));
+    }
+    let checks = check_checks(
+        raw.checks,
+        &format!("{path}.checks"),
+        Some(name),
+        &mut problems,
+    );
+    match kind {
+        Some(kind) if problems.is_empty() => Ok(Source {
+            name: name.to_string(),
+            description: raw.description,
+            key: raw.key,
+            checks,
+            quarantine: raw.quarantine,
+            incremental,
+            kind,
+        }),
+        _ => Err(problems),
+    }
 }
 
 fn format_from_extension(path: &str) -> Option<FileFormat> {

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::connect::{RawDatabase, RawHttp, RawIncremental};
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPipeline {
@@ -264,12 +266,23 @@ pub struct RawExport {
     pub query: String,
 }
 
-/// A source names exactly one kind key (`file:` today; databases and APIs add theirs).
+/// A source names exactly one kind key: `file:`, `postgres:`, `mysql:`, `sqlite:` or `http:`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSource {
     #[serde(default)]
     pub description: Option<String>,
+    #[serde(default)]
+    pub postgres: Option<RawDatabase>,
+    #[serde(default)]
+    pub mysql: Option<RawDatabase>,
+    #[serde(default)]
+    pub sqlite: Option<RawDatabase>,
+    #[serde(default)]
+    pub http: Option<RawHttp>,
+    /// Pull only rows past a watermark, appending them to a local cache.
+    #[serde(default)]
+    pub incremental: Option<RawIncremental>,
     /// A path or a glob, relative to the project root.
     #[serde(default)]
     pub file: Option<String>,

@@ -6,16 +6,23 @@
 //! KPIs then read Arrow data. Columnar files are scanned in place.
 
 mod file;
+mod http;
+mod mysql;
+mod postgres;
+mod sqlite;
 
 use std::path::PathBuf;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
+use futures::FutureExt;
 use futures::future::try_join_all;
 use tracing::Instrument;
 
-use crate::config::{Pipeline, Source, SourceKind};
+use datafusion::datasource::MemTable;
+
+use crate::config::{DatabaseKind, DatabaseSource, HttpSource, Pipeline, Source, SourceKind};
 
 /// How much work registering a source may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +58,10 @@ pub enum SourceError {
     /// The source's configuration does not fit its data.
     #[error("source `{name}`: {message}")]
     Config { name: String, message: String },
+    /// A database or API could not be reached or read: the message names the
+    /// host, port, database and user (never a password) and what to check.
+    #[error("source `{name}`: {message}")]
+    Remote { name: String, message: String },
     #[error("source `{name}`: {source}")]
     Engine {
         name: String,
@@ -77,7 +88,9 @@ pub async fn register(
 ) -> Result<SourceTable, SourceError> {
     let started = std::time::Instant::now();
     let table = match &source.kind {
-        SourceKind::File(cfg) => file::register(ctx, &source.name, cfg, mode),
+        SourceKind::File(cfg) => file::register(ctx, &source.name, cfg, mode).boxed(),
+        SourceKind::Database(cfg) => register_database(ctx, &source.name, cfg).boxed(),
+        SourceKind::Http(cfg) => register_http(ctx, &source.name, cfg, mode).boxed(),
     }
     .instrument(tracing::info_span!("source", name = %source.name))
     .await?;
@@ -90,4 +103,56 @@ pub async fn register(
         "source ready"
     );
     Ok(table)
+}
+
+/// A database table or query, scanned in place by every query that reads it:
+/// each pushes its projection and filters into the database.
+async fn register_database(
+    ctx: &SessionContext,
+    name: &str,
+    cfg: &DatabaseSource,
+) -> Result<SourceTable, SourceError> {
+    let provider = match cfg.kind {
+        DatabaseKind::Postgres => postgres::provider(name, cfg).await?,
+        DatabaseKind::Mysql => mysql::provider(name, cfg).await?,
+        DatabaseKind::Sqlite => sqlite::provider(name, cfg).await?,
+    };
+    let schema = provider.schema();
+    ctx.register_table(name, provider)
+        .map_err(|source| SourceError::Engine {
+            name: name.to_string(),
+            source,
+        })?;
+    Ok(SourceTable {
+        name: name.to_string(),
+        kind: cfg.kind.name(),
+        schema,
+        rows: None,
+        in_memory: false,
+    })
+}
+
+/// An API's records, fetched once and held in memory for the run.
+async fn register_http(
+    ctx: &SessionContext,
+    name: &str,
+    cfg: &HttpSource,
+    mode: Mode,
+) -> Result<SourceTable, SourceError> {
+    let (schema, batches) = http::fetch(name, cfg, mode, None).await?;
+    let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+    let engine = |source| SourceError::Engine {
+        name: name.to_string(),
+        source,
+    };
+    let table = MemTable::try_new(schema.clone(), vec![batches]).map_err(engine)?;
+    ctx.register_table(name, std::sync::Arc::new(table))
+        .map_err(engine)?;
+    Ok(SourceTable {
+        name: name.to_string(),
+        kind: "http",
+        schema,
+        rows: (mode == Mode::Load).then_some(rows),
+        in_memory: true,
+    })
 }
