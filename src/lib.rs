@@ -19,6 +19,7 @@ pub mod report;
 pub mod run;
 pub mod score;
 pub mod source;
+pub mod state;
 
 pub use error::Error;
 pub use run::{RunOptions, RunReport, check, run, validate};

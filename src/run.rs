@@ -176,6 +176,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
         for file in files {
             file.commit()?;
         }
+        source::commit_pulls(&sources, &run_id)?;
         let failed_sources: Vec<String> = gate
             .failed_sources()
             .iter()

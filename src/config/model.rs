@@ -41,6 +41,9 @@ pub struct Pipeline {
     pub output: PathBuf,
     /// Write the HTML scorecard after each run (`report: true`).
     pub report: bool,
+    /// The embedded state store: source watermarks and the incremental cache
+    /// (`.kpiforge/state.db` under the project root unless `state:` says otherwise).
+    pub state: PathBuf,
     pub sources: Vec<Source>,
     pub views: Vec<View>,
     pub scorecard: Scorecard,
@@ -377,6 +380,7 @@ impl Pipeline {
         if !problems.is_empty() {
             return Err(problems);
         }
+        let state = root.join(raw.state.as_deref().unwrap_or(".kpiforge/state.db"));
         Ok(Pipeline {
             name: raw.name,
             description: raw.description,
@@ -386,6 +390,7 @@ impl Pipeline {
             root,
             output,
             report: raw.report,
+            state,
             sources,
             views,
             scorecard,

@@ -22,6 +22,9 @@ pub struct RawPipeline {
     /// Write the HTML scorecard beside the datasets after each run.
     #[serde(default)]
     pub report: bool,
+    /// The state store's file, relative to the project root (default `.kpiforge/state.db`).
+    #[serde(default)]
+    pub state: Option<String>,
     pub sources: BTreeMap<String, RawSource>,
     #[serde(default)]
     pub views: BTreeMap<String, RawView>,

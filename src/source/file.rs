@@ -159,6 +159,7 @@ pub async fn register(
         schema,
         rows,
         in_memory,
+        pull: None,
     })
 }
 

@@ -7,11 +7,15 @@
 
 mod file;
 mod http;
+pub mod incremental;
 mod mysql;
 mod postgres;
 mod sqlite;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::catalog::TableProvider;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
@@ -44,6 +48,8 @@ pub struct SourceTable {
     pub rows: Option<u64>,
     /// Held in memory for the run (parsed once), as opposed to scanned in place.
     pub in_memory: bool,
+    /// An incremental pull, committed when the run publishes.
+    pub pull: Option<Arc<incremental::Pull>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +68,8 @@ pub enum SourceError {
     /// host, port, database and user (never a password) and what to check.
     #[error("source `{name}`: {message}")]
     Remote { name: String, message: String },
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     #[error("source `{name}`: {source}")]
     Engine {
         name: String,
@@ -76,7 +84,56 @@ pub async fn register_all(
     pipeline: &Pipeline,
     mode: Mode,
 ) -> Result<Vec<SourceTable>, SourceError> {
-    try_join_all(pipeline.sources.iter().map(|s| register(ctx, s, mode))).await
+    try_join_all(pipeline.sources.iter().map(|s| async move {
+        match (&s.incremental, mode) {
+            (Some(inc), Mode::Load) => register_incremental(ctx, pipeline, s, inc).await,
+            _ => register(ctx, s, mode).await,
+        }
+    }))
+    .await
+}
+
+/// Commits the run's incremental pulls (after it has published).
+pub fn commit_pulls(sources: &[SourceTable], run_id: &str) -> Result<(), SourceError> {
+    sources
+        .iter()
+        .filter_map(|s| s.pull.as_ref())
+        .try_for_each(|pull| pull.commit(run_id))
+}
+
+async fn register_incremental(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    source: &Source,
+    inc: &crate::config::Incremental,
+) -> Result<SourceTable, SourceError> {
+    let name = &source.name;
+    let started = std::time::Instant::now();
+    let previous =
+        crate::state::StateStore::open(&pipeline.state)?.watermark(&pipeline.name, name)?;
+    let remote: Arc<dyn TableProvider> = match &source.kind {
+        SourceKind::Database(cfg) => database_provider(name, cfg).await?,
+        SourceKind::Http(cfg) => {
+            let since = previous.as_ref().map(|w| http::Since {
+                column: &inc.column,
+                param: inc.param.as_deref(),
+                value: &w.value,
+            });
+            let (schema, batches) = http::fetch(name, cfg, Mode::Load, since).await?;
+            Arc::new(MemTable::try_new(schema, vec![batches]).map_err(|source| {
+                SourceError::Engine {
+                    name: name.clone(),
+                    source,
+                }
+            })?)
+        }
+        SourceKind::File(_) => return register(ctx, source, Mode::Load).await,
+    };
+    let table = incremental::register(ctx, pipeline, source, inc, remote, previous)
+        .instrument(tracing::info_span!("source", name = %name))
+        .await?;
+    tracing::info!(source = %name, kind = table.kind, rows = table.rows, ms = started.elapsed().as_millis() as u64, "source ready");
+    Ok(table)
 }
 
 /// Registers one source as a table named after it. The single place that decides
@@ -112,11 +169,7 @@ async fn register_database(
     name: &str,
     cfg: &DatabaseSource,
 ) -> Result<SourceTable, SourceError> {
-    let provider = match cfg.kind {
-        DatabaseKind::Postgres => postgres::provider(name, cfg).await?,
-        DatabaseKind::Mysql => mysql::provider(name, cfg).await?,
-        DatabaseKind::Sqlite => sqlite::provider(name, cfg).await?,
-    };
+    let provider = database_provider(name, cfg).await?;
     let schema = provider.schema();
     ctx.register_table(name, provider)
         .map_err(|source| SourceError::Engine {
@@ -129,7 +182,19 @@ async fn register_database(
         schema,
         rows: None,
         in_memory: false,
+        pull: None,
     })
+}
+
+async fn database_provider(
+    name: &str,
+    cfg: &DatabaseSource,
+) -> Result<Arc<dyn TableProvider>, SourceError> {
+    match cfg.kind {
+        DatabaseKind::Postgres => postgres::provider(name, cfg).await,
+        DatabaseKind::Mysql => mysql::provider(name, cfg).await,
+        DatabaseKind::Sqlite => sqlite::provider(name, cfg).await,
+    }
 }
 
 /// An API's records, fetched once and held in memory for the run.
@@ -146,13 +211,13 @@ async fn register_http(
         source,
     };
     let table = MemTable::try_new(schema.clone(), vec![batches]).map_err(engine)?;
-    ctx.register_table(name, std::sync::Arc::new(table))
-        .map_err(engine)?;
+    ctx.register_table(name, Arc::new(table)).map_err(engine)?;
     Ok(SourceTable {
         name: name.to_string(),
         kind: "http",
         schema,
         rows: (mode == Mode::Load).then_some(rows),
         in_memory: true,
+        pull: None,
     })
 }
