@@ -522,7 +522,7 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(!e.contains("secret") && e.contains("no host"), "{e}");
+        assert!(!e.contains("secret") && e.contains("postgres://u@/db"), "{e}");
     }
 
     #[test]
