@@ -20,7 +20,9 @@ use datafusion::common::TableReference;
 use datafusion::datasource::TableType;
 use datafusion::error::Result as DataFusionResult;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::sql::unparser::dialect::PostgreSqlDialect;
 use datafusion_table_providers::UnsupportedTypeAction;
 use datafusion_table_providers::sql::db_connection_pool::postgrespool::{
@@ -58,7 +60,7 @@ pub async fn provider(
                     .await
                     .map_err(|e| fail(describe_query_error(&e.to_string(), table)))?
                     .with_dialect(Arc::new(PostgreSqlDialect {}));
-                return Ok(Arc::new(table));
+                return Ok(Arc::new(PgTable { table, query: None }));
             }
             let list: Vec<String> = columns
                 .iter()
@@ -75,7 +77,7 @@ pub async fn provider(
         }
     };
     let schema = query_schema(&pool, &query).await.map_err(fail)?;
-    Ok(Arc::new(QueryTable::new(pool, query, schema)))
+    Ok(Arc::new(PgTable::query(pool, query, schema)))
 }
 
 type DynPool = dyn datafusion_table_providers::sql::db_connection_pool::DbConnectionPool<
@@ -443,30 +445,36 @@ fn quote_path(path: &str) -> String {
     path.split('.').map(quote).collect::<Vec<_>>().join(".")
 }
 
-/// A `query:` source: the crate's SQL generation runs against a stand-in table
-/// name, which is then replaced by the query as a subquery, so projections and
-/// filters still reach the server (PostgreSQL's planner pushes them into it).
+/// The crate's table provider, with two repairs: a `query:` source is read
+/// through a stand-in table name that the SQL then replaces with the query as a
+/// subquery (projections and filters still reach the server: PostgreSQL's
+/// planner pushes them into it); and a scan that needs no column (`count(*)`)
+/// returns batches without columns, where the crate returns one.
 #[derive(Debug)]
-struct QueryTable {
+struct PgTable {
     table: SqlTable<PooledConnection, &'static (dyn tokio_postgres::types::ToSql + Sync)>,
-    query: String,
+    /// For `query:` sources, the query behind the stand-in name.
+    query: Option<String>,
 }
 
 /// The stand-in name, unlikely to occur in a query.
 const ALIAS: &str = "kpiforge_source_query";
 
-impl QueryTable {
-    fn new(pool: Arc<PostgresConnectionPool>, query: String, schema: SchemaRef) -> QueryTable {
+impl PgTable {
+    fn query(pool: Arc<PostgresConnectionPool>, query: String, schema: SchemaRef) -> PgTable {
         let dyn_pool: Arc<DynPool> = pool;
         let table =
             SqlTable::new_with_schema("postgres", &dyn_pool, schema, TableReference::bare(ALIAS))
                 .with_dialect(Arc::new(PostgreSqlDialect {}));
-        QueryTable { table, query }
+        PgTable {
+            table,
+            query: Some(query),
+        }
     }
 }
 
 #[async_trait]
-impl TableProvider for QueryTable {
+impl TableProvider for PgTable {
     fn schema(&self) -> SchemaRef {
         self.table.schema()
     }
@@ -489,16 +497,31 @@ impl TableProvider for QueryTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DataFusionResult<Arc<dyn ExecutionPlan>> {
-        let sql = self.table.scan_to_sql(projection, filters, limit)?;
-        let from = format!("FROM \"{ALIAS}\"");
-        let sql = sql.replacen(&from, &format!("FROM ({}) AS \"{ALIAS}\"", self.query), 1);
+        // No column needed: fetch the narrowest one and drop it.
+        let first = vec![0];
+        let fetched = match projection {
+            Some(p) if p.is_empty() && !self.table.schema().fields().is_empty() => Some(&first),
+            other => other,
+        };
+        let mut sql = self.table.scan_to_sql(fetched, filters, limit)?;
+        if let Some(query) = &self.query {
+            let from = format!("FROM \"{ALIAS}\"");
+            sql = sql.replacen(&from, &format!("FROM ({query}) AS \"{ALIAS}\""), 1);
+        }
         tracing::debug!(sql = %sql, "postgres query");
-        Ok(Arc::new(SqlExec::new(
-            projection,
+        let exec: Arc<dyn ExecutionPlan> = Arc::new(SqlExec::new(
+            fetched,
             &self.table.schema(),
             self.table.clone_pool(),
             sql,
             Arc::new(PostgreSqlDialect {}),
+        )?);
+        if fetched == projection {
+            return Ok(exec);
+        }
+        Ok(Arc::new(ProjectionExec::try_new(
+            Vec::<(Arc<dyn PhysicalExpr>, String)>::new(),
+            exec,
         )?))
     }
 }
@@ -522,7 +545,10 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(!e.contains("secret") && e.contains("postgres://u@/db"), "{e}");
+        assert!(
+            !e.contains("secret") && e.contains("postgres://u@/db"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -175,7 +175,10 @@ async fn table_sources_push_projection_and_filters_into_the_sql() {
         .collect::<Vec<_>>()
         .join("\n");
     let rows = collect(&ctx, sql).await;
+    // A scan that needs no column (the crate would return one).
+    let count = collect(&ctx, "SELECT count(*) AS n FROM src").await;
     execute(&url, &format!("DROP TABLE {t}")).await;
+    assert_eq!(texts(&count, "n"), [Some("1000".to_string())]);
     // The SQL sent names only the needed columns and carries the WHERE clause.
     let sent = plan
         .lines()
@@ -310,4 +313,64 @@ fn a_run_reads_postgres_through_the_binary_with_the_url_from_the_environment() {
             .join("out/kpi_values/pipeline=p/as_of=2026-11-30/part-0.parquet"),
     );
     assert_eq!(values, [Some(15.5), Some(7.0)]);
+}
+
+/// Every log line (all crates, at trace level) and error of runs whose URL
+/// carries a password: the password never appears.
+#[test]
+fn the_password_never_reaches_logs_errors_or_outputs() {
+    let Some(url) = url() else { return };
+    let secret = "Zq9-very-secret-pw";
+    // Trust authentication accepts the password, so the run succeeds with it.
+    let with_password = url.replacen("://postgres@", &format!("://postgres:{secret}@"), 1);
+    let closed = format!("postgres://postgres:{secret}@127.0.0.1:1/test");
+    let sql = "SELECT CAST(DATE '2026-11-01' AS DATE) AS period, CAST(count(*) AS DOUBLE) AS value FROM s";
+    for (database_url, succeeds) in [(with_password.as_str(), true), (closed.as_str(), false)] {
+        let yaml = "name: p\noutput: out\nsources:\n  s:\n    postgres: {url: \"${KPF_SECRET_URL}\", query: \"SELECT 1 AS one\", tls: {mode: disable}, retries: 1}\nkpis:\n  - id: k\n    sql: sql/k.sql\n    grain: month\n";
+        let dir = project(&[("pipelines/p.yaml", yaml), ("sql/k.sql", sql)]);
+        for command in [
+            &["run", "pipelines/p.yaml", "--as-of", "2026-11-30"][..],
+            &["validate", "pipelines/p.yaml"],
+            &["check", "pipelines/p.yaml"],
+        ] {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_kpiforge"))
+                .args(command)
+                .current_dir(dir.path())
+                .env("KPF_SECRET_URL", database_url)
+                .env("KPIFORGE_LOG", "trace")
+                .output()
+                .unwrap();
+            let all = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+            assert_eq!(out.status.success(), succeeds, "{command:?}: {all}");
+            assert!(
+                !all.contains(secret),
+                "{command:?} leaked the password:\n{all}"
+            );
+            assert!(all.len() > 200, "{command:?}: expected logs, got {all}");
+        }
+        // Nor anything published (the runs dataset records errors).
+        for entry in walk(&dir.path().join("out")) {
+            let bytes = std::fs::read(&entry).unwrap();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds the password",
+                entry.display()
+            );
+        }
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
