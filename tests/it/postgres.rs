@@ -374,3 +374,42 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A million-row table streams through a KPI in batches: the process's peak
+/// memory stays far below the table's size in memory.
+#[test]
+fn a_million_rows_stream_with_bounded_memory() {
+    let Some(url) = url() else { return };
+    let t = unique("million");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(execute(
+        &url,
+        &format!(
+            "CREATE TABLE {t} AS SELECT g AS id, DATE '2026-01-01' + (g % 300) AS d,
+               (g % 1000)::numeric(10,2) AS amount, repeat('x', 100) AS note
+             FROM generate_series(1, 1000000) g;"
+        ),
+    ));
+    let yaml = format!(
+        "name: p\noutput: out\nsources:\n  big:\n    postgres: {{url: \"{url}\", table: {t}, tls: {{mode: disable}}}}\nkpis:\n  - id: total\n    sql: sql/k.sql\n    grain: year\n"
+    );
+    // Every row and its 100-byte note cross the wire (~130 MB as Arrow).
+    let sql = "SELECT DATE '2026-01-01' AS period, CAST(sum(amount) + sum(length(note)) AS DOUBLE) AS value FROM big";
+    let dir = project(&[("pipelines/p.yaml", &yaml), ("sql/k.sql", sql)]);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kpiforge"));
+    command
+        .args(["run", "pipelines/p.yaml", "--as-of", "2026-12-31"])
+        .current_dir(dir.path());
+    let (out, peak_mib) = super::util::run_measuring_peak_rss(command);
+    rt.block_on(execute(&url, &format!("DROP TABLE {t}")));
+    assert!(out.status.success(), "{}", stderr(&out));
+    eprintln!("peak RSS streaming 1,000,000 PostgreSQL rows: {peak_mib:.0} MiB");
+    let values = super::util::published_values(
+        &dir.path()
+            .join("out/kpi_values/pipeline=p/as_of=2026-12-31/part-0.parquet"),
+    );
+    // sum(g % 1000) over 1..=1e6 = 1000 * 499500; plus 100 bytes per row.
+    assert_eq!(values, [Some(499_500_000.0 + 100_000_000.0)]);
+    // A memory bound, not a timing: the rows as Arrow alone would be ~130 MB.
+    assert!(peak_mib < 400.0, "peak RSS {peak_mib:.0} MiB");
+}
