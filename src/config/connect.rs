@@ -296,12 +296,12 @@ pub struct RawHttp {
     /// absent: the response itself is the array.
     #[serde(default)]
     pub records: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "one_key")]
     pub paginate: Option<Paginate>,
     /// Stop after this many pages (default 1000): a guard against a loop.
     #[serde(default)]
     pub max_pages: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "one_key")]
     pub auth: Option<HttpAuth>,
     /// Per request (default 30s).
     #[serde(default)]
@@ -316,6 +316,34 @@ pub struct RawHttp {
     /// Absent: every top-level field of the records.
     #[serde(default)]
     pub fields: BTreeMap<String, String>,
+}
+
+/// An enum written as a map with one key naming the variant (`{cursor: {...}}`,
+/// `{bearer: "${TOKEN}"}`), where serde_norway would expect a YAML tag (`!cursor`).
+fn one_key<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct OneKey<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for OneKey<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("one key naming the kind, with its settings: `{cursor: {path: meta.next, param: cursor}}`")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+            use serde::de::Error;
+            let value = T::deserialize(serde::de::value::MapAccessDeserializer::new(&mut map))?;
+            if let Some(extra) = map.next_key::<String>()? {
+                return Err(A::Error::custom(format!(
+                    "`{extra}`: name exactly one kind here"
+                )));
+            }
+            Ok(value)
+        }
+    }
+    d.deserialize_map(OneKey(std::marker::PhantomData))
+        .map(Some)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -474,7 +502,7 @@ pub fn check_http(
             value: text(value, auth_path.clone()),
         },
     });
-    if !(url.starts_with("http://") || url.starts_with("https://")) && !url.is_empty() {
+    if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
         problems.push(
             Problem::new(
                 format!("{path}.url"),
@@ -506,6 +534,58 @@ pub fn check_http(
             format!("{path}.rate_limit"),
             "must be a positive number of requests per second",
         ));
+    }
+    if raw.max_pages == Some(0) {
+        problems.push(Problem::new(
+            format!("{path}.max_pages"),
+            "must be at least 1",
+        ));
+    }
+    match &raw.paginate {
+        Some(Paginate::Offset { limit: 0, .. }) => problems.push(Problem::new(
+            format!("{path}.paginate.offset.limit"),
+            "must be at least 1",
+        )),
+        Some(Paginate::Page {
+            size_param, size, ..
+        }) if size_param.is_some() != size.is_some() => problems.push(
+            Problem::new(
+                format!("{path}.paginate.page"),
+                "`size_param:` and `size:` go together",
+            )
+            .hint("paginate: {page: {param: page, size_param: per_page, size: 100}}"),
+        ),
+        Some(Paginate::Cursor { path: p, param }) if p.is_empty() || param.is_empty() => problems
+            .push(
+                Problem::new(
+                    format!("{path}.paginate.cursor"),
+                    "`path:` and `param:` must not be empty",
+                )
+                .hint("paginate: {cursor: {path: meta.next, param: cursor}}"),
+            ),
+        _ => {}
+    }
+    for (column, field_path) in &raw.fields {
+        if field_path.split('.').any(str::is_empty) {
+            problems.push(
+                Problem::new(
+                    format!("{path}.fields.{column}"),
+                    format!("`{field_path}` is not a dotted path"),
+                )
+                .hint("customer: customer.name"),
+            );
+        }
+    }
+    if let Some(records) = &raw.records
+        && records.split('.').any(str::is_empty)
+    {
+        problems.push(
+            Problem::new(
+                format!("{path}.records"),
+                format!("`{records}` is not a dotted path"),
+            )
+            .hint("records: data.items (leave it out when the response is the array)"),
+        );
     }
     let mut declared = Vec::new();
     for (column, type_name) in columns {

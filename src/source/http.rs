@@ -1035,7 +1035,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// `1s`, `1.5s`, `250ms`.
 fn human(d: Duration) -> String {
-    if d.as_millis() % 1000 == 0 {
+    if d.as_millis().is_multiple_of(1000) {
         format!("{}s", d.as_secs())
     } else if d < Duration::from_secs(1) {
         format!("{}ms", d.as_millis())
@@ -1183,25 +1183,11 @@ fn to_batches(
             Ok(())
         });
         if let Err(e) = decoded {
-            let (index, error) = chunk
-                .iter()
-                .enumerate()
-                .find_map(|(i, record)| {
-                    let mut one = serde_json::to_vec(record).ok()?;
-                    one.push(b'\n');
-                    let mut scratch = Vec::new();
-                    let result = decoder().and_then(|mut d| {
-                        decode_all(&mut d, &one, &mut scratch)?;
-                        d.flush().map(|_| ())
-                    });
-                    result.err().map(|e| (i, e))
-                })
-                .unwrap_or((0, e));
+            let (index, what) = explain(&schema, chunk).unwrap_or((0, arrow_message(&e)));
             let at = chunk_no * BATCH_ROWS + index;
             return Err(remote(format!(
-                "{}: {}: declare the column's type in `columns:` (or fix the data)",
+                "{}: {what}: declare the column's type in `columns:` (or fix the data)",
                 locate(&pages, at),
-                arrow_message(&error)
             )));
         }
     }
@@ -1243,12 +1229,50 @@ fn locate(pages: &[PageInfo], index: usize) -> String {
     }
 }
 
-/// Arrow's message without its `Json error: ` prefix.
+/// Decodes one record against `schema`.
+fn decode_one(schema: &SchemaRef, record: &Value) -> Result<(), ArrowError> {
+    let mut bytes = serde_json::to_vec(record).map_err(|e| ArrowError::JsonError(e.to_string()))?;
+    bytes.push(b'\n');
+    let mut decoder = ReaderBuilder::new(schema.clone())
+        .with_coerce_primitive(true)
+        .build_decoder()?;
+    decode_all(&mut decoder, &bytes, &mut Vec::new())?;
+    decoder.flush().map(|_| ())
+}
+
+/// The first record of `chunk` that does not decode, and why: "column `x`: ...".
+fn explain(schema: &SchemaRef, chunk: &[Value]) -> Option<(usize, String)> {
+    chunk.iter().enumerate().find_map(|(i, record)| {
+        let error = decode_one(schema, record).err()?;
+        let column = schema.fields().iter().find_map(|field| {
+            let one = Arc::new(Schema::new(vec![field.as_ref().clone()]));
+            let mut only = Map::new();
+            if let Some(v) = record.get(field.name()) {
+                only.insert(field.name().clone(), v.clone());
+            }
+            decode_one(&one, &Value::Object(only))
+                .err()
+                .map(|e| format!("column `{}`: {}", field.name(), arrow_message(&e)))
+        });
+        Some((i, column.unwrap_or_else(|| arrow_message(&error))))
+    })
+}
+
+/// Arrow's message without its error-kind prefix and field context.
 fn arrow_message(e: &ArrowError) -> String {
     let text = e.to_string();
-    text.strip_prefix("Json error: ")
+    let mut text = ["Json error: ", "Parser error: ", "Cast error: "]
+        .iter()
+        .find_map(|p| text.strip_prefix(p))
         .unwrap_or(&text)
-        .replace("whilst decoding field", "column")
+        .to_string();
+    while let Some(rest) = text.strip_prefix("whilst decoding field '") {
+        match rest.split_once("': ") {
+            Some((_, after)) => text = after.to_string(),
+            None => break,
+        }
+    }
+    text
 }
 
 /// Which column's values do not fit one type (objects in some records, other
@@ -1565,7 +1589,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("GET http://h/x (page 1), record 2"), "{err}");
-        assert!(err.contains("column 'n'"), "{err}");
+        assert!(err.contains("column `n`: failed to parse"), "{err}");
 
         let records = vec![json!({"c": {"a": 1}}), json!({"c": 5})];
         let err = to_batches("t", &[], &[], pulled(records), &Secrets::default())
