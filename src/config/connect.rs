@@ -313,9 +313,9 @@ pub struct RawHttp {
     #[serde(default)]
     pub rate_limit: Option<f64>,
     /// Columns picked from each record by dotted path: `{customer: customer.name}`.
-    /// Absent: every top-level field of the records.
-    #[serde(default)]
-    pub fields: BTreeMap<String, String>,
+    /// Absent: every top-level field of the records. Columns keep this order.
+    #[serde(default, deserialize_with = "ordered_map")]
+    pub fields: Vec<(String, String)>,
 }
 
 /// An enum written as a map with one key naming the variant (`{cursor: {...}}`,
@@ -344,6 +344,35 @@ where
     }
     d.deserialize_map(OneKey(std::marker::PhantomData))
         .map(Some)
+}
+
+/// A map of text to text, in the order written.
+fn ordered_map<'de, D>(d: D) -> Result<Vec<(String, String)>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Ordered;
+    impl<'de> serde::de::Visitor<'de> for Ordered {
+        type Value = Vec<(String, String)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of column names to dotted paths: `{customer: customer.name}`")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            use serde::de::Error;
+            let mut out: Vec<(String, String)> = Vec::new();
+            while let Some((key, value)) = map.next_entry::<String, String>()? {
+                if out.iter().any(|(k, _)| *k == key) {
+                    return Err(A::Error::custom(format!("`{key}` is named twice")));
+                }
+                out.push((key, value));
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Ordered)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -609,7 +638,7 @@ pub fn check_http(
         timeout,
         retries: raw.retries.unwrap_or(3),
         rate_limit: raw.rate_limit,
-        fields: raw.fields.into_iter().collect(),
+        fields: raw.fields,
         columns: declared,
     })
 }
@@ -636,6 +665,65 @@ pub struct Incremental {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The HTTP keys as users write them: one-key maps for `paginate:` and
+    /// `auth:`, `fields:` in the order written.
+    #[test]
+    fn http_yaml_shapes() {
+        let http = |settings: &str| {
+            let yaml = format!(
+                "name: p\noutput: out\nsources:\n  t:\n    http:\n      url: http://h/x\n{settings}"
+            );
+            let parsed = crate::config::parse(&yaml, Path::new("pipelines/p.yaml"));
+            match parsed.map(|p| p.sources.into_iter().next().map(|s| s.kind)) {
+                Ok(Some(crate::config::SourceKind::Http(cfg))) => Ok(cfg),
+                Ok(_) => panic!("not an HTTP source"),
+                Err((_, problems)) => Err(problems
+                    .iter()
+                    .map(|p| format!("{}: {}", p.path, p.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")),
+            }
+        };
+        let cfg = http(
+            "      paginate: {cursor: {path: meta.next, param: cursor}}\n      auth: {bearer: tok}\n      fields: {zeta: a.z, alpha: a.a}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.paginate,
+            Some(Paginate::Cursor {
+                path: "meta.next".into(),
+                param: "cursor".into()
+            })
+        );
+        assert_eq!(cfg.auth, Some(HttpAuth::Bearer("tok".into())));
+        assert_eq!(
+            cfg.fields,
+            [
+                ("zeta".to_string(), "a.z".to_string()),
+                ("alpha".to_string(), "a.a".to_string())
+            ]
+        );
+        let cfg = http("      paginate: {link: {}}\n      auth: {query: {name: key, value: k}}\n")
+            .unwrap();
+        assert_eq!(cfg.paginate, Some(Paginate::Link {}));
+        let cfg = http("      paginate: {page: {}}\n").unwrap();
+        assert_eq!(
+            cfg.paginate,
+            Some(Paginate::Page {
+                param: "page".into(),
+                start: 1,
+                size_param: None,
+                size: None
+            })
+        );
+        let err = http("      paginate: {pages: {}}\n").unwrap_err();
+        assert!(err.contains("unknown value 'pages'"), "{err}");
+        let err = http("      auth: {bearer: a, basic: {user: u, password: p}}\n").unwrap_err();
+        assert!(err.contains("`basic`: name exactly one kind here"), "{err}");
+        let err = http("      fields: {a: x, a: y}\n").unwrap_err();
+        assert!(err.contains("sources.t.http.fields"), "{err}");
+    }
 
     #[test]
     fn passwords_are_stripped_from_urls() {

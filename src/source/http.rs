@@ -312,6 +312,7 @@ impl<'a> Api<'a> {
         let mut page: u32 = 1;
         let mut offset: u64 = 0;
         let mut last_cursor: Option<String> = None;
+        let mut previous_page: Option<u64> = None;
         loop {
             let started = Instant::now();
             let reply = self.send(&url, page).await?;
@@ -325,6 +326,24 @@ impl<'a> Api<'a> {
             let found = take_records(&mut body, cfg.records.as_deref())
                 .map_err(|what| self.remote(&url, page, &what))?;
             let n = found.len();
+            // An API that ignores the page parameter returns page 1 forever.
+            let digest = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::hash::DefaultHasher::new();
+                reply.body.hash(&mut h);
+                h.finish()
+            };
+            if n > 0 && previous_page == Some(digest) {
+                return Err(self.remote(
+                    &url,
+                    page,
+                    &format!(
+                        "page {page} is the same as page {}: the API seems to ignore the pagination parameter; check `paginate:`",
+                        page - 1
+                    ),
+                ));
+            }
+            previous_page = Some(digest);
             tracing::debug!(
                 page,
                 url = %self.secrets.url(&url),

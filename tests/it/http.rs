@@ -180,6 +180,11 @@ fn serve(stream: TcpStream, handler: &Handler, seen: &Mutex<Vec<Request>>) {
         std::thread::sleep(Duration::from_secs(30));
         return;
     };
+    if response.status == 0 {
+        // Drop the connection without a word.
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        return;
+    }
     let mut out = format!("HTTP/1.1 {} Whatever\r\n", response.status);
     for (k, v) in &response.headers {
         out.push_str(&format!("{k}: {v}\r\n"));
@@ -512,6 +517,23 @@ fn server_errors_exhaust_the_retries() {
 }
 
 #[test]
+fn dropped_connection_is_retried() {
+    let server = Server::start(|_, i| {
+        if i == 0 {
+            status(0, "")
+        } else {
+            json(records(1, 2))
+        }
+    });
+    let source = format!("    http:\n      url: {}", server.url("/items"));
+    let dir = counting_project(&source);
+    let out = run_ok(dir.path(), &[]);
+    assert_eq!(server.requests().len(), 2);
+    assert_eq!(value(&kpi_rows(dir.path()), "rows"), Some(2.0));
+    assert!(stderr(&out).contains("retrying"), "{}", stderr(&out));
+}
+
+#[test]
 fn too_many_requests_waits_for_retry_after() {
     let server = Server::start(|_, i| {
         if i == 0 {
@@ -612,6 +634,71 @@ fn malformed_json_names_the_url_page_and_what_was_expected() {
     assert!(!err.contains("k3y"), "{err}");
     // The key did arrive.
     assert_eq!(server.requests()[0].param("api_key").as_deref(), Some(key));
+}
+
+#[test]
+fn an_api_ignoring_the_page_parameter_is_an_error() {
+    let server = Server::start(|_, _| json(records(1, 2)));
+    let source = format!(
+        "    http:\n      url: {}\n      paginate: {{page: {{}}}}",
+        server.url("/items")
+    );
+    let dir = counting_project(&source);
+    let out = run(dir.path(), &[]);
+    assert_failed(
+        &out,
+        1,
+        &[
+            "(page 2): page 2 is the same as page 1",
+            "check `paginate:`",
+        ],
+    );
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[test]
+fn redirects_keep_credentials_on_the_api_host() {
+    let server = Server::start(|r, _| {
+        let port = r
+            .header("host")
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_string();
+        match r.path() {
+            "/old" => with_header(status(301, ""), "Location", "/new"),
+            "/away" => with_header(
+                status(302, ""),
+                "Location",
+                &format!("http://localhost:{port}/new?x=1"),
+            ),
+            _ => json(records(1, 1)),
+        }
+    });
+    let env = [("HTTP_REDIRECT_TOKEN", "tok-redirect")];
+    let auth = "      auth: {bearer: \"${HTTP_REDIRECT_TOKEN}\"}";
+    let source = format!("    http:\n      url: {}\n{auth}", server.url("/old"));
+    let dir = counting_project(&source);
+    run_ok(dir.path(), &env);
+    let seen = server.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].path(), "/new");
+    assert_eq!(seen[1].header("authorization"), Some("Bearer tok-redirect"));
+
+    let source = format!("    http:\n      url: {}\n{auth}", server.url("/away"));
+    let dir = counting_project(&source);
+    let out = run(dir.path(), &env);
+    assert_failed(
+        &out,
+        1,
+        &[
+            "HTTP 302 Found: redirected to http://localhost:",
+            "/new?x=1 on another host",
+            "set `url:` to the final address",
+        ],
+    );
+    assert_eq!(server.requests().len(), 3, "the other host was not asked");
 }
 
 #[test]
