@@ -160,12 +160,14 @@ impl<'a> Api<'a> {
         for (key, value) in &cfg.headers {
             let key_name = HeaderName::from_bytes(key.as_bytes())
                 .map_err(|_| config(format!("`headers:` has `{key}`, not a header name")))?;
-            let value = HeaderValue::from_str(value).map_err(|_| {
+            let mut header_value = HeaderValue::from_str(value).map_err(|_| {
                 config(format!(
                     "the value of header `{key}` cannot be sent (it holds a line break or a non-ASCII character)"
                 ))
             })?;
-            headers.insert(key_name, value);
+            // A value from the environment may be a key: keep it out of debug output.
+            header_value.set_sensitive(crate::config::env::redact(value) != *value);
+            headers.insert(key_name, header_value);
         }
         let sensitive = |text: String| {
             HeaderValue::from_str(&text)
@@ -203,7 +205,8 @@ impl<'a> Api<'a> {
         }
         // Credentials in headers (ours or the user's) never follow a redirect off
         // the API's origin; without any, redirects are followed like a browser's.
-        let same_origin_only = cfg.auth.is_some() || !cfg.headers.is_empty();
+        let same_origin_only =
+            cfg.auth.is_some() || !cfg.headers.is_empty() || base.password().is_some();
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
             let cross = attempt
                 .previous()
@@ -316,15 +319,21 @@ impl<'a> Api<'a> {
         loop {
             let started = Instant::now();
             let reply = self.send(&url, page).await?;
-            let mut body = self.parse(&reply, &url, page)?;
-            let cursor = match &cfg.paginate {
-                Some(Paginate::Cursor { path, .. }) => {
-                    cursor_at(&body, path).map_err(|what| self.remote(&url, page, &what))?
-                }
-                _ => None,
+            // 204 No Content: no records, and no more pages.
+            let (cursor, found) = if reply.status == StatusCode::NO_CONTENT {
+                (None, Vec::new())
+            } else {
+                let mut body = self.parse(&reply, &url, page)?;
+                let cursor = match &cfg.paginate {
+                    Some(Paginate::Cursor { path, .. }) => {
+                        cursor_at(&body, path).map_err(|what| self.remote(&url, page, &what))?
+                    }
+                    _ => None,
+                };
+                let found = take_records(&mut body, cfg.records.as_deref())
+                    .map_err(|what| self.remote(&url, page, &what))?;
+                (cursor, found)
             };
-            let found = take_records(&mut body, cfg.records.as_deref())
-                .map_err(|what| self.remote(&url, page, &what))?;
             let n = found.len();
             // An API that ignores the page parameter returns page 1 forever.
             let digest = {
@@ -389,6 +398,7 @@ impl<'a> Api<'a> {
                         Some(next)
                     }
                 },
+                Some(Paginate::Link {}) if reply.status == StatusCode::NO_CONTENT => None,
                 Some(Paginate::Link {}) => self.next_link(&reply.headers, &url, page, &always)?,
             };
             let Some(next) = next else { break };
@@ -688,6 +698,12 @@ impl Secrets {
         }
         if let Some(password) = base.password() {
             values.push(password.to_string());
+        }
+        // Header and parameter values read from the environment may be keys too.
+        for (_, value) in cfg.headers.iter().chain(&cfg.params) {
+            if crate::config::env::redact(value) != *value {
+                values.push(value.clone());
+            }
         }
         // As they appear in a query string too.
         let encoded: Vec<String> = values.iter().filter_map(|v| query_encoded(v)).collect();

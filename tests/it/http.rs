@@ -451,6 +451,22 @@ fn pages_by_link_header() {
 }
 
 #[test]
+fn no_content_ends_the_pages() {
+    let server = Server::start(|r, _| match r.param("page").as_deref() {
+        Some("1") => json(records(1, 2)),
+        _ => status(204, ""),
+    });
+    let source = format!(
+        "    http:\n      url: {}\n      paginate: {{page: {{}}}}",
+        server.url("/items")
+    );
+    let dir = counting_project(&source);
+    run_ok(dir.path(), &[]);
+    assert_eq!(value(&kpi_rows(dir.path()), "rows"), Some(2.0));
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[test]
 fn max_pages_stops_with_a_warning() {
     // An API that never runs out of pages.
     let server = Server::start(|r, _| {
