@@ -296,12 +296,12 @@ pub struct RawHttp {
     /// absent: the response itself is the array.
     #[serde(default)]
     pub records: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "one_key")]
     pub paginate: Option<Paginate>,
     /// Stop after this many pages (default 1000): a guard against a loop.
     #[serde(default)]
     pub max_pages: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "one_key")]
     pub auth: Option<HttpAuth>,
     /// Per request (default 30s).
     #[serde(default)]
@@ -313,9 +313,66 @@ pub struct RawHttp {
     #[serde(default)]
     pub rate_limit: Option<f64>,
     /// Columns picked from each record by dotted path: `{customer: customer.name}`.
-    /// Absent: every top-level field of the records.
-    #[serde(default)]
-    pub fields: BTreeMap<String, String>,
+    /// Absent: every top-level field of the records. Columns keep this order.
+    #[serde(default, deserialize_with = "ordered_map")]
+    pub fields: Vec<(String, String)>,
+}
+
+/// An enum written as a map with one key naming the variant (`{cursor: {...}}`,
+/// `{bearer: "${TOKEN}"}`), where serde_norway would expect a YAML tag (`!cursor`).
+fn one_key<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct OneKey<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for OneKey<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("one key naming the kind, with its settings: `{cursor: {path: meta.next, param: cursor}}`")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+            use serde::de::Error;
+            let value = T::deserialize(serde::de::value::MapAccessDeserializer::new(&mut map))?;
+            if let Some(extra) = map.next_key::<String>()? {
+                return Err(A::Error::custom(format!(
+                    "`{extra}`: name exactly one kind here"
+                )));
+            }
+            Ok(value)
+        }
+    }
+    d.deserialize_map(OneKey(std::marker::PhantomData))
+        .map(Some)
+}
+
+/// A map of text to text, in the order written.
+fn ordered_map<'de, D>(d: D) -> Result<Vec<(String, String)>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Ordered;
+    impl<'de> serde::de::Visitor<'de> for Ordered {
+        type Value = Vec<(String, String)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of column names to dotted paths: `{customer: customer.name}`")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            use serde::de::Error;
+            let mut out: Vec<(String, String)> = Vec::new();
+            while let Some((key, value)) = map.next_entry::<String, String>()? {
+                if out.iter().any(|(k, _)| *k == key) {
+                    return Err(A::Error::custom(format!("`{key}` is named twice")));
+                }
+                out.push((key, value));
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Ordered)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -474,7 +531,7 @@ pub fn check_http(
             value: text(value, auth_path.clone()),
         },
     });
-    if !(url.starts_with("http://") || url.starts_with("https://")) && !url.is_empty() {
+    if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
         problems.push(
             Problem::new(
                 format!("{path}.url"),
@@ -507,6 +564,58 @@ pub fn check_http(
             "must be a positive number of requests per second",
         ));
     }
+    if raw.max_pages == Some(0) {
+        problems.push(Problem::new(
+            format!("{path}.max_pages"),
+            "must be at least 1",
+        ));
+    }
+    match &raw.paginate {
+        Some(Paginate::Offset { limit: 0, .. }) => problems.push(Problem::new(
+            format!("{path}.paginate.offset.limit"),
+            "must be at least 1",
+        )),
+        Some(Paginate::Page {
+            size_param, size, ..
+        }) if size_param.is_some() != size.is_some() => problems.push(
+            Problem::new(
+                format!("{path}.paginate.page"),
+                "`size_param:` and `size:` go together",
+            )
+            .hint("paginate: {page: {param: page, size_param: per_page, size: 100}}"),
+        ),
+        Some(Paginate::Cursor { path: p, param }) if p.is_empty() || param.is_empty() => problems
+            .push(
+                Problem::new(
+                    format!("{path}.paginate.cursor"),
+                    "`path:` and `param:` must not be empty",
+                )
+                .hint("paginate: {cursor: {path: meta.next, param: cursor}}"),
+            ),
+        _ => {}
+    }
+    for (column, field_path) in &raw.fields {
+        if field_path.split('.').any(str::is_empty) {
+            problems.push(
+                Problem::new(
+                    format!("{path}.fields.{column}"),
+                    format!("`{field_path}` is not a dotted path"),
+                )
+                .hint("customer: customer.name"),
+            );
+        }
+    }
+    if let Some(records) = &raw.records
+        && records.split('.').any(str::is_empty)
+    {
+        problems.push(
+            Problem::new(
+                format!("{path}.records"),
+                format!("`{records}` is not a dotted path"),
+            )
+            .hint("records: data.items (leave it out when the response is the array)"),
+        );
+    }
     let mut declared = Vec::new();
     for (column, type_name) in columns {
         match parse_type(type_name) {
@@ -529,7 +638,7 @@ pub fn check_http(
         timeout,
         retries: raw.retries.unwrap_or(3),
         rate_limit: raw.rate_limit,
-        fields: raw.fields.into_iter().collect(),
+        fields: raw.fields,
         columns: declared,
     })
 }
@@ -556,6 +665,65 @@ pub struct Incremental {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The HTTP keys as users write them: one-key maps for `paginate:` and
+    /// `auth:`, `fields:` in the order written.
+    #[test]
+    fn http_yaml_shapes() {
+        let http = |settings: &str| {
+            let yaml = format!(
+                "name: p\noutput: out\nsources:\n  t:\n    http:\n      url: http://h/x\n{settings}"
+            );
+            let parsed = crate::config::parse(&yaml, Path::new("pipelines/p.yaml"));
+            match parsed.map(|p| p.sources.into_iter().next().map(|s| s.kind)) {
+                Ok(Some(crate::config::SourceKind::Http(cfg))) => Ok(cfg),
+                Ok(_) => panic!("not an HTTP source"),
+                Err((_, problems)) => Err(problems
+                    .iter()
+                    .map(|p| format!("{}: {}", p.path, p.message))
+                    .collect::<Vec<_>>()
+                    .join("; ")),
+            }
+        };
+        let cfg = http(
+            "      paginate: {cursor: {path: meta.next, param: cursor}}\n      auth: {bearer: tok}\n      fields: {zeta: a.z, alpha: a.a}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.paginate,
+            Some(Paginate::Cursor {
+                path: "meta.next".into(),
+                param: "cursor".into()
+            })
+        );
+        assert_eq!(cfg.auth, Some(HttpAuth::Bearer("tok".into())));
+        assert_eq!(
+            cfg.fields,
+            [
+                ("zeta".to_string(), "a.z".to_string()),
+                ("alpha".to_string(), "a.a".to_string())
+            ]
+        );
+        let cfg = http("      paginate: {link: {}}\n      auth: {query: {name: key, value: k}}\n")
+            .unwrap();
+        assert_eq!(cfg.paginate, Some(Paginate::Link {}));
+        let cfg = http("      paginate: {page: {}}\n").unwrap();
+        assert_eq!(
+            cfg.paginate,
+            Some(Paginate::Page {
+                param: "page".into(),
+                start: 1,
+                size_param: None,
+                size: None
+            })
+        );
+        let err = http("      paginate: {pages: {}}\n").unwrap_err();
+        assert!(err.contains("unknown value 'pages'"), "{err}");
+        let err = http("      auth: {bearer: a, basic: {user: u, password: p}}\n").unwrap_err();
+        assert!(err.contains("`basic`: name exactly one kind here"), "{err}");
+        let err = http("      fields: {a: x, a: y}\n").unwrap_err();
+        assert!(err.contains("sources.t.http.fields"), "{err}");
+    }
 
     #[test]
     fn passwords_are_stripped_from_urls() {

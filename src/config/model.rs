@@ -135,6 +135,8 @@ pub struct Source {
 }
 
 /// One variant per kind of source; `source::register` matches on it exhaustively.
+// A handful per pipeline, built once: their sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum SourceKind {
     File(FileSource),

@@ -4,6 +4,7 @@
 mod config_errors;
 mod demo;
 mod files;
+mod http;
 mod incremental;
 mod postgres;
 mod publish;
