@@ -1140,3 +1140,92 @@ fn invalid_http_settings_are_config_errors() {
         ],
     );
 }
+
+// ---------------------------------------------------------------- incremental pulls
+
+/// The watermark travels as `updated_since`; rows at or below it are dropped
+/// even when the API ignores the parameter; KPIs see every row pulled so far.
+#[test]
+fn incremental_pulls_send_the_watermark_and_keep_the_history() {
+    let data = Arc::new(Mutex::new(vec![
+        (1, 10, "2026-01-05T10:00:00"),
+        (2, 20, "2026-01-06T10:00:00"),
+        (3, 30, "2026-01-07T10:00:00"),
+    ]));
+    let honour_since = Arc::new(Mutex::new(true));
+    let (served, honour) = (data.clone(), honour_since.clone());
+    let server = Server::start(move |r, _| {
+        let since = r.param("updated_since").filter(|_| *honour.lock().unwrap());
+        let items: Vec<String> = served
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, _, at)| since.as_deref().is_none_or(|s| *at > s))
+            .map(|(id, amount, at)| {
+                format!(r#"{{"id": {id}, "amount": {amount}, "updated_at": "{at}"}}"#)
+            })
+            .collect();
+        json(format!("[{}]", items.join(", ")))
+    });
+    let source = format!(
+        "    http: {{url: \"{}\"}}\n    columns: {{updated_at: timestamp}}\n    incremental: {{column: updated_at, param: updated_since}}",
+        server.url("/items")
+    );
+    let dir = counting_project(&source);
+    let pulled = |out: &Output| {
+        let err = stderr(out);
+        let line = err
+            .lines()
+            .rfind(|l| l.contains("incremental pull"))
+            .unwrap_or_else(|| panic!("{err}"))
+            .to_string();
+        line.split("rows=")
+            .nth(1)
+            .unwrap()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let env = [("KPIFORGE_LOG", "kpiforge=info")];
+
+    let first = run_ok(dir.path(), &env);
+    assert_eq!(pulled(&first), 3);
+    assert_eq!(
+        server.requests()[0].param("updated_since"),
+        None,
+        "the first pull takes everything"
+    );
+    assert_eq!(value(&kpi_rows(dir.path()), "total"), Some(60.0));
+
+    data.lock()
+        .unwrap()
+        .extend([(4, 4, "2026-01-08T10:00:00"), (5, 5, "2026-01-09T10:00:00")]);
+    let second = run_ok(dir.path(), &env);
+    assert_eq!(pulled(&second), 2);
+    assert_eq!(
+        server
+            .requests()
+            .last()
+            .unwrap()
+            .param("updated_since")
+            .as_deref(),
+        Some("2026-01-07T10:00:00")
+    );
+    let rows = kpi_rows(dir.path());
+    assert_eq!(
+        (value(&rows, "rows"), value(&rows, "total")),
+        (Some(5.0), Some(69.0))
+    );
+
+    // An API that ignores the parameter sends everything again: nothing is counted twice.
+    *honour_since.lock().unwrap() = false;
+    let third = run_ok(dir.path(), &env);
+    assert_eq!(pulled(&third), 0);
+    let rows = kpi_rows(dir.path());
+    assert_eq!(
+        (value(&rows, "rows"), value(&rows, "total")),
+        (Some(5.0), Some(69.0))
+    );
+}

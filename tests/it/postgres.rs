@@ -420,7 +420,11 @@ fn a_million_rows_stream_with_bounded_memory() {
 async fn tls_modes_reach_the_server() {
     let Some(url) = url() else { return };
     let ssl = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
-    let ctx = match register(&format!("    postgres: {{url: \"{url}\", query: \"{ssl}\", tls: {{mode: require}}}}")).await {
+    let ctx = match register(&format!(
+        "    postgres: {{url: \"{url}\", query: \"{ssl}\", tls: {{mode: require}}}}"
+    ))
+    .await
+    {
         Ok(ctx) => ctx,
         Err(e) if e.contains("TLS") => {
             eprintln!("skipped: the test server does not offer TLS ({e})");
@@ -428,14 +432,27 @@ async fn tls_modes_reach_the_server() {
         }
         Err(e) => panic!("{e}"),
     };
-    assert_eq!(texts(&collect(&ctx, "SELECT ssl FROM src").await, "ssl"), [Some("true".to_string())]);
-    let ctx = register(&format!("    postgres: {{url: \"{url}\", query: \"{ssl}\", tls: {{mode: disable}}}}"))
-        .await
-        .unwrap();
-    assert_eq!(texts(&collect(&ctx, "SELECT ssl FROM src").await, "ssl"), [Some("false".to_string())]);
-    let err = register(&format!("    postgres: {{url: \"{url}\", table: t, tls: {{mode: verify-full}}, retries: 0}}"))
-        .await
-        .err()
-        .unwrap();
-    assert!(err.contains("TLS with 127.0.0.1:5432 failed") && err.contains("tls: {ca:"), "{err}");
+    assert_eq!(
+        texts(&collect(&ctx, "SELECT ssl FROM src").await, "ssl"),
+        [Some("true".to_string())]
+    );
+    let ctx = register(&format!(
+        "    postgres: {{url: \"{url}\", query: \"{ssl}\", tls: {{mode: disable}}}}"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        texts(&collect(&ctx, "SELECT ssl FROM src").await, "ssl"),
+        [Some("false".to_string())]
+    );
+    let err = register(&format!(
+        "    postgres: {{url: \"{url}\", table: t, tls: {{mode: verify-full}}, retries: 0}}"
+    ))
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        err.contains("TLS with 127.0.0.1:5432 failed") && err.contains("tls: {ca:"),
+        "{err}"
+    );
 }
