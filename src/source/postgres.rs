@@ -6,7 +6,7 @@
 //! runs with `TimeZone=UTC` (its pushed timestamptz filters drop the offset
 //! otherwise), json/jsonb arrive as text, an unconstrained `numeric` is read as
 //! `numeric(38,10)` (the crate would fail on values from 1e18 up), and `query:`
-//! sources are wrapped as a subquery by [`QueryTable`], because the crate reads
+//! sources are wrapped as a subquery by [`PgTable`], because the crate reads
 //! only tables.
 
 use std::collections::HashMap;
@@ -17,11 +17,13 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::TableReference;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::TableType;
 use datafusion::error::Result as DataFusionResult;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::sql::unparser::dialect::PostgreSqlDialect;
 use datafusion_table_providers::UnsupportedTypeAction;
@@ -54,7 +56,7 @@ pub async fn provider(
             // Bare `numeric` columns are cast server-side; otherwise the crate reads the table.
             let columns = table_columns(&pool, table).await.map_err(fail)?;
             if !columns.iter().any(|c| c.unconstrained_numeric) {
-                let reference = TableReference::from(table.as_str());
+                let reference = table_reference(table);
                 let dyn_pool: Arc<DynPool> = pool;
                 let table = SqlTable::new("postgres", &dyn_pool, reference)
                     .await
@@ -422,7 +424,10 @@ fn arrow_type(t: &Type, modifier: i32) -> Option<DataType> {
             if modifier >= 4 {
                 let precision = ((modifier - 4) >> 16) & 0xffff;
                 let scale = (modifier - 4) & 0xffff;
-                DataType::Decimal128(precision.clamp(1, 38) as u8, scale as i8)
+                if !(1..=38).contains(&precision) || scale > precision {
+                    return None;
+                }
+                DataType::Decimal128(precision as u8, scale as i8)
             } else {
                 DataType::Decimal128(38, 10)
             }
@@ -433,6 +438,15 @@ fn arrow_type(t: &Type, modifier: i32) -> Option<DataType> {
         Type::TIME => DataType::Time64(TimeUnit::Nanosecond),
         _ => return None,
     })
+}
+
+/// `schema.table` as written, case kept (PostgreSQL folds only unquoted names,
+/// and kpiforge always quotes).
+fn table_reference(path: &str) -> TableReference {
+    match path.split_once('.') {
+        Some((schema, table)) => TableReference::partial(schema, table),
+        None => TableReference::bare(path),
+    }
 }
 
 /// `"name"`, doubling quotes inside.
@@ -497,25 +511,26 @@ impl TableProvider for PgTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DataFusionResult<Arc<dyn ExecutionPlan>> {
-        // No column needed: fetch the narrowest one and drop it.
-        let first = vec![0];
+        // No column needed (`count(*)`): fetch the narrowest one and drop it.
+        let narrowest = vec![narrowest_column(&self.table.schema())];
         let fetched = match projection {
-            Some(p) if p.is_empty() && !self.table.schema().fields().is_empty() => Some(&first),
+            Some(p) if p.is_empty() && !self.table.schema().fields().is_empty() => Some(&narrowest),
             other => other,
         };
         let mut sql = self.table.scan_to_sql(fetched, filters, limit)?;
         if let Some(query) = &self.query {
+            // The newline ends a trailing `-- comment` in the query.
             let from = format!("FROM \"{ALIAS}\"");
-            sql = sql.replacen(&from, &format!("FROM ({query}) AS \"{ALIAS}\""), 1);
+            sql = sql.replacen(&from, &format!("FROM ({query}\n) AS \"{ALIAS}\""), 1);
         }
         tracing::debug!(sql = %sql, "postgres query");
-        let exec: Arc<dyn ExecutionPlan> = Arc::new(SqlExec::new(
+        let exec: Arc<dyn ExecutionPlan> = Arc::new(PostgresScan(SqlExec::new(
             fetched,
             &self.table.schema(),
             self.table.clone_pool(),
             sql,
             Arc::new(PostgreSqlDialect {}),
-        )?);
+        )?));
         if fetched == projection {
             return Ok(exec);
         }
@@ -523,6 +538,64 @@ impl TableProvider for PgTable {
             Vec::<(Arc<dyn PhysicalExpr>, String)>::new(),
             exec,
         )?))
+    }
+}
+
+/// The index of the column cheapest to fetch: the narrowest fixed-width one.
+fn narrowest_column(schema: &Schema) -> usize {
+    schema
+        .fields()
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, f)| f.data_type().primitive_width().unwrap_or(usize::MAX))
+        .map_or(0, |(i, _)| i)
+}
+
+/// The crate's scan, as a leaf the optimizer cannot rewrite: the crate's own
+/// limit and sort pushdown edit the SQL text by searching it for ` LIMIT ` and
+/// ` WHERE `, which would also find them inside a `query:` source's text.
+#[derive(Debug)]
+struct PostgresScan(SqlExec<PooledConnection, &'static (dyn tokio_postgres::types::ToSql + Sync)>);
+
+impl DisplayAs for PostgresScan {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "PostgresScan sql={}", self.0.sql().unwrap_or_default())
+    }
+}
+
+impl ExecutionPlan for PostgresScan {
+    fn name(&self) -> &'static str {
+        "PostgresScan"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.0.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DataFusionResult<TreeNodeRecursion>,
+    ) -> DataFusionResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DataFusionResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DataFusionResult<SendableRecordBatchStream> {
+        self.0.execute(partition, context)
     }
 }
 
