@@ -9,6 +9,7 @@ mod file;
 mod http;
 mod mysql;
 mod postgres;
+mod sql;
 mod sqlite;
 
 use std::path::PathBuf;
