@@ -22,8 +22,8 @@ use mysql_async::{
 
 use super::SourceError;
 use super::sql::{
-    BatchSender, Batcher, Cell, Dialect, Reader, SqlColumn, SqlTable, external, log_fetched,
-    show, table_parts,
+    BatchSender, Batcher, Cell, Dialect, Reader, SqlColumn, SqlTable, external, log_fetched, show,
+    table_parts,
 };
 use crate::config::{DatabaseSource, Relation, TlsMode};
 
@@ -35,7 +35,11 @@ pub async fn provider(
     let mut server = Server::new(name, cfg)?;
     let mut conn = match server.connect().await {
         Err(f) if f.no_tls && server.tls == TlsMode::Prefer => {
-            tracing::info!(source = name, "{}: connecting without TLS", f.message);
+            tracing::info!(
+                source = name,
+                "{}: connecting without TLS (`tls: {{mode: prefer}}`)",
+                f.message
+            );
             server.opts = server.plain.clone();
             server.connect().await
         }
@@ -223,7 +227,8 @@ impl Server {
     }
 
     async fn backoff(&self, attempt: u32, f: &Failure) {
-        let wait = Duration::from_millis(200u64.saturating_mul(1 << attempt.min(5)))
+        // 200 ms, 400 ms, 800 ms, ... at most 5 s.
+        let wait = Duration::from_millis(200u64 << attempt.saturating_sub(1).min(5))
             .min(Duration::from_secs(5));
         tracing::warn!(
             source = %self.source,
@@ -314,6 +319,14 @@ impl Server {
                     false,
                 )
             },
+            MyError::Driver(DriverError::NoClientSslFlagFromServer)
+                if self.tls == TlsMode::Prefer =>
+            {
+                Failure {
+                    no_tls: true,
+                    ..Failure::new(format!("the server at {at} does not offer TLS"), false)
+                }
+            }
             MyError::Driver(DriverError::NoClientSslFlagFromServer) => Failure {
                 no_tls: true,
                 ..Failure::new(
@@ -485,8 +498,8 @@ impl Server {
             for i in 0..columns {
                 let field = schema.field(i);
                 let value = row.as_ref(i).unwrap_or(&Value::NULL);
-                let appended =
-                    cell(value, field.data_type()).and_then(|c| batcher.push(i, c).map_err(Hint::none));
+                let appended = cell(value, field.data_type())
+                    .and_then(|c| batcher.push(i, c).map_err(Hint::none));
                 if let Err(hint) = appended {
                     return Err(Failure::new(
                         format!(
@@ -820,9 +833,10 @@ fn cell<'v>(value: &'v Value, t: &DataType) -> Result<Cell<'v>, Hint> {
             };
             if *t == DataType::Date32 {
                 let days = date.signed_duration_since(chrono::NaiveDate::default());
-                Cell::Date(i32::try_from(days.num_days()).map_err(|_| {
-                    Hint::none(format!("{date} is out of range"))
-                })?)
+                Cell::Date(
+                    i32::try_from(days.num_days())
+                        .map_err(|_| Hint::none(format!("{date} is out of range")))?,
+                )
             } else {
                 let time = date
                     .and_hms_micro_opt(u32::from(*h), u32::from(*i), u32::from(*s), *us)
@@ -889,7 +903,13 @@ impl Reader for MysqlReader {
 mod tests {
     use super::*;
 
-    fn column(t: ColumnType, length: u32, decimals: u8, flags: ColumnFlags, charset: u16) -> Column {
+    fn column(
+        t: ColumnType,
+        length: u32,
+        decimals: u8,
+        flags: ColumnFlags,
+        charset: u16,
+    ) -> Column {
         Column::new(t)
             .with_column_length(length)
             .with_decimals(decimals)
@@ -903,9 +923,18 @@ mod tests {
         let none = ColumnFlags::empty();
         let unsigned = ColumnFlags::UNSIGNED_FLAG;
         let ty = |c: Column| arrow_type(&c).map(|(t, _)| t);
-        assert_eq!(ty(column(T::MYSQL_TYPE_TINY, 1, 0, none, 63)), Ok(DataType::Boolean));
-        assert_eq!(ty(column(T::MYSQL_TYPE_TINY, 4, 0, none, 63)), Ok(DataType::Int8));
-        assert_eq!(ty(column(T::MYSQL_TYPE_TINY, 3, 0, unsigned, 63)), Ok(DataType::UInt8));
+        assert_eq!(
+            ty(column(T::MYSQL_TYPE_TINY, 1, 0, none, 63)),
+            Ok(DataType::Boolean)
+        );
+        assert_eq!(
+            ty(column(T::MYSQL_TYPE_TINY, 4, 0, none, 63)),
+            Ok(DataType::Int8)
+        );
+        assert_eq!(
+            ty(column(T::MYSQL_TYPE_TINY, 3, 0, unsigned, 63)),
+            Ok(DataType::UInt8)
+        );
         assert_eq!(
             ty(column(T::MYSQL_TYPE_LONGLONG, 20, 0, unsigned, 63)),
             Ok(DataType::UInt64)
@@ -927,18 +956,42 @@ mod tests {
             ty(column(T::MYSQL_TYPE_NEWDECIMAL, 67, 30, none, 63)),
             Ok(DataType::Decimal256(65, 30))
         );
-        assert_eq!(ty(column(T::MYSQL_TYPE_BLOB, 0, 0, none, 63)), Ok(DataType::Binary));
-        assert_eq!(ty(column(T::MYSQL_TYPE_BLOB, 0, 0, none, 45)), Ok(DataType::Utf8));
         assert_eq!(
-            ty(column(T::MYSQL_TYPE_STRING, 3, 0, ColumnFlags::ENUM_FLAG, 63)),
+            ty(column(T::MYSQL_TYPE_BLOB, 0, 0, none, 63)),
+            Ok(DataType::Binary)
+        );
+        assert_eq!(
+            ty(column(T::MYSQL_TYPE_BLOB, 0, 0, none, 45)),
             Ok(DataType::Utf8)
         );
-        assert_eq!(ty(column(T::MYSQL_TYPE_JSON, 0, 0, none, 63)), Ok(DataType::Utf8));
-        assert_eq!(ty(column(T::MYSQL_TYPE_BIT, 1, 0, none, 63)), Ok(DataType::Boolean));
-        assert_eq!(ty(column(T::MYSQL_TYPE_BIT, 5, 0, none, 63)), Ok(DataType::UInt64));
+        assert_eq!(
+            ty(column(
+                T::MYSQL_TYPE_STRING,
+                3,
+                0,
+                ColumnFlags::ENUM_FLAG,
+                63
+            )),
+            Ok(DataType::Utf8)
+        );
+        assert_eq!(
+            ty(column(T::MYSQL_TYPE_JSON, 0, 0, none, 63)),
+            Ok(DataType::Utf8)
+        );
+        assert_eq!(
+            ty(column(T::MYSQL_TYPE_BIT, 1, 0, none, 63)),
+            Ok(DataType::Boolean)
+        );
+        assert_eq!(
+            ty(column(T::MYSQL_TYPE_BIT, 5, 0, none, 63)),
+            Ok(DataType::UInt64)
+        );
         assert_eq!(
             ty(column(T::MYSQL_TYPE_TIMESTAMP, 26, 6, none, 63)),
-            Ok(DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())))
+            Ok(DataType::Timestamp(
+                TimeUnit::Microsecond,
+                Some("UTC".into())
+            ))
         );
         let geometry = arrow_type(&column(T::MYSQL_TYPE_GEOMETRY, 0, 0, none, 63)).unwrap_err();
         assert_eq!(geometry.0, "geometry");
@@ -956,7 +1009,9 @@ mod tests {
             cell(&Value::Date(1970, 1, 2, 0, 0, 0, 0), &DataType::Date32).ok(),
             Some(Cell::Date(1))
         );
-        let zero = cell(&Value::Date(0, 0, 0, 0, 0, 0, 0), &DataType::Date32).err().unwrap();
+        let zero = cell(&Value::Date(0, 0, 0, 0, 0, 0, 0), &DataType::Date32)
+            .err()
+            .unwrap();
         assert!(zero.message.contains("'0000-00-00' is not a valid date"));
         assert!(zero.hint("d").contains("NULLIF(d, '0000-00-00') AS d"));
         let t = DataType::Time64(TimeUnit::Microsecond);

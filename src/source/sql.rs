@@ -23,8 +23,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::kernels::cast_utils::parse_decimal;
 use datafusion::arrow::datatypes::{
-    DataType, Decimal128Type, Decimal256Type, DecimalType, Field, Schema, SchemaRef, TimeUnit,
-    i256,
+    DataType, Decimal128Type, Decimal256Type, DecimalType, Field, Schema, SchemaRef, TimeUnit, i256,
 };
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::ScalarValue;
@@ -58,7 +57,9 @@ pub enum Dialect {
     /// MySQL and MariaDB. `backslash_escapes` is false when the session's
     /// `sql_mode` has `NO_BACKSLASH_ESCAPES` (then `\` is an ordinary character
     /// in string literals).
-    Mysql { backslash_escapes: bool },
+    Mysql {
+        backslash_escapes: bool,
+    },
     Sqlite,
 }
 
@@ -241,9 +242,7 @@ impl Dialect {
         match self {
             Dialect::Mysql { .. } => {
                 // A trailing lone `\` is read differently by the two: leave it to DataFusion.
-                if pattern_tokens(pattern).is_none() {
-                    return None;
-                }
+                pattern_tokens(pattern)?;
                 Some(format!(
                     "CONVERT({c} USING utf8mb4) COLLATE utf8mb4_bin {not}LIKE {} ESCAPE {}",
                     self.string(pattern),
@@ -341,7 +340,8 @@ pub fn table_parts(name: &str) -> Vec<String> {
 
 /// A query without its trailing `;` (it goes inside parentheses).
 pub fn trim_query(sql: &str) -> &str {
-    sql.trim().trim_end_matches(|c: char| c == ';' || c.is_whitespace())
+    sql.trim()
+        .trim_end_matches(|c: char| c == ';' || c.is_whitespace())
 }
 
 // ---------------------------------------------------------------- the table
@@ -529,7 +529,9 @@ impl SqlTable {
                 case_insensitive,
             }) => {
                 let (name, t) = self.column(expr)?;
-                if *t != DataType::Utf8 || *case_insensitive || !matches!(escape_char, None | Some('\\'))
+                if *t != DataType::Utf8
+                    || *case_insensitive
+                    || !matches!(escape_char, None | Some('\\'))
                 {
                     return None;
                 }
@@ -564,9 +566,11 @@ impl SqlTable {
         };
         let literal = d.literal(value, t)?;
         let exact = format!("({} {op} {literal})", d.operand(name, t));
-        Some(self.index_friendly(name, t, &exact, op == Operator::Eq, |c| {
-            format!("{c} = {literal}")
-        }))
+        Some(
+            self.index_friendly(name, t, &exact, op == Operator::Eq, |c| {
+                format!("{c} = {literal}")
+            }),
+        )
     }
 
     /// For MySQL text equality, `exact` (byte-wise, which no index serves)
@@ -1031,9 +1035,9 @@ fn decimal_cell(cell: Cell, p: u8, s: i8) -> Result<i256, String> {
             .to_string(),
         Cell::Int(v) => v.to_string(),
         Cell::UInt(v) => v.to_string(),
-        Cell::Float(v) if v.is_finite() => {
-            format!("{v:.prec$}", prec = usize::from(s.max(0).unsigned_abs()))
-        }
+        // The shortest text that reads back as the same double (`12.345`, not
+        // 12.3449999...), so that rounding follows the digits as written.
+        Cell::Float(v) if v.is_finite() => v.to_string(),
         other => return Err(mismatch(&other, &format!("a decimal({p},{s})"))),
     };
     round_decimal(&text, s).ok_or_else(|| format!("{} is not a decimal({p},{s})", show(&cell)))
@@ -1093,7 +1097,11 @@ mod tests {
                 c("note", DataType::Utf8, true),
                 c("amount", DataType::Decimal128(10, 2), true),
                 c("d", DataType::Date32, true),
-                c("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+                c(
+                    "ts",
+                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                    true,
+                ),
                 c("flag", DataType::Boolean, true),
                 c("f32", DataType::Float32, false),
                 c("we`ird", DataType::Int32, true),
@@ -1113,7 +1121,10 @@ mod tests {
         assert_eq!(Dialect::Sqlite.ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(table_parts("shop.orders"), vec!["shop", "orders"]);
         assert_eq!(table_parts("`my.db`.\"t\"\"x\""), vec!["my.db", "t\"x"]);
-        assert_eq!(MYSQL.from(&Relation::Table("shop.orders".into())), "`shop`.`orders`");
+        assert_eq!(
+            MYSQL.from(&Relation::Table("shop.orders".into())),
+            "`shop`.`orders`"
+        );
         assert_eq!(
             Dialect::Sqlite.from(&Relation::Query("SELECT 1 AS a;\n".into())),
             "(SELECT 1 AS a) AS kpiforge_q"
@@ -1208,7 +1219,10 @@ mod tests {
         assert_eq!(pushed(&t, col("id").eq(lit(f64::NAN))), None);
         assert_eq!(pushed(&t, col("id").eq(lit("1"))), None);
         assert_eq!(pushed(&t, col("id").eq(col("amount"))), None);
-        assert_eq!(pushed(&t, col("id").eq(lit(ScalarValue::Int64(None)))), None);
+        assert_eq!(
+            pushed(&t, col("id").eq(lit(ScalarValue::Int64(None)))),
+            None
+        );
         assert_eq!(
             pushed(&t, col("we`ird").eq(lit(1i32))).unwrap(),
             "(`we``ird` = 1)"
@@ -1218,9 +1232,11 @@ mod tests {
     #[test]
     fn boolean_logic_in_lists_between_and_nulls() {
         let t = orders(MYSQL);
-        let e = col("id")
-            .in_list(vec![lit(1i64), lit(2i64)], false)
-            .and(col("note").is_not_null().or(!col("id").between(lit(1i64), lit(9i64))));
+        let e = col("id").in_list(vec![lit(1i64), lit(2i64)], false).and(
+            col("note")
+                .is_not_null()
+                .or(!col("id").between(lit(1i64), lit(9i64))),
+        );
         assert_eq!(
             pushed(&t, e).unwrap(),
             "((`id` IN (1, 2)) AND ((`note` IS NOT NULL) OR (NOT (`id` BETWEEN 1 AND 9))))"
@@ -1277,8 +1293,16 @@ mod tests {
         b.push(0, Cell::Int(127)).unwrap();
         b.push(1, Cell::Text("123.456")).unwrap();
         b.end_row().unwrap();
-        assert!(b.push(0, Cell::Int(128)).unwrap_err().contains("out of range"));
-        assert!(b.push(1, Cell::Text("1234.5")).unwrap_err().contains("does not fit"));
+        assert!(
+            b.push(0, Cell::Int(128))
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert!(
+            b.push(1, Cell::Text("1234.5"))
+                .unwrap_err()
+                .contains("does not fit")
+        );
         let mut none = Batcher::new(Arc::new(Schema::empty())).unwrap();
         for _ in 0..3 {
             none.end_row().unwrap();

@@ -106,7 +106,9 @@ impl File {
                 "the file is not an SQLite database: check `path:`".to_string()
             }
             Some(ErrorCode::CannotOpen) => {
-                format!("cannot open the database ({e}): check that the file exists and is readable")
+                format!(
+                    "cannot open the database ({e}): check that the file exists and is readable"
+                )
             }
             Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => format!(
                 "the database is locked by a writer ({e}): retry later, or raise `connect_timeout` to wait longer"
@@ -126,9 +128,11 @@ impl File {
                     [schema, name] => (format!("{}.", D.ident(schema)), name.clone()),
                     _ => (String::new(), table.clone()),
                 };
-                let columns =
-                    table_info(&conn, &format!("PRAGMA {schema}table_info({})", D.ident(&name)))
-                        .map_err(|e| self.explain(&e))?;
+                let columns = table_info(
+                    &conn,
+                    &format!("PRAGMA {schema}table_info({})", D.ident(&name)),
+                )
+                .map_err(|e| self.explain(&e))?;
                 if columns.is_empty() {
                     let tables: Vec<String> = conn
                         .prepare(&format!(
@@ -182,8 +186,8 @@ impl File {
             .zip(typed)
             .map(|((name, decl), t)| {
                 let (data_type, pushdown) = t.unwrap_or((DataType::Utf8, false));
-                let origin = (!decl.trim().is_empty() && declared_type(&decl).is_some())
-                    .then_some(decl);
+                let origin =
+                    (!decl.trim().is_empty() && declared_type(&decl).is_some()).then_some(decl);
                 (
                     SqlColumn {
                         name,
@@ -385,10 +389,16 @@ fn read_rows(
             let field = schema.field(i);
             let origin = origins.get(i).cloned().flatten();
             let value = row.get_ref(i).map_err(|e| file.explain(&e))?;
-            let appended = cell(value, field.data_type(), origin.is_some())
-                .and_then(|c| batcher.push(i, c));
+            let appended =
+                cell(value, field.data_type(), origin.is_some()).and_then(|c| batcher.push(i, c));
             if let Err(reason) = appended {
-                return Err(misfit(field.name(), field.data_type(), origin, value, &reason));
+                return Err(misfit(
+                    field.name(),
+                    field.data_type(),
+                    origin,
+                    value,
+                    &reason,
+                ));
             }
         }
         count += 1;
@@ -458,13 +468,17 @@ fn cell<'v>(v: ValueRef<'v>, t: &DataType, declared: bool) -> Result<Cell<'v>, S
     Ok(match (v, t) {
         (ValueRef::Null, _) => Cell::Null,
         (ValueRef::Integer(i), DataType::Int64 | DataType::Boolean) => Cell::Int(i),
-        (ValueRef::Integer(i), DataType::Float64 | DataType::Decimal128(..) | DataType::Decimal256(..)) => {
-            Cell::Int(i)
+        (
+            ValueRef::Integer(i),
+            DataType::Float64 | DataType::Decimal128(..) | DataType::Decimal256(..),
+        ) => Cell::Int(i),
+        (
+            ValueRef::Real(r),
+            DataType::Float64 | DataType::Decimal128(..) | DataType::Decimal256(..),
+        ) => Cell::Float(r),
+        (ValueRef::Text(b), DataType::Decimal128(..) | DataType::Decimal256(..)) => {
+            Cell::Text(text(b)?)
         }
-        (ValueRef::Real(r), DataType::Float64 | DataType::Decimal128(..) | DataType::Decimal256(..)) => {
-            Cell::Float(r)
-        }
-        (ValueRef::Text(b), DataType::Decimal128(..) | DataType::Decimal256(..)) => Cell::Text(text(b)?),
         (ValueRef::Text(b), DataType::Date32) => {
             let s = text(b)?;
             Cell::Date(parse_date(s).ok_or("dates are read as 'YYYY-MM-DD' text")?)
@@ -597,7 +611,10 @@ mod tests {
         assert_eq!(parse_date("1970-01-02 00:00:00"), None);
         let day = 86_400_000_000i64;
         assert_eq!(parse_timestamp("1970-01-02 00:00:00"), Some(day));
-        assert_eq!(parse_timestamp("1970-01-02T00:00:00.5"), Some(day + 500_000));
+        assert_eq!(
+            parse_timestamp("1970-01-02T00:00:00.5"),
+            Some(day + 500_000)
+        );
         assert_eq!(parse_timestamp("1970-01-02 00:00"), Some(day));
         assert_eq!(parse_timestamp("1970-01-02T01:00:00+01:00"), Some(day));
         assert_eq!(parse_timestamp("1970-01-02T00:00:00Z"), Some(day));
@@ -626,7 +643,10 @@ mod tests {
             ValueRef::Text(b"abc"),
             "it is not an integer",
         );
-        assert!(message.contains("column `qty` (declared INTEGER"), "{message}");
+        assert!(
+            message.contains("column `qty` (declared INTEGER"),
+            "{message}"
+        );
         assert!(message.contains("'abc' (text)"), "{message}");
         assert!(message.contains("CAST(\"qty\" AS TEXT)"), "{message}");
     }
