@@ -35,8 +35,8 @@ pub async fn provider(
     let mut server = Server::new(name, cfg)?;
     let mut conn = match server.connect().await {
         Err(f) if f.no_tls && server.tls == TlsMode::Prefer => {
-            tracing::info!(
-                source = name,
+            tracing::debug!(
+                source = %name,
                 "{}: connecting without TLS (`tls: {{mode: prefer}}`)",
                 f.message
             );

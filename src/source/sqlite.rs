@@ -155,15 +155,27 @@ impl File {
             }
             Relation::Query(sql) => {
                 // Does it run? (The message is SQLite's, e.g. "no such column: x".)
-                conn.prepare(&format!("SELECT * FROM {}", D.from(relation)))
-                    .map_err(|e| format!("the query does not run: {}", self.explain(&e)))?;
+                let names: Vec<String> = conn
+                    .prepare(&format!("SELECT * FROM {}", D.from(relation)))
+                    .map_err(|e| format!("the query does not run: {}", self.explain(&e)))?
+                    .column_names()
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect();
                 conn.execute_batch(&format!(
                     "CREATE TEMP VIEW kpiforge_probe AS {}",
                     trim_query(sql)
                 ))
                 .map_err(|e| format!("the query does not run: {}", self.explain(&e)))?;
-                table_info(&conn, "PRAGMA temp.table_info(kpiforge_probe)")
-                    .map_err(|e| self.explain(&e))?
+                let info = table_info(&conn, "PRAGMA temp.table_info(kpiforge_probe)")
+                    .map_err(|e| self.explain(&e))?;
+                // The names as the derived table gives them (a repeated `id`
+                // becomes `id:1` there), with the view's declared types.
+                names
+                    .into_iter()
+                    .zip(info)
+                    .map(|(name, (_, declared))| (name, declared))
+                    .collect()
             }
         };
         let mut typed: Vec<Option<(DataType, bool)>> =

@@ -1149,6 +1149,21 @@ fn sqlite_errors_say_what_to_check() {
         err.contains("the query does not run: no such column: nope"),
         "{err}"
     );
+    // A repeated name is told apart the way SQLite does it.
+    let (batch, _) = rows_of(
+        &sqlite_source(
+            dir.path(),
+            "query: \"SELECT o.id, p.id FROM orders o JOIN orders p\"",
+        ),
+        "SELECT * FROM t",
+    );
+    let names: Vec<String> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, vec!["id", "id:1"]);
     std::fs::write(dir.path().join("db.sqlite"), "id,amount\n1,2\n".repeat(100)).unwrap();
     let (result, _) = query(
         &sqlite_source(dir.path(), "table: orders"),
