@@ -441,21 +441,19 @@ impl Server {
                     return Err(self.timed_out());
                 }
             };
-            // Rows have not been sent yet, but once they are no retry is possible:
-            // the failure is the query's.
-            let rows = {
-                let stream = result
-                    .stream::<Row>()
-                    .await
-                    .map_err(|e| self.classify(&e))?;
-                match stream {
-                    Some(stream) => self.pump(stream, schema, tx, &mut waited, id).await?,
-                    None => 0,
-                }
+            // From here on rows may have been sent: no retry, the failure is the query's.
+            let outcome = match result.stream::<Row>().await {
+                Ok(Some(stream)) => self.pump(stream, schema, tx, &mut waited, id).await,
+                Ok(None) => Ok(0),
+                Err(e) => Err(self.classify(&e)),
             };
             drop(result);
+            if outcome.is_err() {
+                // Else the rest of the rows would still be read, to be thrown away.
+                self.kill(id);
+            }
             let _ = conn.disconnect().await;
-            return Ok(rows);
+            return outcome;
         }
     }
 
@@ -487,10 +485,7 @@ impl Server {
             };
             *waited += started.elapsed();
             let row = match next {
-                Err(_) => {
-                    self.kill(id);
-                    return Err(self.timed_out());
-                }
+                Err(_) => return Err(self.timed_out()),
                 Ok(None) => break,
                 Ok(Some(Err(e))) => return Err(self.classify(&e)),
                 Ok(Some(Ok(row))) => row,
@@ -678,7 +673,8 @@ pub fn list(names: &[String]) -> String {
     }
 }
 
-fn human(d: Duration) -> String {
+/// `1s`, `5m`, `1h`, `1.5s`.
+pub fn human(d: Duration) -> String {
     let s = d.as_secs_f64();
     if s >= 3600.0 && s % 3600.0 == 0.0 {
         format!("{}h", s / 3600.0)

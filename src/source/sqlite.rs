@@ -23,7 +23,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use super::SourceError;
-use super::mysql::list;
+use super::mysql::{human, list};
 use super::sql::{
     BatchSender, Batcher, Cell, Dialect, Reader, SqlColumn, SqlTable, channel, external,
     log_fetched, show, table_parts, trim_query,
@@ -113,7 +113,10 @@ impl File {
             Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => format!(
                 "the database is locked by a writer ({e}): retry later, or raise `connect_timeout` to wait longer"
             ),
-            Some(ErrorCode::OperationInterrupted) => "the read was interrupted".to_string(),
+            Some(ErrorCode::OperationInterrupted) => format!(
+                "it did not finish within {}: raise `query_timeout`, or have it read fewer rows",
+                human(self.query_timeout)
+            ),
             _ => e.to_string(),
         }
     }
@@ -121,6 +124,8 @@ impl File {
     /// The columns of `relation`, each with its declared type (`None`: inferred).
     fn describe(&self, relation: &Relation) -> Result<Vec<(SqlColumn, Origin)>, String> {
         let conn = self.open()?;
+        // Typing a query's expressions runs it (for INFER_ROWS rows): bounded too.
+        let _watchdog = Watchdog::start(&conn, self.query_timeout);
         let declared = match relation {
             Relation::Table(table) => {
                 let parts = table_parts(table);
@@ -210,6 +215,29 @@ impl File {
                 )
             })
             .collect())
+    }
+}
+
+/// Interrupts what runs on a connection once `limit` has passed, unless dropped first.
+struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
+
+impl Watchdog {
+    fn start(conn: &Connection, limit: Duration) -> Watchdog {
+        let handle = conn.get_interrupt_handle();
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
+                handle.interrupt();
+            }
+        });
+        Watchdog(Some(done))
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Disconnects the channel: the thread ends without interrupting.
+        self.0.take();
     }
 }
 
@@ -370,8 +398,8 @@ impl Reader for SqliteReader {
                 }
                 _ if cancelled => return,
                 _ if timed_out => format!(
-                    "the query did not finish within {:?}: raise `query_timeout`, or have it read fewer rows",
-                    file.query_timeout
+                    "the query did not finish within {}: raise `query_timeout`, or have it read fewer rows",
+                    human(file.query_timeout)
                 ),
                 Ok(Err(message)) => message,
                 Err(e) => format!("the read failed: {e}"),

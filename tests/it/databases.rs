@@ -847,6 +847,32 @@ fn mysql_errors_name_the_server_and_never_the_password() {
         "{err}"
     );
 
+    // A query that does not parse; one that takes longer than `query_timeout`.
+    let (out, _) = run("{url: \"${KPIFORGE_TEST_MYSQL_URL}\", query: \"SELEC 1 AS x\"}");
+    fails(
+        &out,
+        &[
+            "the query does not run: ",
+            "(error 1064)",
+            &format!("on {host}:{port}"),
+        ],
+    );
+    let started = Instant::now();
+    let (out, _) = run(
+        "{url: \"${KPIFORGE_TEST_MYSQL_URL}\", query: \"SELECT SLEEP(5) AS s\", query_timeout: 1s}",
+    );
+    fails(
+        &out,
+        &[&format!(
+            "the query did not finish within 1s on {host}:{port} (database {db}, user '{user}'): raise `query_timeout`"
+        )],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+
     // `tls: require` on a server without TLS says so (with TLS, it connects).
     let (out, _) = run(&format!(
         "{{url: \"${{KPIFORGE_TEST_MYSQL_URL}}\", table: {}, tls: {{mode: require}}}}",
@@ -1149,6 +1175,27 @@ fn sqlite_errors_say_what_to_check() {
         err.contains("the query does not run: no such column: nope"),
         "{err}"
     );
+    // A query that runs too long, when typing its columns and when read.
+    let endless = "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n) ";
+    for select in [
+        "SELECT count(*) AS c FROM n",
+        "SELECT CAST(count(*) AS INTEGER) AS c FROM n",
+    ] {
+        let started = Instant::now();
+        let src = source(
+            dir.path(),
+            &format!(
+                "    sqlite: {{path: db.sqlite, query: \"{endless}{select}\", query_timeout: 1s}}"
+            ),
+        );
+        let (result, _) = query(&src, "SELECT * FROM t");
+        let err = result.unwrap_err();
+        assert!(
+            err.contains("did not finish within 1s: raise `query_timeout`"),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
     // A repeated name is told apart the way SQLite does it.
     let (batch, _) = rows_of(
         &sqlite_source(
