@@ -10,6 +10,7 @@ mod http;
 pub mod incremental;
 mod mysql;
 mod postgres;
+mod sql;
 mod sqlite;
 
 use std::path::PathBuf;

@@ -1,21 +1,1045 @@
 //! MySQL and MariaDB sources, read with `mysql_async` directly (see docs/sources.md
 //! for why not through datafusion-table-providers).
+//!
+//! Registration connects once: it settles TLS (`prefer` falls back to plain when
+//! the server offers none), reads the session's `sql_mode` (for string escaping)
+//! and prepares `SELECT * FROM <relation>` to learn the columns without fetching
+//! a row. Every scan then opens its own connection, runs its `SELECT` with the
+//! binary protocol and streams the rows (see `sql.rs`). Sessions run in UTC.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::catalog::TableProvider;
+use datafusion::execution::SendableRecordBatchStream;
+use futures::StreamExt;
+use mysql_async::consts::{ColumnFlags, ColumnType};
+use mysql_async::prelude::Queryable;
+use mysql_async::{
+    Column, Conn, DriverError, Error as MyError, IoError, Opts, OptsBuilder, Row, SslOpts, Value,
+};
 
 use super::SourceError;
-use crate::config::DatabaseSource;
+use super::sql::{
+    BatchSender, Batcher, Cell, Dialect, Reader, SqlColumn, SqlTable, external, log_fetched, show,
+    table_parts,
+};
+use crate::config::{DatabaseSource, Relation, TlsMode};
 
 /// A table provider over the source's table or query.
 pub async fn provider(
     name: &str,
     cfg: &DatabaseSource,
 ) -> Result<Arc<dyn TableProvider>, SourceError> {
-    let _ = cfg;
-    Err(SourceError::Remote {
-        name: name.to_string(),
-        message: "MySQL sources are not built yet".into(),
+    let mut server = Server::new(name, cfg)?;
+    let mut conn = match server.connect().await {
+        Err(f) if f.no_tls && server.tls == TlsMode::Prefer => {
+            tracing::debug!(
+                source = %name,
+                "{}: connecting without TLS (`tls: {{mode: prefer}}`)",
+                f.message
+            );
+            server.opts = server.plain.clone();
+            server.connect().await
+        }
+        other => other,
+    }
+    .map_err(|f| server.remote(f))?;
+    let described = describe(&server, &mut conn, &cfg.relation).await;
+    let _ = conn.disconnect().await;
+    let (columns, dialect) = described.map_err(|f| server.remote(f))?;
+    let relation = &cfg.relation;
+    let table = SqlTable::new(
+        name,
+        dialect,
+        relation,
+        columns,
+        Arc::new(MysqlReader {
+            server: Arc::new(server),
+        }),
+    )?;
+    Ok(Arc::new(table))
+}
+
+/// Where and how to connect, for registration and every scan.
+struct Server {
+    source: String,
+    /// Options as used (TLS settled).
+    opts: Opts,
+    /// The same without TLS, for `prefer`.
+    plain: Opts,
+    tls: TlsMode,
+    host: String,
+    port: u16,
+    database: Option<String>,
+    user: String,
+    /// Only to make sure no message ever shows it.
+    password: Option<String>,
+    connect_timeout: Duration,
+    query_timeout: Duration,
+    retries: u32,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MySQL {}", self.at())
+    }
+}
+
+/// Why a connection or query failed, as the user reads it.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    /// Worth another attempt: refused, reset, timed out, server gone away.
+    transient: bool,
+    /// TLS was asked for and could not be had.
+    no_tls: bool,
+    /// The URL itself is wrong (a configuration error).
+    config: bool,
+}
+
+impl Failure {
+    fn new(message: impl Into<String>, transient: bool) -> Self {
+        Failure {
+            message: message.into(),
+            transient,
+            no_tls: false,
+            config: false,
+        }
+    }
+}
+
+impl Server {
+    fn new(name: &str, cfg: &DatabaseSource) -> Result<Self, SourceError> {
+        let config = |message: String| SourceError::Config {
+            name: name.to_string(),
+            message,
+        };
+        // mysql_async knows only the `mysql://` scheme.
+        let url = match cfg.url.strip_prefix("mariadb://") {
+            Some(rest) => format!("mysql://{rest}"),
+            None => cfg.url.clone(),
+        };
+        let parsed = Opts::from_url(&url).map_err(|e| {
+            config(format!(
+                "the URL `{}` is not valid: {e}: write it as mysql://user:password@host:3306/database",
+                cfg.display()
+            ))
+        })?;
+        let host = parsed.ip_or_hostname().to_string();
+        let port = parsed.tcp_port();
+        let database = parsed.db_name().map(str::to_string);
+        let user = parsed.user().unwrap_or("").to_string();
+        let password = parsed.pass().map(str::to_string);
+        let base = OptsBuilder::from_opts(parsed)
+            .prefer_socket(false)
+            .init(vec!["SET NAMES utf8mb4", "SET time_zone = '+00:00'"]);
+        let ssl = match cfg.tls {
+            TlsMode::Disable => None,
+            // Encryption without checking the certificate (as libpq's prefer/require).
+            TlsMode::Prefer | TlsMode::Require => Some(
+                SslOpts::default()
+                    .with_danger_accept_invalid_certs(true)
+                    .with_danger_skip_domain_validation(true),
+            ),
+            TlsMode::VerifyCa | TlsMode::VerifyFull => {
+                let mut ssl = SslOpts::default()
+                    .with_danger_skip_domain_validation(cfg.tls == TlsMode::VerifyCa);
+                if let Some(ca) = &cfg.ca {
+                    ssl = ssl.with_root_certs(vec![ca.clone().into()]);
+                }
+                Some(ssl)
+            }
+        };
+        let plain = Opts::from(base.clone().ssl_opts(None::<SslOpts>));
+        let opts = Opts::from(base.ssl_opts(ssl));
+        Ok(Server {
+            source: name.to_string(),
+            opts,
+            plain,
+            tls: cfg.tls,
+            host,
+            port,
+            database,
+            user,
+            password,
+            connect_timeout: cfg.connect_timeout,
+            query_timeout: cfg.query_timeout,
+            retries: cfg.retries,
+        })
+    }
+
+    fn host_port(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    fn database_name(&self) -> &str {
+        self.database.as_deref().unwrap_or("(none)")
+    }
+
+    /// `127.0.0.1:3306 (database test, user 'kpi')`.
+    fn at(&self) -> String {
+        format!(
+            "{} (database {}, user '{}')",
+            self.host_port(),
+            self.database_name(),
+            self.user
+        )
+    }
+
+    /// The failure as the source's error, the password scrubbed if it ever appeared.
+    fn remote(&self, f: Failure) -> SourceError {
+        let mut message = f.message;
+        if let Some(p) = self.password.as_deref().filter(|p| !p.is_empty()) {
+            message = message.replace(p, "***");
+        }
+        if f.config {
+            SourceError::Config {
+                name: self.source.clone(),
+                message,
+            }
+        } else {
+            SourceError::Remote {
+                name: self.source.clone(),
+                message,
+            }
+        }
+    }
+
+    /// Connects, retrying transient failures with exponential backoff.
+    async fn connect(&self) -> Result<Conn, Failure> {
+        let mut attempt = 0;
+        loop {
+            match self.connect_once().await {
+                Ok(conn) => return Ok(conn),
+                Err(f) if f.transient && attempt < self.retries => {
+                    attempt += 1;
+                    self.backoff(attempt, &f).await;
+                }
+                Err(f) => return Err(self.attempts(f, attempt + 1)),
+            }
+        }
+    }
+
+    async fn backoff(&self, attempt: u32, f: &Failure) {
+        // 200 ms, 400 ms, 800 ms, ... at most 5 s.
+        let wait = Duration::from_millis(200u64 << attempt.saturating_sub(1).min(5))
+            .min(Duration::from_secs(5));
+        tracing::warn!(
+            source = %self.source,
+            attempt,
+            of = self.retries,
+            "{}; retrying in {} ms",
+            f.message,
+            wait.as_millis()
+        );
+        tokio::time::sleep(wait).await;
+    }
+
+    fn attempts(&self, mut f: Failure, attempts: u32) -> Failure {
+        if attempts > 1 {
+            f.message.push_str(&format!(" ({attempts} attempts)"));
+        }
+        f
+    }
+
+    async fn connect_once(&self) -> Result<Conn, Failure> {
+        match tokio::time::timeout(self.connect_timeout, Conn::new(self.opts.clone())).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(self.classify(&e)),
+            Err(_) => Err(Failure::new(
+                format!(
+                    "could not connect to {} within {}: is the host reachable? (database {}, user '{}'; \
+                     raise `connect_timeout` for a slow network)",
+                    self.host_port(),
+                    human(self.connect_timeout),
+                    self.database_name(),
+                    self.user
+                ),
+                true,
+            )),
+        }
+    }
+
+    /// A driver or server error, explained.
+    fn classify(&self, e: &MyError) -> Failure {
+        let hp = self.host_port();
+        let at = self.at();
+        match e {
+            MyError::Io(IoError::Io(io)) => {
+                use std::io::ErrorKind as K;
+                match io.kind() {
+                    K::ConnectionRefused => Failure::new(
+                        format!(
+                            "connection refused: is MySQL running on {hp}? (database {}, user '{}')",
+                            self.database_name(),
+                            self.user
+                        ),
+                        true,
+                    ),
+                    K::TimedOut => Failure::new(
+                        format!("connection to {at} timed out ({io}): is the host reachable?"),
+                        true,
+                    ),
+                    K::ConnectionReset
+                    | K::ConnectionAborted
+                    | K::BrokenPipe
+                    | K::UnexpectedEof
+                    | K::NotConnected => Failure::new(
+                        format!(
+                            "the connection to {at} was lost ({io}): did the server restart or close it?"
+                        ),
+                        true,
+                    ),
+                    K::HostUnreachable | K::NetworkUnreachable => Failure::new(
+                        format!("cannot reach {at} ({io}): is the host reachable?"),
+                        true,
+                    ),
+                    _ if io.to_string().contains("lookup") => Failure::new(
+                        format!(
+                            "cannot resolve the host `{}` ({io}): check the host in the URL",
+                            self.host
+                        ),
+                        false,
+                    ),
+                    _ => Failure::new(format!("cannot talk to {at}: {io}"), true),
+                }
+            }
+            MyError::Io(IoError::Tls(t)) => Failure {
+                no_tls: true,
+                ..Failure::new(
+                    format!(
+                        "TLS with {at} failed: {t}: check `tls:` (its `mode`, and `ca` for verify-ca or verify-full)"
+                    ),
+                    false,
+                )
+            },
+            MyError::Driver(DriverError::NoClientSslFlagFromServer)
+                if self.tls == TlsMode::Prefer =>
+            {
+                Failure {
+                    no_tls: true,
+                    ..Failure::new(format!("the server at {at} does not offer TLS"), false)
+                }
+            }
+            MyError::Driver(DriverError::NoClientSslFlagFromServer) => Failure {
+                no_tls: true,
+                ..Failure::new(
+                    format!(
+                        "the server at {at} does not offer TLS, which `tls: {{mode: {}}}` requires: \
+                         enable TLS on the server, or set `tls: {{mode: prefer}}` to fall back to a plain connection",
+                        tls_name(self.tls)
+                    ),
+                    false,
+                )
+            },
+            MyError::Driver(
+                d @ (DriverError::ConnectionClosed
+                | DriverError::PacketOutOfOrder
+                | DriverError::UnexpectedPacket { .. }),
+            ) => Failure::new(
+                format!("the connection to {at} was lost ({d}): did the server go away?"),
+                true,
+            ),
+            MyError::Driver(d) => Failure::new(format!("MySQL driver error with {at}: {d}"), false),
+            MyError::Server(s) => self.server_error(s),
+            MyError::Url(u) => Failure {
+                config: true,
+                ..Failure::new(format!("the URL is not valid: {u}"), false)
+            },
+            MyError::Other(o) => Failure::new(format!("error with {at}: {o}"), false),
+        }
+    }
+
+    fn server_error(&self, s: &mysql_async::ServerError) -> Failure {
+        let hp = self.host_port();
+        let db = self.database_name();
+        let user = &self.user;
+        let said = format!("{} (error {})", s.message, s.code);
+        match s.code {
+            1045 => Failure::new(
+                format!(
+                    "authentication failed for user '{user}' on {hp} (database {db}): check the \
+                     password in the URL's environment variable (the server said: {said})"
+                ),
+                false,
+            ),
+            1044 => Failure::new(
+                format!(
+                    "user '{user}' may not use database '{db}' on {hp}: grant access, or name another database (the server said: {said})"
+                ),
+                false,
+            ),
+            1049 => Failure::new(
+                format!(
+                    "unknown database '{db}' on {hp} (user '{user}'): check the database at the end of the URL"
+                ),
+                false,
+            ),
+            1046 => Failure::new(
+                format!(
+                    "no database is selected on {hp} (user '{user}'): name one at the end of the URL \
+                     (mysql://user@host:3306/database) or write `table: database.table`"
+                ),
+                false,
+            ),
+            // Too many connections, shutdown in progress, network errors, lock
+            // wait timeout, deadlock, connection killed: worth another attempt.
+            1040 | 1053 | 1077 | 1078 | 1079 | 1080 | 1152 | 1153 | 1154 | 1155 | 1156 | 1157
+            | 1158 | 1159 | 1160 | 1161 | 1203 | 1205 | 1213 | 1927 | 2006 | 2013 => {
+                Failure::new(format!("{} on {}", said, self.at()), true)
+            }
+            _ => Failure::new(format!("{said} on {}", self.at()), false),
+        }
+    }
+
+    /// Runs `sql` and sends its rows as batches of `schema`; returns the rows read.
+    async fn stream_rows(
+        &self,
+        sql: &str,
+        schema: SchemaRef,
+        tx: &BatchSender,
+    ) -> Result<u64, Failure> {
+        let mut waited = Duration::ZERO;
+        let mut attempt = 0;
+        loop {
+            let mut conn = match self.connect_once().await {
+                Ok(c) => c,
+                Err(f) if f.transient && attempt < self.retries => {
+                    attempt += 1;
+                    self.backoff(attempt, &f).await;
+                    continue;
+                }
+                Err(f) => return Err(self.attempts(f, attempt + 1)),
+            };
+            let id = conn.id();
+            let started = Instant::now();
+            let executed = tokio::time::timeout(
+                self.query_timeout.saturating_sub(waited),
+                conn.exec_iter(sql, ()),
+            )
+            .await;
+            waited += started.elapsed();
+            let mut result = match executed {
+                Ok(Ok(result)) => result,
+                Ok(Err(e)) => {
+                    let f = self.classify(&e);
+                    if f.transient && attempt < self.retries {
+                        attempt += 1;
+                        self.backoff(attempt, &f).await;
+                        continue;
+                    }
+                    return Err(self.attempts(f, attempt + 1));
+                }
+                Err(_) => {
+                    self.kill(id);
+                    return Err(self.timed_out());
+                }
+            };
+            // From here on rows may have been sent: no retry, the failure is the query's.
+            let outcome = match result.stream::<Row>().await {
+                Ok(Some(stream)) => self.pump(stream, schema, tx, &mut waited, id).await,
+                Ok(None) => Ok(0),
+                Err(e) => Err(self.classify(&e)),
+            };
+            drop(result);
+            if outcome.is_err() {
+                // Else the rest of the rows would still be read, to be thrown away.
+                self.kill(id);
+            }
+            let _ = conn.disconnect().await;
+            return outcome;
+        }
+    }
+
+    /// Reads rows into batches and sends them, until the end, an error, a
+    /// timeout or the reader of the batches going away.
+    async fn pump<S>(
+        &self,
+        mut stream: S,
+        schema: SchemaRef,
+        tx: &BatchSender,
+        waited: &mut Duration,
+        id: u32,
+    ) -> Result<u64, Failure>
+    where
+        S: futures::Stream<Item = mysql_async::Result<Row>> + Unpin,
+    {
+        let mut batcher = Batcher::new(schema.clone()).map_err(|m| Failure::new(m, false))?;
+        let columns = schema.fields().len();
+        let mut rows = 0u64;
+        loop {
+            let started = Instant::now();
+            let next = tokio::select! {
+                _ = tx.closed() => {
+                    // Nobody reads the rows any more (a LIMIT above, an error elsewhere).
+                    self.kill(id);
+                    return Ok(rows);
+                }
+                next = tokio::time::timeout(self.query_timeout.saturating_sub(*waited), stream.next()) => next,
+            };
+            *waited += started.elapsed();
+            let row = match next {
+                Err(_) => return Err(self.timed_out()),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(self.classify(&e)),
+                Ok(Some(Ok(row))) => row,
+            };
+            for i in 0..columns {
+                let field = schema.field(i);
+                let value = row.as_ref(i).unwrap_or(&Value::NULL);
+                let appended = cell(value, field.data_type())
+                    .and_then(|c| batcher.push(i, c).map_err(Hint::none));
+                if let Err(hint) = appended {
+                    return Err(Failure::new(
+                        format!(
+                            "column `{}` on {}: {}{}",
+                            field.name(),
+                            self.at(),
+                            hint.message,
+                            hint.hint(field.name())
+                        ),
+                        false,
+                    ));
+                }
+            }
+            rows += 1;
+            let batch = batcher
+                .end_row()
+                .map_err(|e| Failure::new(e.to_string(), false))?;
+            if let Some(batch) = batch
+                && tx.send(Ok(batch)).await.is_err()
+            {
+                self.kill(id);
+                return Ok(rows);
+            }
+        }
+        if let Some(batch) = batcher
+            .flush()
+            .map_err(|e| Failure::new(e.to_string(), false))?
+        {
+            let _ = tx.send(Ok(batch)).await;
+        }
+        Ok(rows)
+    }
+
+    fn timed_out(&self) -> Failure {
+        Failure::new(
+            format!(
+                "the query did not finish within {} on {}: raise `query_timeout`, or have it read fewer rows",
+                human(self.query_timeout),
+                self.at()
+            ),
+            false,
+        )
+    }
+
+    /// Stops connection `id`'s running query, from another connection (best effort):
+    /// otherwise the server would go on sending rows nobody reads.
+    fn kill(&self, id: u32) {
+        let opts = self.opts.clone();
+        let timeout = self.connect_timeout;
+        tokio::spawn(async move {
+            if let Ok(Ok(mut conn)) = tokio::time::timeout(timeout, Conn::new(opts)).await {
+                let _ = conn.query_drop(format!("KILL QUERY {id}")).await;
+                let _ = conn.disconnect().await;
+            }
+        });
+    }
+}
+
+/// Learns the columns (and the session's string escaping) on `conn`.
+async fn describe(
+    server: &Server,
+    conn: &mut Conn,
+    relation: &Relation,
+) -> Result<(Vec<SqlColumn>, Dialect), Failure> {
+    let sql_mode: Option<String> = conn
+        .query_first("SELECT @@SESSION.sql_mode")
+        .await
+        .map_err(|e| server.classify(&e))?;
+    let dialect = Dialect::Mysql {
+        backslash_escapes: !sql_mode
+            .unwrap_or_default()
+            .contains("NO_BACKSLASH_ESCAPES"),
+    };
+    let sql = format!("SELECT * FROM {}", dialect.from(relation));
+    let statement = match tokio::time::timeout(server.query_timeout, conn.prep(&sql)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(MyError::Server(s))) if s.code == 1146 => {
+            if let Relation::Table(table) = relation {
+                return Err(not_found(server, conn, table).await);
+            }
+            return Err(query_failed(server, relation, &MyError::Server(s)));
+        }
+        Ok(Err(e)) => return Err(query_failed(server, relation, &e)),
+        Err(_) => return Err(server.timed_out()),
+    };
+    let mut columns = Vec::new();
+    let mut unsupported = Vec::new();
+    for c in statement.columns().iter() {
+        let name = c.name_str().into_owned();
+        match arrow_type(c) {
+            Ok((data_type, pushdown)) => columns.push(SqlColumn {
+                name,
+                data_type,
+                pushdown,
+            }),
+            Err((type_name, cast)) => unsupported.push((name, type_name, cast)),
+        }
+    }
+    let _ = conn.close(statement).await;
+    if let Some((name, type_name, cast)) = unsupported.first() {
+        let what = match relation {
+            Relation::Table(t) => format!("`{t}`"),
+            Relation::Query(_) => "the query".to_string(),
+        };
+        let others = match unsupported.len() {
+            1 => String::new(),
+            n => format!(" ({} more such columns)", n - 1),
+        };
+        return Err(Failure {
+            config: true,
+            ..Failure::new(
+                format!(
+                    "column `{name}` of {what} has type {type_name}, which kpiforge cannot read{others}: \
+                     convert it in a `query:`, e.g. `query: SELECT {}, ... FROM ...`",
+                    cast.replace("{c}", name)
+                ),
+                false,
+            )
+        });
+    }
+    Ok((columns, dialect))
+}
+
+fn query_failed(server: &Server, relation: &Relation, e: &MyError) -> Failure {
+    let mut f = server.classify(e);
+    if let (Relation::Query(_), MyError::Server(_)) = (relation, e) {
+        f.message = format!("the query does not run: {}", f.message);
+    }
+    f
+}
+
+/// "table `x` not found in database `y` on ...: tables there: a, b".
+async fn not_found(server: &Server, conn: &mut Conn, table: &str) -> Failure {
+    let parts = table_parts(table);
+    let (schema, name) = match parts.as_slice() {
+        [schema, name] => (Some(schema.clone()), name.clone()),
+        _ => (None, table.to_string()),
+    };
+    let dialect = Dialect::Mysql {
+        backslash_escapes: true,
+    };
+    let database = schema
+        .clone()
+        .unwrap_or_else(|| server.database_name().to_string());
+    let which = match &schema {
+        Some(s) => dialect.string(s),
+        None => "DATABASE()".to_string(),
+    };
+    let listed: Result<Vec<String>, _> = conn
+        .query(format!(
+            "SELECT CAST(table_name AS CHAR) FROM information_schema.tables WHERE table_schema = {which} ORDER BY 1"
+        ))
+        .await;
+    let there = match listed {
+        Ok(tables) if tables.is_empty() => "it has no tables".to_string(),
+        Ok(tables) => format!("tables there: {}", list(&tables)),
+        Err(_) => "check the name".to_string(),
+    };
+    Failure::new(
+        format!(
+            "table `{name}` not found in database `{database}` on {} (user '{}'): {there}",
+            server.host_port(),
+            server.user
+        ),
+        false,
+    )
+}
+
+/// At most 20 names, then "... (N in all)".
+pub fn list(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().take(20).map(String::as_str).collect();
+    if names.len() > shown.len() {
+        format!("{}, ... ({} in all)", shown.join(", "), names.len())
+    } else {
+        shown.join(", ")
+    }
+}
+
+/// `1s`, `5m`, `1h`, `1.5s`.
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 3600.0 && s % 3600.0 == 0.0 {
+        format!("{}h", s / 3600.0)
+    } else if s >= 60.0 && s % 60.0 == 0.0 {
+        format!("{}m", s / 60.0)
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn tls_name(mode: TlsMode) -> &'static str {
+    match mode {
+        TlsMode::Disable => "disable",
+        TlsMode::Prefer => "prefer",
+        TlsMode::Require => "require",
+        TlsMode::VerifyCa => "verify-ca",
+        TlsMode::VerifyFull => "verify-full",
+    }
+}
+
+/// The Arrow type of a result column, and whether comparisons with it may run in
+/// MySQL; or the type's name and a conversion (`{c}`: the column) to suggest.
+fn arrow_type(c: &Column) -> Result<(DataType, bool), (String, &'static str)> {
+    use ColumnType as T;
+    let unsigned = c.flags().contains(ColumnFlags::UNSIGNED_FLAG);
+    let int = |signed: DataType, unsigned_type: DataType| {
+        Ok((if unsigned { unsigned_type } else { signed }, true))
+    };
+    match c.column_type() {
+        T::MYSQL_TYPE_TINY if c.column_length() == 1 => Ok((DataType::Boolean, true)),
+        T::MYSQL_TYPE_TINY => int(DataType::Int8, DataType::UInt8),
+        T::MYSQL_TYPE_SHORT => int(DataType::Int16, DataType::UInt16),
+        T::MYSQL_TYPE_INT24 | T::MYSQL_TYPE_LONG => int(DataType::Int32, DataType::UInt32),
+        T::MYSQL_TYPE_LONGLONG => int(DataType::Int64, DataType::UInt64),
+        T::MYSQL_TYPE_YEAR => Ok((DataType::Int16, true)),
+        // MySQL compares FLOAT columns as doubles: `f = 0.1` differs from DataFusion.
+        T::MYSQL_TYPE_FLOAT => Ok((DataType::Float32, false)),
+        T::MYSQL_TYPE_DOUBLE => Ok((DataType::Float64, true)),
+        T::MYSQL_TYPE_DECIMAL | T::MYSQL_TYPE_NEWDECIMAL => decimal_type(c, unsigned),
+        T::MYSQL_TYPE_DATE | T::MYSQL_TYPE_NEWDATE => Ok((DataType::Date32, true)),
+        T::MYSQL_TYPE_DATETIME | T::MYSQL_TYPE_DATETIME2 => {
+            Ok((DataType::Timestamp(TimeUnit::Microsecond, None), true))
+        }
+        T::MYSQL_TYPE_TIMESTAMP | T::MYSQL_TYPE_TIMESTAMP2 => Ok((
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        )),
+        T::MYSQL_TYPE_TIME | T::MYSQL_TYPE_TIME2 => {
+            Ok((DataType::Time64(TimeUnit::Microsecond), false))
+        }
+        T::MYSQL_TYPE_BIT if c.column_length() == 1 => Ok((DataType::Boolean, false)),
+        T::MYSQL_TYPE_BIT if c.column_length() <= 64 => Ok((DataType::UInt64, false)),
+        T::MYSQL_TYPE_JSON => Ok((DataType::Utf8, false)),
+        T::MYSQL_TYPE_NULL => Ok((DataType::Utf8, false)),
+        T::MYSQL_TYPE_ENUM | T::MYSQL_TYPE_SET => Ok((DataType::Utf8, true)),
+        T::MYSQL_TYPE_VARCHAR
+        | T::MYSQL_TYPE_VAR_STRING
+        | T::MYSQL_TYPE_STRING
+        | T::MYSQL_TYPE_TINY_BLOB
+        | T::MYSQL_TYPE_MEDIUM_BLOB
+        | T::MYSQL_TYPE_LONG_BLOB
+        | T::MYSQL_TYPE_BLOB => {
+            let text_flags = ColumnFlags::ENUM_FLAG | ColumnFlags::SET_FLAG;
+            if c.character_set() == 63 && !c.flags().intersects(text_flags) {
+                Ok((DataType::Binary, true))
+            } else {
+                Ok((DataType::Utf8, true))
+            }
+        }
+        T::MYSQL_TYPE_GEOMETRY => Err(("geometry".into(), "ST_AsText({c}) AS {c}")),
+        T::MYSQL_TYPE_BIT => Err((
+            format!("bit({})", c.column_length()),
+            "CAST({c} AS CHAR) AS {c}",
+        )),
+        T::MYSQL_TYPE_VECTOR => Err(("vector".into(), "VECTOR_TO_STRING({c}) AS {c}")),
+        other => Err((format!("{other:?}"), "CAST({c} AS CHAR) AS {c}")),
+    }
+}
+
+/// decimal(p,s): the column length counts the digits, the point (when s > 0)
+/// and the sign (when signed).
+fn decimal_type(c: &Column, unsigned: bool) -> Result<(DataType, bool), (String, &'static str)> {
+    let scale = c.decimals();
+    let length = c.column_length();
+    let precision = length
+        .saturating_sub(u32::from(scale > 0))
+        .saturating_sub(u32::from(!unsigned))
+        .max(u32::from(scale))
+        .max(1);
+    let hint = "CAST({c} AS DOUBLE) AS {c}";
+    if scale > 38 {
+        return Err((format!("decimal with scale {scale}"), hint));
+    }
+    let s = scale as i8;
+    match u8::try_from(precision) {
+        Ok(p) if p <= 38 => Ok((DataType::Decimal128(p, s), true)),
+        Ok(p) if p <= 76 => Ok((DataType::Decimal256(p, s), true)),
+        _ => Err((format!("decimal({precision},{scale})"), hint)),
+    }
+}
+
+/// A conversion error and, when there is a better one than the generic cast,
+/// a `query:` that reads the column anyway.
+struct Hint {
+    message: String,
+    fix: Option<&'static str>,
+}
+
+impl Hint {
+    fn none(message: String) -> Hint {
+        Hint { message, fix: None }
+    }
+
+    fn hint(&self, column: &str) -> String {
+        let fix = self.fix.unwrap_or("CAST({c} AS CHAR) AS {c}");
+        format!(
+            ": read it with `query: SELECT {}, ... FROM ...`",
+            fix.replace("{c}", column)
+        )
+    }
+}
+
+/// A binary-protocol value as a cell of `t`.
+fn cell<'v>(value: &'v Value, t: &DataType) -> Result<Cell<'v>, Hint> {
+    Ok(match (value, t) {
+        (Value::NULL, _) => Cell::Null,
+        (Value::Int(v), _) => Cell::Int(*v),
+        (Value::UInt(v), _) => Cell::UInt(*v),
+        (Value::Float(v), _) => Cell::Float(f64::from(*v)),
+        (Value::Double(v), _) => Cell::Float(*v),
+        // bit(1)
+        (Value::Bytes(b), DataType::Boolean) => Cell::Bool(b.iter().any(|x| *x != 0)),
+        // bit(n): big-endian bytes
+        (Value::Bytes(b), DataType::UInt64) if b.len() <= 8 => {
+            Cell::UInt(b.iter().fold(0u64, |acc, x| (acc << 8) | u64::from(*x)))
+        }
+        (Value::Bytes(b), _) => Cell::Bytes(b),
+        (Value::Date(y, m, d, h, i, s, us), DataType::Date32 | DataType::Timestamp(..)) => {
+            let zero = *y == 0 || *m == 0 || *d == 0;
+            let date = chrono::NaiveDate::from_ymd_opt(i32::from(*y), u32::from(*m), u32::from(*d))
+                .filter(|_| !zero);
+            let Some(date) = date else {
+                let text = format!("{y:04}-{m:02}-{d:02}");
+                return Err(Hint {
+                    message: format!("'{text}' is not a valid date"),
+                    fix: Some(if matches!(t, DataType::Date32) {
+                        "NULLIF({c}, '0000-00-00') AS {c}"
+                    } else {
+                        "NULLIF({c}, '0000-00-00 00:00:00') AS {c}"
+                    }),
+                });
+            };
+            if *t == DataType::Date32 {
+                let days = date.signed_duration_since(chrono::NaiveDate::default());
+                Cell::Date(
+                    i32::try_from(days.num_days())
+                        .map_err(|_| Hint::none(format!("{date} is out of range")))?,
+                )
+            } else {
+                let time = date
+                    .and_hms_micro_opt(u32::from(*h), u32::from(*i), u32::from(*s), *us)
+                    .ok_or_else(|| Hint::none(format!("{date} {h}:{i}:{s} is not a valid time")))?;
+                Cell::Micros(time.and_utc().timestamp_micros())
+            }
+        }
+        (Value::Time(negative, days, h, m, s, us), DataType::Time64(_)) => {
+            if *negative || *days > 0 {
+                let sign = if *negative { "-" } else { "" };
+                let hours = u64::from(*days) * 24 + u64::from(*h);
+                return Err(Hint {
+                    message: format!(
+                        "{sign}{hours}:{m:02}:{s:02} is not a time of day (negative or past 24 hours)"
+                    ),
+                    fix: Some("TIME_TO_SEC({c}) AS {c}"),
+                });
+            }
+            Cell::Micros(
+                ((i64::from(*h) * 60 + i64::from(*m)) * 60 + i64::from(*s)) * 1_000_000
+                    + i64::from(*us),
+            )
+        }
+        (other, t) => {
+            return Err(Hint::none(format!(
+                "{} cannot be read as {t}",
+                show_value(other)
+            )));
+        }
     })
+}
+
+fn show_value(v: &Value) -> String {
+    match v {
+        Value::Bytes(b) => show(&Cell::Bytes(b)),
+        other => other.as_sql(true),
+    }
+}
+
+/// Scans of one MySQL source.
+#[derive(Debug)]
+struct MysqlReader {
+    server: Arc<Server>,
+}
+
+impl Reader for MysqlReader {
+    fn read(&self, sql: String, schema: SchemaRef) -> SendableRecordBatchStream {
+        let (tx, stream) = super::sql::channel(schema.clone());
+        let server = self.server.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            match server.stream_rows(&sql, schema, &tx).await {
+                Ok(rows) => log_fetched(&server.source, rows, started),
+                Err(f) => {
+                    let _ = tx.send(Err(external(server.remote(f)))).await;
+                }
+            }
+        });
+        stream
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column(
+        t: ColumnType,
+        length: u32,
+        decimals: u8,
+        flags: ColumnFlags,
+        charset: u16,
+    ) -> Column {
+        Column::new(t)
+            .with_column_length(length)
+            .with_decimals(decimals)
+            .with_flags(flags)
+            .with_character_set(charset)
+    }
+
+    #[test]
+    fn column_types_map_to_arrow() {
+        use ColumnType as T;
+        let none = ColumnFlags::empty();
+        let unsigned = ColumnFlags::UNSIGNED_FLAG;
+        let ty = |c: Column| arrow_type(&c).map(|(t, _)| t);
+        assert_eq!(
+            ty(column(T::MYSQL_TYPE_TINY, 1, 0, none, 63)),
+            Ok(DataType::Boolean)
+        );
+        assert_eq!(
+            ty(column(T::MYSQL_TYPE_TINY, 4, 0, none, 63)),
+            Ok(DataType::Int8)
+        );
+        assert_eq!(
+            ty(column(T::MYSQL_TYPE_TINY, 3, 0, unsigned, 63)),
+            Ok(DataType::UInt8)
+        );
+        assert_eq!(
+            ty(column(T::MYSQL_TYPE_LONGLONG, 20, 0, unsigned, 63)),
+            Ok(DataType::UInt64)
+        );
+        // decimal(12,3): 12 digits, a point and a sign; decimal(5,2) unsigned: no sign.
+        assert_eq!(
+            ty(column(T::MYSQL_TYPE_NEWDECIMAL, 14, 3, none, 63)),
+            Ok(DataType::Decimal128(12, 3))
+        );
+        assert_eq!(
+            ty(column(T::MYSQL_TYPE_NEWDECIMAL, 6, 2, unsigned, 63)),
+            Ok(DataType::Decimal128(5, 2))
+        );
+        assert_eq!(
+            ty(column(T::MYSQL_TYPE_NEWDECIMAL, 11, 0, none, 63)),
+            Ok(DataType::Decimal128(10, 0))
+        );
+        assert_eq!(
+            ty(column(T::MYSQL_TYPE_NEWDECIMAL, 67, 30, none, 63)),
+            Ok(DataType::Decimal256(65, 30))
+        );
+        assert_eq!(
+            ty(column(T::MYSQL_TYPE_BLOB, 0, 0, none, 63)),
+            Ok(DataType::Binary)
+        );
+        assert_eq!(
+            ty(column(T::MYSQL_TYPE_BLOB, 0, 0, none, 45)),
+            Ok(DataType::Utf8)
+        );
+        assert_eq!(
+            ty(column(
+                T::MYSQL_TYPE_STRING,
+                3,
+                0,
+                ColumnFlags::ENUM_FLAG,
+                63
+            )),
+            Ok(DataType::Utf8)
+        );
+        assert_eq!(
+            ty(column(T::MYSQL_TYPE_JSON, 0, 0, none, 63)),
+            Ok(DataType::Utf8)
+        );
+        assert_eq!(
+            ty(column(T::MYSQL_TYPE_BIT, 1, 0, none, 63)),
+            Ok(DataType::Boolean)
+        );
+        assert_eq!(
+            ty(column(T::MYSQL_TYPE_BIT, 5, 0, none, 63)),
+            Ok(DataType::UInt64)
+        );
+        assert_eq!(
+            ty(column(T::MYSQL_TYPE_TIMESTAMP, 26, 6, none, 63)),
+            Ok(DataType::Timestamp(
+                TimeUnit::Microsecond,
+                Some("UTC".into())
+            ))
+        );
+        let geometry = arrow_type(&column(T::MYSQL_TYPE_GEOMETRY, 0, 0, none, 63)).unwrap_err();
+        assert_eq!(geometry.0, "geometry");
+        assert!(geometry.1.contains("ST_AsText"));
+    }
+
+    #[test]
+    fn values_become_cells() {
+        let ts = DataType::Timestamp(TimeUnit::Microsecond, None);
+        assert_eq!(
+            cell(&Value::Date(1970, 1, 2, 0, 0, 1, 5), &ts).ok(),
+            Some(Cell::Micros(86_401_000_005))
+        );
+        assert_eq!(
+            cell(&Value::Date(1970, 1, 2, 0, 0, 0, 0), &DataType::Date32).ok(),
+            Some(Cell::Date(1))
+        );
+        let zero = cell(&Value::Date(0, 0, 0, 0, 0, 0, 0), &DataType::Date32)
+            .err()
+            .unwrap();
+        assert!(zero.message.contains("'0000-00-00' is not a valid date"));
+        assert!(zero.hint("d").contains("NULLIF(d, '0000-00-00') AS d"));
+        let t = DataType::Time64(TimeUnit::Microsecond);
+        assert_eq!(
+            cell(&Value::Time(false, 0, 1, 2, 3, 4), &t).ok(),
+            Some(Cell::Micros(3_723_000_004))
+        );
+        let long = cell(&Value::Time(false, 1, 2, 0, 0, 0), &t).err().unwrap();
+        assert!(long.message.contains("26:00:00"), "{}", long.message);
+        assert!(long.hint("t").contains("TIME_TO_SEC(t)"));
+        assert_eq!(
+            cell(&Value::Bytes(vec![1, 2]), &DataType::UInt64).ok(),
+            Some(Cell::UInt(258))
+        );
+    }
+
+    #[test]
+    fn messages_never_show_the_password() {
+        let cfg = DatabaseSource {
+            kind: crate::config::DatabaseKind::Mysql,
+            url: "mariadb://kpi:s3cr3t-pw@db.example:3307/shop".into(),
+            relation: Relation::Table("orders".into()),
+            tls: TlsMode::Prefer,
+            ca: None,
+            connect_timeout: Duration::from_secs(1),
+            query_timeout: Duration::from_secs(1),
+            retries: 0,
+        };
+        let server = Server::new("shop", &cfg).unwrap();
+        assert_eq!(server.at(), "db.example:3307 (database shop, user 'kpi')");
+        let e = server.remote(Failure::new("echo s3cr3t-pw", false));
+        assert_eq!(e.to_string(), "source `shop`: echo ***");
+        assert!(!format!("{server:?}").contains("s3cr3t"));
+    }
 }

@@ -2,6 +2,7 @@
 //! real `kpiforge` binary on files in temporary folders.
 
 mod config_errors;
+mod databases;
 mod demo;
 mod files;
 mod http;
