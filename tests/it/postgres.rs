@@ -182,8 +182,8 @@ async fn table_sources_push_projection_and_filters_into_the_sql() {
     // The SQL sent names only the needed columns and carries the WHERE clause.
     let sent = plan
         .lines()
-        .find(|l| l.contains("SqlExec"))
-        .unwrap_or_else(|| panic!("no SqlExec in\n{plan}"));
+        .find(|l| l.contains("PostgresScan"))
+        .unwrap_or_else(|| panic!("no PostgresScan in\n{plan}"));
     assert!(sent.contains("\"bucket\" = 3"), "{sent}");
     assert!(
         !sent.contains("amount") && !sent.contains("created"),
