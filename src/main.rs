@@ -250,8 +250,23 @@ fn print_report(report: &kpiforge::RunReport) {
         report.elapsed.as_secs_f64()
     );
     for s in &report.sources {
-        let rows = s.rows.map_or("-".to_string(), |r| r.to_string());
-        out!("  source {:<28} {:>10} rows  {}", s.name, rows, s.kind);
+        match s.rows {
+            Some(rows) if s.pull.is_some() => {
+                out!(
+                    "  source {:<28} {:>10} new rows  {} (incremental)",
+                    s.name,
+                    rows,
+                    s.kind
+                )
+            }
+            Some(rows) => out!("  source {:<28} {:>10} rows  {}", s.name, rows, s.kind),
+            None => out!(
+                "  source {:<28} {:>10}       {} (read in place by each query)",
+                s.name,
+                "",
+                s.kind
+            ),
+        }
     }
     for lint in &report.lints {
         err!("{lint}");

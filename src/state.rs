@@ -161,23 +161,6 @@ impl StateStore {
             message: e.to_string(),
         })
     }
-
-    /// Forgets a source's watermark and cache (a full pull next time).
-    pub fn reset(&mut self, pipeline: &str, source: &str) -> Result<(), StateError> {
-        self.conn
-            .execute(
-                "DELETE FROM watermarks WHERE pipeline = ?1 AND source = ?2",
-                params![pipeline, source],
-            )
-            .and_then(|_| {
-                self.conn.execute(
-                    "DELETE FROM cache_parts WHERE pipeline = ?1 AND source = ?2",
-                    params![pipeline, source],
-                )
-            })
-            .map(|_| ())
-            .map_err(|e| self.fail(e))
-    }
 }
 
 #[cfg(test)]

@@ -8,12 +8,13 @@
 //! ([`Pull::commit`]); a run that fails deletes the file and the next run pulls
 //! the same rows again.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use datafusion::arrow::array::Array;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
@@ -38,6 +39,8 @@ pub struct Pull {
     rows: u64,
     watermark: Option<Watermark>,
     committed: AtomicBool,
+    /// Held from the pull to its commit or drop: one run at a time per source.
+    _lock: File,
 }
 
 impl Pull {
@@ -50,10 +53,12 @@ impl Pull {
         };
         let part = match &self.staged {
             Some((staged, done)) => {
-                std::fs::rename(staged, done).map_err(|e| SourceError::Config {
-                    name: self.source.clone(),
-                    message: format!("cannot move {} into the cache: {e}", staged.display()),
-                })?;
+                std::fs::rename(staged, done)
+                    .and_then(|_| sync_dir(done))
+                    .map_err(|e| SourceError::Config {
+                        name: self.source.clone(),
+                        message: format!("cannot move {} into the cache: {e}", staged.display()),
+                    })?;
                 done.file_name().map(|f| f.to_string_lossy().into_owned())
             }
             None => None,
@@ -99,45 +104,79 @@ pub async fn register(
     };
     let store = StateStore::open(&pipeline.state)?;
     let dir = store.cache_dir(&pipeline.name, name);
-    std::fs::create_dir_all(&dir).map_err(|e| SourceError::Config {
+    let config = |message: String| SourceError::Config {
         name: name.to_string(),
-        message: format!("cannot create the cache folder {}: {e}", dir.display()),
+        message,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        config(format!(
+            "cannot create the cache folder {}: {e}",
+            dir.display()
+        ))
     })?;
+    let lock = lock(&dir).map_err(config)?;
     let parts = store.cache_parts(&pipeline.name, name)?;
+    // Safe under the lock: no other run is pulling this source.
     remove_strays(&dir, &parts);
+    let mut files = Vec::new();
+    for part in &parts {
+        let path = dir.join(part);
+        if !path.is_file() {
+            return Err(config(format!(
+                "the cache file {} that the state store lists is missing: restore it, or start over \
+                 by deleting the folder {} and this source's rows in the tables `watermarks` and \
+                 `cache_parts` of {}",
+                path.display(),
+                dir.display(),
+                pipeline.state.display()
+            )));
+        }
+        files.push(path.to_string_lossy().into_owned());
+    }
 
     let schema = remote.schema();
     let Ok(field) = schema.field_with_name(&incremental.column) else {
         let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-        return Err(SourceError::Config {
-            name: name.to_string(),
-            message: format!(
-                "the incremental column `{}` is not in the source; {}",
-                incremental.column,
-                crate::config::checks::column_hint(&incremental.column, &columns)
-            ),
-        });
+        return Err(config(format!(
+            "the incremental column `{}` is not in the source; {}",
+            incremental.column,
+            crate::config::checks::column_hint(&incremental.column, &columns)
+        )));
     };
+    if !orderable(field.data_type()) {
+        return Err(config(format!(
+            "the incremental column `{}` is {}: a watermark needs an integer, decimal, date or \
+             timestamp column that grows with new and changed rows",
+            incremental.column,
+            field.data_type()
+        )));
+    }
     let mut fresh = ctx.read_table(remote.clone()).map_err(engine)?;
     if let Some(w) = &previous {
         if w.column != incremental.column {
-            return Err(SourceError::Config {
-                name: name.to_string(),
-                message: format!(
-                    "the watermark was kept for column `{}`, not `{}`: run `kpiforge reset-watermark` or delete the source's rows in {}",
-                    w.column,
-                    incremental.column,
-                    pipeline.state.display()
-                ),
-            });
+            return Err(config(format!(
+                "the watermark was kept for column `{}`, not `{}`: start over by deleting the folder \
+                 {} and this source's rows in the tables `watermarks` and `cache_parts` of {}",
+                w.column,
+                incremental.column,
+                dir.display(),
+                pipeline.state.display()
+            )));
         }
-        // Pushed into the database's WHERE clause by its provider.
+        // Pushed into the database's WHERE clause by its provider. With a key,
+        // rows at the watermark itself are fetched again (a row committed late
+        // with the same value is not lost) and replace their copies.
+        let column = col(format!("\"{}\"", incremental.column));
         let bound = cast(lit(w.value.clone()), field.data_type().clone());
-        fresh = fresh
-            .filter(col(format!("\"{}\"", incremental.column)).gt(bound))
-            .map_err(engine)?;
+        let past = if source.key.is_empty() {
+            column.gt(bound)
+        } else {
+            column.gt_eq(bound)
+        };
+        fresh = fresh.filter(past).map_err(engine)?;
     }
 
+    // Sorts in pull order: it breaks ties between copies of a row.
     let token = format!(
         "{}-{}",
         chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"),
@@ -145,9 +184,14 @@ pub async fn register(
     );
     let staged = dir.join(format!("staged-{token}.parquet"));
     let done = dir.join(format!("part-{token}.parquet"));
-    let (rows, max) = write_parquet(ctx, fresh, &staged, &schema, &incremental.column)
-        .await
-        .map_err(engine)?;
+    let written = write_parquet(ctx, fresh, &staged, &schema, &token, &incremental.column).await;
+    let (rows, max) = match written {
+        Ok(written) => written,
+        Err(e) => {
+            let _ = std::fs::remove_file(&staged);
+            return Err(engine(e));
+        }
+    };
     let watermark = match max {
         Some(value) => Some(Watermark {
             column: incremental.column.clone(),
@@ -162,12 +206,6 @@ pub async fn register(
         "incremental pull"
     );
 
-    let mut files: Vec<String> = parts
-        .iter()
-        .map(|p| dir.join(p))
-        .filter(|p| p.is_file())
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
     let staged = if rows > 0 {
         files.push(staged.to_string_lossy().into_owned());
         Some((staged, done))
@@ -183,23 +221,37 @@ pub async fn register(
         rows,
         watermark,
         committed: AtomicBool::new(false),
+        _lock: lock,
     };
 
-    let history = if files.is_empty() {
-        ctx.read_table(Arc::new(
-            MemTable::try_new(schema.clone(), vec![vec![]]).map_err(engine)?,
-        ))
-        .map_err(engine)?
-    } else {
-        let options = ParquetReadOptions::default().schema(&schema);
-        ctx.read_parquet(files, options).await.map_err(engine)?
-    };
+    if files.is_empty() {
+        let empty = MemTable::try_new(schema.clone(), vec![vec![]]).map_err(engine)?;
+        ctx.register_table(name, Arc::new(empty)).map_err(engine)?;
+        return Ok(SourceTable {
+            name: name.to_string(),
+            kind: "incremental",
+            schema,
+            rows: Some(0),
+            in_memory: false,
+            pull: Some(Arc::new(pull)),
+        });
+    }
+    let cached = cached_schema(&schema);
+    let options = ParquetReadOptions::default().schema(&cached);
+    let history = ctx.read_parquet(files, options).await.map_err(engine)?;
     let table = if source.key.is_empty() {
-        history
+        history.drop_columns(&[PULL_COLUMN]).map_err(engine)?
     } else {
-        latest_per_key(ctx, history, name, &source.key, &incremental.column)
-            .await
-            .map_err(engine)?
+        latest_per_key(
+            ctx,
+            history,
+            name,
+            &schema,
+            &source.key,
+            &incremental.column,
+        )
+        .await
+        .map_err(engine)?
     };
     ctx.register_table(name, table.into_view())
         .map_err(engine)?;
@@ -220,27 +272,27 @@ async fn write_parquet(
     frame: datafusion::prelude::DataFrame,
     path: &std::path::Path,
     schema: &SchemaRef,
+    token: &str,
     column: &str,
 ) -> Result<(u64, Option<String>), DataFusionError> {
-    let file = std::fs::File::create(path)?;
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), None)?;
+    let file = File::create(path)?;
+    let cached = cached_schema(schema);
+    let mut writer = ArrowWriter::try_new(file, cached.clone(), None)?;
     let mut stream = frame.execute_stream().await?;
     let mut rows = 0u64;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         rows += batch.num_rows() as u64;
         // The remote's batches may carry a narrower schema (nullability, metadata).
-        let batch = datafusion::arrow::record_batch::RecordBatch::try_new(
-            schema.clone(),
-            batch.columns().to_vec(),
-        )?;
-        writer.write(&batch)?;
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(StringArray::from(vec![token; batch.num_rows()])));
+        writer.write(&RecordBatch::try_new(cached.clone(), columns)?)?;
     }
-    writer.close()?;
+    writer.into_inner()?.sync_all()?;
     if rows == 0 {
         return Ok((0, None));
     }
-    let options = ParquetReadOptions::default().schema(schema);
+    let options = ParquetReadOptions::default().schema(&cached);
     let max = ctx
         .read_parquet(path.to_string_lossy().into_owned(), options)
         .await?
@@ -268,6 +320,7 @@ async fn latest_per_key(
     ctx: &SessionContext,
     history: datafusion::prelude::DataFrame,
     source: &str,
+    schema: &SchemaRef,
     key: &[String],
     column: &str,
 ) -> Result<datafusion::prelude::DataFrame, DataFusionError> {
@@ -275,10 +328,23 @@ async fn latest_per_key(
     let view = format!("__kpiforge_history_{source}");
     ctx.register_table(&view, history.into_view())?;
     let partition: Vec<String> = key.iter().map(|k| quote(k)).collect();
+    let null_key = partition
+        .iter()
+        .map(|k| format!("{k} IS NULL"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let columns: Vec<String> = schema.fields().iter().map(|f| quote(f.name())).collect();
+    // Per key, the copy with the greatest value (NULLs last: a copy without a
+    // value never beats one with a value), then the latest pull. Rows whose key
+    // is NULL cannot be told apart by it: identical copies count once.
     let sql = format!(
-        "SELECT * EXCLUDE (__kpiforge_rank) FROM (SELECT *, row_number() OVER (PARTITION BY {} ORDER BY {} DESC) AS __kpiforge_rank FROM {view}) WHERE __kpiforge_rank = 1",
-        partition.join(", "),
-        quote(column)
+        "SELECT {columns} FROM (SELECT *, row_number() OVER (PARTITION BY {partition} \
+         ORDER BY {order} DESC NULLS LAST, {PULL_COLUMN} DESC) AS __kpiforge_rank FROM {view}) \
+         WHERE __kpiforge_rank = 1 AND NOT ({null_key}) \
+         UNION ALL SELECT DISTINCT {columns} FROM {view} WHERE {null_key}",
+        columns = columns.join(", "),
+        partition = partition.join(", "),
+        order = quote(column)
     );
     let frame = ctx.sql(&sql).await?;
     // The view stays reachable through the plan; the name is no longer needed.
@@ -286,9 +352,56 @@ async fn latest_per_key(
     Ok(frame)
 }
 
+/// A column of the cache files: the pull that brought the row.
+const PULL_COLUMN: &str = "__kpiforge_pull";
+
+/// The source's schema plus [`PULL_COLUMN`].
+fn cached_schema(schema: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+    fields.push(Arc::new(Field::new(PULL_COLUMN, DataType::Utf8, false)));
+    Arc::new(Schema::new(fields))
+}
+
+/// Types whose order is the same in DataFusion and in every database (text
+/// collations and float comparisons differ), and whose text form casts back
+/// exactly.
+fn orderable(t: &DataType) -> bool {
+    t.is_integer()
+        || matches!(
+            t,
+            DataType::Decimal128(..)
+                | DataType::Decimal256(..)
+                | DataType::Date32
+                | DataType::Date64
+                | DataType::Timestamp(..)
+        )
+}
+
+/// Takes the source's lock, or says which run holds it.
+fn lock(dir: &Path) -> Result<File, String> {
+    let path = dir.join(".lock");
+    let file = File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "another run is pulling this source now (it holds {}): wait for it to finish",
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
+/// Makes a rename durable: the folder's entry is written out too.
+fn sync_dir(file: &Path) -> std::io::Result<()> {
+    match file.parent() {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
 /// Files a crashed or failed run left behind: staged pulls, and parts the store
 /// does not list.
-fn remove_strays(dir: &std::path::Path, parts: &[String]) {
+fn remove_strays(dir: &Path, parts: &[String]) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

@@ -22,17 +22,9 @@ use super::util::{project, published_values, stderr, stdout};
 
 // ---------------------------------------------------------------- helpers
 
-const SKIP: &str = "skipped: KPIFORGE_TEST_MYSQL_URL is not set";
-
 /// The test server's URL, or `None` (and a note) to skip.
 fn mysql_url(test: &str) -> Option<String> {
-    match std::env::var("KPIFORGE_TEST_MYSQL_URL") {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            eprintln!("{test}: {SKIP}");
-            None
-        }
-    }
+    super::util::server_url("KPIFORGE_TEST_MYSQL_URL", test)
 }
 
 /// A name no other test (or run) uses.

@@ -93,7 +93,8 @@ async fn postgres_pulls_only_new_rows_and_advances_only_on_publish() {
     .await;
     let second = run(dir.path(), "2026-12-01", &env);
     assert!(second.status.success(), "{}", stderr(&second));
-    assert_eq!(pulled(&second), 3, "only the new and updated rows");
+    // The new and updated rows, and (with a key) the row at the watermark again.
+    assert_eq!(pulled(&second), 4);
     // October: 12 (updated) + 20; November: 30 + 5 + 7.
     assert_eq!(values("2026-12-01"), [Some(32.0), Some(42.0)]);
     assert_eq!(
@@ -136,17 +137,88 @@ async fn postgres_pulls_only_new_rows_and_advances_only_on_publish() {
 
     let third = run(dir.path(), "2026-12-03", &env);
     assert!(third.status.success(), "{}", stderr(&third));
-    assert_eq!(pulled(&third), 1);
+    assert_eq!(pulled(&third), 2);
     assert_eq!(values("2026-12-03"), [Some(32.0), Some(142.0)]);
     assert_eq!(
         watermark(dir.path()).as_deref(),
         Some("2026-11-20T09:00:00Z")
     );
 
-    // Nothing new: nothing pulled, same results.
+    // Nothing new: only the row at the watermark, same results.
     let fourth = run(dir.path(), "2026-12-04", &env);
     assert!(fourth.status.success(), "{}", stderr(&fourth));
-    assert_eq!(pulled(&fourth), 0);
+    assert_eq!(pulled(&fourth), 1);
     assert_eq!(values("2026-12-04"), [Some(32.0), Some(142.0)]);
     execute(&url, &format!("DROP TABLE {t}")).await;
+}
+
+/// SQLite, keyed: a row first pulled without a value in the incremental column
+/// is replaced by its later copy (NULLs never win), rows with a NULL key are all
+/// kept, a second run of the same source waits for the first's lock, and a
+/// cache file the store lists but the disk lost is an error, not lost rows.
+#[test]
+fn sqlite_keyed_pulls_replace_older_copies_and_guard_the_cache() {
+    let dir = project(&[
+        (
+            "pipelines/p.yaml",
+            "name: p\noutput: out\nsources:\n  orders:\n    sqlite: {path: hr.sqlite, table: orders}\n    incremental: {column: version}\n    key: [id]\nkpis:\n  - id: total\n    sql: sql/k.sql\n    grain: month\n",
+        ),
+        (
+            "sql/k.sql",
+            "SELECT DATE '2026-11-01' AS period, CAST(sum(amount) AS DOUBLE) AS value FROM orders",
+        ),
+    ]);
+    let db = rusqlite::Connection::open(dir.path().join("hr.sqlite")).unwrap();
+    db.execute_batch(
+        "CREATE TABLE orders (id INTEGER, amount INTEGER, version INTEGER);
+         INSERT INTO orders VALUES (1, 10, NULL), (2, 20, 1), (NULL, 5, 1), (NULL, 6, 2);",
+    )
+    .unwrap();
+    let total = |as_of: &str| {
+        published_values(&dir.path().join(format!(
+            "out/kpi_values/pipeline=p/as_of={as_of}/part-0.parquet"
+        )))
+    };
+    let first = run(dir.path(), "2026-11-28", &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(pulled(&first), 4);
+    assert_eq!(total("2026-11-28"), [Some(41.0)]);
+
+    db.execute_batch("UPDATE orders SET amount = 100, version = 3 WHERE id = 1;")
+        .unwrap();
+    let second = run(dir.path(), "2026-11-29", &[]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    // version >= 2: the updated row and the NULL-key row at the watermark.
+    assert_eq!(pulled(&second), 2);
+    // 100 (id 1's new copy beats its NULL-version copy) + 20 + 5 + 6.
+    assert_eq!(total("2026-11-29"), [Some(131.0)]);
+
+    // Another run holds the source's lock.
+    let lock = std::fs::File::create(dir.path().join(".kpiforge/cache/p/orders/.lock")).unwrap();
+    lock.try_lock().unwrap();
+    let blocked = run(dir.path(), "2026-11-30", &[]);
+    assert!(!blocked.status.success());
+    assert!(
+        stderr(&blocked).contains("another run is pulling this source now"),
+        "{}",
+        stderr(&blocked)
+    );
+    drop(lock);
+
+    // A listed cache file that went missing.
+    let cache = dir.path().join(".kpiforge/cache/p/orders");
+    let part = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("part-"))
+        .unwrap()
+        .path();
+    std::fs::remove_file(&part).unwrap();
+    let broken = run(dir.path(), "2026-11-30", &[]);
+    assert!(!broken.status.success());
+    assert!(
+        stderr(&broken).contains("that the state store lists is missing"),
+        "{}",
+        stderr(&broken)
+    );
 }

@@ -243,3 +243,19 @@ pub fn run_measuring_peak_rss(mut command: Command) -> (Output, f64) {
     };
     (output, peak_kib as f64 / 1024.0)
 }
+
+/// A test server's URL from environment variable `var`, or `None` after saying
+/// the test skips. In CI (`CI` set) the server is required: `.ci/run` sets both.
+pub fn server_url(var: &str, test: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test}: {var} must be set in CI (.ci/run sets it)"
+            );
+            eprintln!("{test}: skipped: {var} is not set");
+            None
+        }
+    }
+}
