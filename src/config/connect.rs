@@ -96,8 +96,8 @@ pub enum Relation {
     Query(String),
 }
 
-/// A checked database source.
-#[derive(Debug, Clone)]
+/// A checked database source. Its `Debug` shows the URL without the password.
+#[derive(Clone)]
 pub struct DatabaseSource {
     pub kind: DatabaseKind,
     /// The connection URL, password included (never print it: use [`Self::display`]).
@@ -118,22 +118,42 @@ impl DatabaseSource {
     }
 }
 
-/// `scheme://user:secret@host/db` -> `scheme://user@host/db`; anything else unchanged.
+impl std::fmt::Debug for DatabaseSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSource")
+            .field("kind", &self.kind)
+            .field("url", &self.display())
+            .field("relation", &self.relation)
+            .field("tls", &self.tls)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("query_timeout", &self.query_timeout)
+            .field("retries", &self.retries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `scheme://user:secret@host/db` -> `scheme://user@host/db`; anything else
+/// unchanged. The user part ends at the *last* `@`, so a password holding an
+/// unencoded `@`, `/` or `?` is still cut out whole.
 pub fn strip_password(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_string();
     };
     let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
+    match rest.rfind('@') {
         Some(at) => {
-            let user_info = &authority[..at];
-            let user = user_info.split(':').next().unwrap_or("");
+            let user = rest[..at].split(':').next().unwrap_or("");
             format!("{}://{}@{}", &url[..scheme_end], user, &rest[at + 1..])
         }
         None => url.to_string(),
     }
+}
+
+/// A password that a URL parser would split: `/`, `?` or `#` before the last `@`.
+fn password_needs_encoding(url: &str) -> Option<char> {
+    let rest = &url[url.find("://")? + 3..];
+    let user_info = &rest[..rest.rfind('@')?];
+    user_info.chars().find(|c| matches!(c, '/' | '?' | '#'))
 }
 
 pub fn check_database(
@@ -175,6 +195,18 @@ pub fn check_database(
         }
         (_, Some(url), None) => match interpolate(&url, &format!("{path}.url")) {
             Ok(url) => {
+                if let Some(c) = password_needs_encoding(&url) {
+                    problems.push(
+                        Problem::new(
+                            format!("{path}.url"),
+                            format!("the URL's user or password holds `{c}`, which ends it early"),
+                        )
+                        .hint(format!(
+                            "percent-encode it in the URL: `{c}` is %{:02X}",
+                            c as u32
+                        )),
+                    );
+                }
                 let scheme = url.split("://").next().unwrap_or("");
                 let expected: &[&str] = match kind {
                     DatabaseKind::Postgres => &["postgres", "postgresql"],
@@ -736,6 +768,10 @@ mod tests {
             "mysql://root@127.0.0.1/test"
         );
         assert_eq!(strip_password("mysql://u:p@ss@h/db"), "mysql://u@h/db");
+        // Unencoded `/` and `?` in a password: still cut out whole.
+        assert_eq!(strip_password("postgres://u:12/ab?c@h:5432/db"), "postgres://u@h:5432/db");
+        assert_eq!(password_needs_encoding("postgres://u:12/ab@h/db"), Some('/'));
+        assert_eq!(password_needs_encoding("postgres://u:12%2Fab@h/db"), None);
         assert_eq!(strip_password("/tmp/x.sqlite"), "/tmp/x.sqlite");
     }
 }

@@ -118,10 +118,16 @@ impl Target {
             .to_string();
         let database = percent_decode(parsed.path().trim_start_matches('/'));
         let user = percent_decode(parsed.username());
-        let sslmode = parsed
-            .query_pairs()
-            .find(|(k, _)| k == "sslmode")
-            .map(|(_, v)| v.into_owned());
+        let sslmode = match parsed.query_pairs().find(|(k, _)| k == "sslmode") {
+            None => None,
+            Some((_, v)) => {
+                let mode = v.to_ascii_lowercase();
+                if !["disable", "prefer", "require", "verify-ca", "verify-full"].contains(&mode.as_str()) {
+                    return Err(bad("has an unknown sslmode"));
+                }
+                Some(mode)
+            }
+        };
         Ok(Target {
             host,
             port: parsed.port().unwrap_or(5432),
@@ -215,7 +221,12 @@ async fn connect(
         .await;
         let failure = match outcome {
             Ok(Ok(pool)) => {
-                return Ok(pool.with_unsupported_type_action(UnsupportedTypeAction::String));
+                let pool = pool.with_unsupported_type_action(UnsupportedTypeAction::String);
+                check_utc(&pool).await.map_err(|message| SourceError::Remote {
+                    name: name.to_string(),
+                    message: format!("{message} (PostgreSQL {})", target.describe()),
+                })?;
+                return Ok(pool);
             }
             Ok(Err(e)) => classify(&e, target),
             Err(_) => Failure {
@@ -247,6 +258,31 @@ async fn connect(
         );
         tokio::time::sleep(wait).await;
         attempt += 1;
+    }
+}
+
+/// Timestamp filters are pushed as UTC literals: a session in another zone
+/// (a pooler such as PgBouncer may drop the startup option) would compare them
+/// wrongly, so that is an error rather than wrong rows.
+async fn check_utc(pool: &PostgresConnectionPool) -> Result<(), String> {
+    let conn = pool
+        .connect_direct()
+        .await
+        .map_err(|e| first_line(&e.to_string()).to_string())?;
+    let zone: String = conn
+        .conn
+        .query_one("SHOW TimeZone", &[])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| db_message(&e))?;
+    if zone.eq_ignore_ascii_case("UTC") || zone.eq_ignore_ascii_case("Etc/UTC") {
+        Ok(())
+    } else {
+        Err(format!(
+            "the session's time zone is `{zone}`, not UTC: the server (or a pooler in front of it) \
+             ignored the startup option `-c TimeZone=UTC`; connect directly, or allow the `options` \
+             startup parameter in the pooler"
+        ))
     }
 }
 

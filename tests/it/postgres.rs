@@ -323,6 +323,7 @@ fn the_password_never_reaches_logs_errors_or_outputs() {
     let secret = "Zq9-very-secret-pw";
     // Trust authentication accepts the password, so the run succeeds with it.
     let with_password = url.replacen("://postgres@", &format!("://postgres:{secret}@"), 1);
+    assert!(with_password.contains(secret), "the test URL must be postgres://postgres@...: {url}");
     let closed = format!("postgres://postgres:{secret}@127.0.0.1:1/test");
     let sql = "SELECT CAST(DATE '2026-11-01' AS DATE) AS period, CAST(count(*) AS DOUBLE) AS value FROM s";
     for (database_url, succeeds) in [(with_password.as_str(), true), (closed.as_str(), false)] {
@@ -455,4 +456,35 @@ async fn tls_modes_reach_the_server() {
         err.contains("TLS with 127.0.0.1:5432 failed") && err.contains("tls: {ca:"),
         "{err}"
     );
+}
+
+/// A `query:` with its own WHERE, ORDER BY, LIMIT and a trailing comment, read
+/// with filters, sorting and counting around it: the query's own LIMIT applies
+/// first (the source is its result), and nothing is pasted into its text.
+#[tokio::test]
+async fn query_sources_keep_their_own_where_order_limit_and_comments() {
+    let Some(url) = url() else { return };
+    let t = unique("qlimit");
+    execute(
+        &url,
+        &format!(
+            "CREATE TABLE {t} AS SELECT g AS id, CASE WHEN g % 2 = 0 THEN 'even where limit' ELSE 'odd' END AS kind
+             FROM generate_series(1, 100) g;"
+        ),
+    )
+    .await;
+    let query = format!(
+        "SELECT id, kind FROM {t} WHERE kind <> ' LIMIT ' ORDER BY id DESC LIMIT 10 -- the ten newest"
+    );
+    let ctx = register(&format!(
+        "    postgres:\n      url: \"{url}\"\n      tls: {{mode: disable}}\n      query: \"{query}\""
+    ))
+    .await
+    .unwrap();
+    let sorted = collect(&ctx, "SELECT id FROM src WHERE kind = 'even where limit' ORDER BY id LIMIT 3").await;
+    let counted = collect(&ctx, "SELECT count(*) AS n FROM src WHERE id > 95").await;
+    execute(&url, &format!("DROP TABLE {t}")).await;
+    // The ten newest are 91..=100; the even ones, ascending, first three.
+    assert_eq!(texts(&sorted, "id"), [Some("92".into()), Some("94".into()), Some("96".into())]);
+    assert_eq!(texts(&counted, "n"), [Some("5".into())]);
 }
