@@ -769,8 +769,14 @@ mod tests {
         );
         assert_eq!(strip_password("mysql://u:p@ss@h/db"), "mysql://u@h/db");
         // Unencoded `/` and `?` in a password: still cut out whole.
-        assert_eq!(strip_password("postgres://u:12/ab?c@h:5432/db"), "postgres://u@h:5432/db");
-        assert_eq!(password_needs_encoding("postgres://u:12/ab@h/db"), Some('/'));
+        assert_eq!(
+            strip_password("postgres://u:12/ab?c@h:5432/db"),
+            "postgres://u@h:5432/db"
+        );
+        assert_eq!(
+            password_needs_encoding("postgres://u:12/ab@h/db"),
+            Some('/')
+        );
         assert_eq!(password_needs_encoding("postgres://u:12%2Fab@h/db"), None);
         assert_eq!(strip_password("/tmp/x.sqlite"), "/tmp/x.sqlite");
     }

@@ -122,7 +122,9 @@ impl Target {
             None => None,
             Some((_, v)) => {
                 let mode = v.to_ascii_lowercase();
-                if !["disable", "prefer", "require", "verify-ca", "verify-full"].contains(&mode.as_str()) {
+                if !["disable", "prefer", "require", "verify-ca", "verify-full"]
+                    .contains(&mode.as_str())
+                {
                     return Err(bad("has an unknown sslmode"));
                 }
                 Some(mode)
@@ -222,10 +224,12 @@ async fn connect(
         let failure = match outcome {
             Ok(Ok(pool)) => {
                 let pool = pool.with_unsupported_type_action(UnsupportedTypeAction::String);
-                check_utc(&pool).await.map_err(|message| SourceError::Remote {
-                    name: name.to_string(),
-                    message: format!("{message} (PostgreSQL {})", target.describe()),
-                })?;
+                check_utc(&pool)
+                    .await
+                    .map_err(|message| SourceError::Remote {
+                        name: name.to_string(),
+                        message: format!("{message} (PostgreSQL {})", target.describe()),
+                    })?;
                 return Ok(pool);
             }
             Ok(Err(e)) => classify(&e, target),

@@ -23,18 +23,11 @@ use super::util::{project, published_values, stderr, stdout};
 // ---------------------------------------------------------------- helpers
 
 /// The test server's URL, or `None` (and a note) to skip.
-fn mysql_url(test: &str) -> Option<String> {
+pub fn mysql_url(test: &str) -> Option<String> {
     super::util::server_url("KPIFORGE_TEST_MYSQL_URL", test)
 }
 
-/// A name no other test (or run) uses.
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("kpf_{prefix}_{}_{nanos}", std::process::id())
-}
+use super::util::unique;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -44,7 +37,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Runs statements in order on one connection (so `SET time_zone` applies to the next).
-fn mysql_exec(url: &str, statements: &[&str]) {
+pub fn mysql_exec(url: &str, statements: &[&str]) {
     runtime().block_on(async {
         let opts = mysql_async::Opts::from_url(url).unwrap();
         let mut conn = mysql_async::Conn::new(opts).await.unwrap();
@@ -240,52 +233,15 @@ fn published(dir: &Path) -> Vec<Option<f64>> {
 
 const RUN: [&str; 4] = ["run", "pipelines/p.yaml", "--as-of", "2026-12-31"];
 
-/// Runs the binary and measures its peak resident memory in KiB: with
-/// `/usr/bin/time` when present, else by polling `VmHWM` in /proc.
+/// Runs the binary with debug logs and measures its peak resident memory in KiB.
 fn run_measuring_rss(dir: &Path, args: &[&str]) -> (Output, u64) {
-    let bin = env!("CARGO_BIN_EXE_kpiforge");
-    let time = Path::new("/usr/bin/time");
-    if time.exists() {
-        let report = dir.join("rss.txt");
-        let out = Command::new(time)
-            .args(["-f", "%M", "-o", report.to_str().unwrap(), bin])
-            .args(args)
-            .current_dir(dir)
-            .env("KPIFORGE_LOG", "kpiforge=debug")
-            .output()
-            .unwrap();
-        let text = std::fs::read_to_string(report).unwrap();
-        let kib = text
-            .lines()
-            .filter_map(|l| l.trim().parse::<u64>().ok())
-            .next_back()
-            .unwrap_or_else(|| panic!("no figure in {text:?}"));
-        return (out, kib);
-    }
-    let mut child = Command::new(bin)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kpiforge"));
+    command
         .args(args)
         .current_dir(dir)
-        .env("KPIFORGE_LOG", "kpiforge=debug")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = format!("/proc/{}/status", child.id());
-    let mut peak = 0;
-    while child.try_wait().unwrap().is_none() {
-        if let Ok(s) = std::fs::read_to_string(&status)
-            && let Some(line) = s.lines().find(|l| l.starts_with("VmHWM:"))
-        {
-            let kib: u64 = line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            peak = peak.max(kib);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child.wait_with_output().unwrap(), peak)
+        .env("KPIFORGE_LOG", "kpiforge=debug");
+    let (out, mib) = super::util::run_measuring_peak_rss(command);
+    (out, (mib * 1024.0) as u64)
 }
 
 /// `SELECT` of the numbers 0..10^digits, for generating rows server-side.

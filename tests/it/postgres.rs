@@ -8,7 +8,7 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::SessionContext;
 use kpiforge::source::Mode;
 
-use super::util::{project, stderr};
+use super::util::{project, stderr, unique};
 
 /// The server URL, or `None` after saying why the test is skipped.
 pub fn url() -> Option<String> {
@@ -61,17 +61,6 @@ pub fn texts(batches: &[RecordBatch], column: &str) -> Vec<Option<String>> {
         out.extend((0..array.len()).map(|i| array.is_valid(i).then(|| f.value(i).to_string())));
     }
     out
-}
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    )
 }
 
 #[tokio::test]
@@ -323,7 +312,10 @@ fn the_password_never_reaches_logs_errors_or_outputs() {
     let secret = "Zq9-very-secret-pw";
     // Trust authentication accepts the password, so the run succeeds with it.
     let with_password = url.replacen("://postgres@", &format!("://postgres:{secret}@"), 1);
-    assert!(with_password.contains(secret), "the test URL must be postgres://postgres@...: {url}");
+    assert!(
+        with_password.contains(secret),
+        "the test URL must be postgres://postgres@...: {url}"
+    );
     let closed = format!("postgres://postgres:{secret}@127.0.0.1:1/test");
     let sql = "SELECT CAST(DATE '2026-11-01' AS DATE) AS period, CAST(count(*) AS DOUBLE) AS value FROM s";
     for (database_url, succeeds) in [(with_password.as_str(), true), (closed.as_str(), false)] {
@@ -481,10 +473,17 @@ async fn query_sources_keep_their_own_where_order_limit_and_comments() {
     ))
     .await
     .unwrap();
-    let sorted = collect(&ctx, "SELECT id FROM src WHERE kind = 'even where limit' ORDER BY id LIMIT 3").await;
+    let sorted = collect(
+        &ctx,
+        "SELECT id FROM src WHERE kind = 'even where limit' ORDER BY id LIMIT 3",
+    )
+    .await;
     let counted = collect(&ctx, "SELECT count(*) AS n FROM src WHERE id > 95").await;
     execute(&url, &format!("DROP TABLE {t}")).await;
     // The ten newest are 91..=100; the even ones, ascending, first three.
-    assert_eq!(texts(&sorted, "id"), [Some("92".into()), Some("94".into()), Some("96".into())]);
+    assert_eq!(
+        texts(&sorted, "id"),
+        [Some("92".into()), Some("94".into()), Some("96".into())]
+    );
     assert_eq!(texts(&counted, "n"), [Some("5".into())]);
 }

@@ -259,3 +259,12 @@ pub fn server_url(var: &str, test: &str) -> Option<String> {
         }
     }
 }
+
+/// A table name no other test (or run) uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("kpf_{prefix}_{}_{nanos}", std::process::id())
+}
