@@ -44,7 +44,7 @@ impl Error {
             Error::Config(_) | Error::Usage(_) => exit::CONFIG,
             Error::Kpi(e) if e.is_definition_error() => exit::CONFIG,
             Error::Score(e) if e.is_definition_error() => exit::CONFIG,
-            Error::Source(crate::source::SourceError::Config { .. }) => exit::CONFIG,
+            Error::Source(e) if e.is_config() => exit::CONFIG,
             _ => exit::RUN_FAILED,
         }
     }

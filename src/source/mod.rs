@@ -71,6 +71,13 @@ pub enum SourceError {
     Remote { name: String, message: String },
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    /// Any of the above, with where the source is defined in the pipeline file.
+    #[error("{error}\n  (source defined at {}:{}:{})", file.display(), position.line, position.column)]
+    Located {
+        error: Box<SourceError>,
+        file: PathBuf,
+        position: crate::config::Position,
+    },
     #[error("source `{name}`: {source}")]
     Engine {
         name: String,
@@ -90,8 +97,34 @@ pub async fn register_all(
             (Some(inc), Mode::Load) => register_incremental(ctx, pipeline, s, inc).await,
             _ => register(ctx, s, mode).await,
         }
+        .map_err(|error| locate(error, pipeline, &s.name))
     }))
     .await
+}
+
+/// Adds the source's place in the pipeline file to an error about it.
+fn locate(error: SourceError, pipeline: &Pipeline, source: &str) -> SourceError {
+    let mut problems = [crate::config::Problem::new(format!("sources.{source}"), "")];
+    crate::config::locate(&pipeline.file, &mut problems);
+    match problems[0].position {
+        Some(position) => SourceError::Located {
+            error: Box::new(error),
+            file: pipeline.file.clone(),
+            position,
+        },
+        None => error,
+    }
+}
+
+impl SourceError {
+    /// The source's configuration does not fit its data (exit code 2).
+    pub fn is_config(&self) -> bool {
+        match self {
+            SourceError::Config { .. } => true,
+            SourceError::Located { error, .. } => error.is_config(),
+            _ => false,
+        }
+    }
 }
 
 /// Commits the run's incremental pulls (after it has published).
