@@ -333,7 +333,7 @@ impl Server {
                     format!(
                         "the server at {at} does not offer TLS, which `tls: {{mode: {}}}` requires: \
                          enable TLS on the server, or set `tls: {{mode: prefer}}` to fall back to a plain connection",
-                        tls_name(self.tls)
+                        self.tls.name()
                     ),
                     false,
                 )
@@ -685,15 +685,6 @@ pub fn human(d: Duration) -> String {
     }
 }
 
-fn tls_name(mode: TlsMode) -> &'static str {
-    match mode {
-        TlsMode::Disable => "disable",
-        TlsMode::Prefer => "prefer",
-        TlsMode::Require => "require",
-        TlsMode::VerifyCa => "verify-ca",
-        TlsMode::VerifyFull => "verify-full",
-    }
-}
 
 /// The Arrow type of a result column, and whether comparisons with it may run in
 /// MySQL; or the type's name and a conversion (`{c}`: the column) to suggest.

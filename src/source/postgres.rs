@@ -184,7 +184,7 @@ async fn connect(
 ) -> Result<PostgresConnectionPool, SourceError> {
     let sslmode = match (cfg.tls, &target.sslmode) {
         (TlsMode::Prefer, Some(from_url)) => from_url.clone(),
-        (mode, _) => tls_name(mode).to_string(),
+        (mode, _) => mode.name().to_string(),
     };
     let mut params: HashMap<String, SecretString> = [
         ("host", target.host.clone()),
@@ -290,15 +290,6 @@ async fn check_utc(pool: &PostgresConnectionPool) -> Result<(), String> {
     }
 }
 
-fn tls_name(mode: TlsMode) -> &'static str {
-    match mode {
-        TlsMode::Disable => "disable",
-        TlsMode::Prefer => "prefer",
-        TlsMode::Require => "require",
-        TlsMode::VerifyCa => "verify-ca",
-        TlsMode::VerifyFull => "verify-full",
-    }
-}
 
 struct Failure {
     transient: bool,
@@ -388,15 +379,9 @@ struct Column {
 
 /// The table's columns, from a prepared `SELECT *` (no rows are read).
 async fn table_columns(pool: &PostgresConnectionPool, table: &str) -> Result<Vec<Column>, String> {
-    let conn = pool
-        .connect_direct()
+    let statement = prepare(pool, &format!("SELECT * FROM {}", quote_path(table)))
         .await
-        .map_err(|e| first_line(&e.to_string()).to_string())?;
-    let statement = conn
-        .conn
-        .prepare(&format!("SELECT * FROM {}", quote_path(table)))
-        .await
-        .map_err(|e| describe_query_error(&db_message(&e), table))?;
+        .map_err(|e| describe_query_error(&e, table))?;
     Ok(statement
         .columns()
         .iter()
@@ -407,6 +392,18 @@ async fn table_columns(pool: &PostgresConnectionPool, table: &str) -> Result<Vec
         .collect())
 }
 
+/// Prepares `sql` on a pooled connection: its result columns, no rows read.
+async fn prepare(
+    pool: &PostgresConnectionPool,
+    sql: &str,
+) -> Result<tokio_postgres::Statement, String> {
+    let conn = pool
+        .connect_direct()
+        .await
+        .map_err(|e| first_line(&e.to_string()).to_string())?;
+    conn.conn.prepare(sql).await.map_err(|e| db_message(&e))
+}
+
 fn db_message(e: &tokio_postgres::Error) -> String {
     e.as_db_error()
         .map_or_else(|| e.to_string(), |d| d.message().to_string())
@@ -415,15 +412,9 @@ fn db_message(e: &tokio_postgres::Error) -> String {
 /// The Arrow schema of a query's result, from its prepared statement: the
 /// types the crate's row conversion produces.
 async fn query_schema(pool: &PostgresConnectionPool, query: &str) -> Result<SchemaRef, String> {
-    let conn = pool
-        .connect_direct()
+    let statement = prepare(pool, query)
         .await
-        .map_err(|e| first_line(&e.to_string()).to_string())?;
-    let statement = conn
-        .conn
-        .prepare(query)
-        .await
-        .map_err(|e| format!("the query does not run: {}", db_message(&e)))?;
+        .map_err(|e| format!("the query does not run: {e}"))?;
     let mut fields = Vec::new();
     for c in statement.columns() {
         let data_type = arrow_type(c.type_(), c.type_modifier()).ok_or_else(|| {
