@@ -19,7 +19,7 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::{cast, col, lit};
+use datafusion::logical_expr::{cast, ident, lit};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::StreamExt;
@@ -166,7 +166,7 @@ pub async fn register(
         // Pushed into the database's WHERE clause by its provider. With a key,
         // rows at the watermark itself are fetched again (a row committed late
         // with the same value is not lost) and replace their copies.
-        let column = col(format!("\"{}\"", incremental.column));
+        let column = ident(&incremental.column);
         let bound = cast(lit(w.value.clone()), field.data_type().clone());
         let past = if source.key.is_empty() {
             column.gt(bound)
@@ -298,9 +298,7 @@ async fn write_parquet(
         .await?
         .aggregate(
             vec![],
-            vec![datafusion::functions_aggregate::expr_fn::max(col(format!(
-                "\"{column}\""
-            )))],
+            vec![datafusion::functions_aggregate::expr_fn::max(ident(column))],
         )?
         .collect()
         .await?;
