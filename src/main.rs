@@ -80,6 +80,24 @@ enum Command {
         #[arg(short, long)]
         out: Option<PathBuf>,
     },
+    /// The run history: what ran, when, how it ended and why.
+    Runs {
+        /// Only this pipeline's runs.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// Only runs that ended so: running, succeeded, quality_failed, failed, cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON object per run, one per line.
+        #[arg(long)]
+        json: bool,
+        /// The state store (a pipeline's `state:`).
+        #[arg(long, default_value = ".kpiforge/state.db")]
+        state: PathBuf,
+    },
     /// Pull sources, check them, compute KPIs and publish the results.
     Run {
         pipeline: PathBuf,
@@ -186,9 +204,16 @@ async fn execute(command: Command) -> Result<i32, (Option<String>, Error)> {
             output,
         } => {
             let (pipeline, name) = load(&pipeline)?;
-            let report = kpiforge::check(&pipeline, &RunOptions { as_of, output })
-                .await
-                .map_err(|e| (name, e))?;
+            let report = kpiforge::check(
+                &pipeline,
+                &RunOptions {
+                    as_of,
+                    output,
+                    ..RunOptions::default()
+                },
+            )
+            .await
+            .map_err(|e| (name, e))?;
             if report.results.is_empty() {
                 out!("pipeline `{}` declares no checks", pipeline.name);
             }
@@ -214,15 +239,53 @@ async fn execute(command: Command) -> Result<i32, (Option<String>, Error)> {
             out!("scorecard: {}", path.display());
             Ok(exit::SUCCESS)
         }
+        Command::Runs {
+            pipeline,
+            status,
+            limit,
+            json,
+            state,
+        } => {
+            if !state.is_file() {
+                err!(
+                    "error: no state store at {}: runs are recorded there by `kpiforge run` in the project root; pass --state PATH",
+                    state.display()
+                );
+                return Ok(exit::CONFIG);
+            }
+            let filter = kpiforge::state::RunFilter {
+                pipeline,
+                status,
+                limit: Some(limit),
+            };
+            let runs = kpiforge::state::StateStore::open(&state)
+                .and_then(|store| store.runs(&filter))
+                .map_err(|e| (None, kpiforge::Error::Source(e.into())))?;
+            if json {
+                for r in &runs {
+                    out!("{}", serde_json::to_string(r).unwrap_or_default());
+                }
+            } else {
+                print!("{}", kpiforge::report::runs::table(&runs));
+            }
+            Ok(exit::SUCCESS)
+        }
         Command::Run {
             pipeline,
             as_of,
             output,
         } => {
             let (pipeline, name) = load(&pipeline)?;
-            let report = kpiforge::run(&pipeline, &RunOptions { as_of, output })
-                .await
-                .map_err(|e| (name, e))?;
+            let report = kpiforge::run(
+                &pipeline,
+                &RunOptions {
+                    as_of,
+                    output,
+                    ..RunOptions::default()
+                },
+            )
+            .await
+            .map_err(|e| (name, e))?;
             print_report(&report);
             if report.quality.failed() {
                 err!(

@@ -16,6 +16,8 @@ use crate::publish::{self, RunRecord, RunStatus};
 use crate::quality::{self, Compiled, Outcome, QualityError, QualityReport};
 use crate::score::{self, Lint, ScorecardRow};
 use crate::source::{self, Mode, SourceTable};
+use crate::state::{RunEntry, StateStore, Trigger};
+use tracing::Instrument;
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -23,6 +25,11 @@ pub struct RunOptions {
     pub as_of: Option<NaiveDate>,
     /// Overrides the pipeline's `output:` folder.
     pub output: Option<PathBuf>,
+    /// What started the run, for the run history.
+    pub trigger: Trigger,
+    /// The run's id; a new one by default. A scheduler that may cancel the run
+    /// sets it, to record the cancellation under the same id.
+    pub run_id: Option<String>,
 }
 
 /// What a successful run did.
@@ -116,8 +123,29 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
         .output
         .clone()
         .unwrap_or_else(|| pipeline.output.clone());
-    let run_id = run_id(started_at);
-    tracing::info!(pipeline = %pipeline.name, %run_id, %as_of, output = %output.display(), "run started");
+    let run_id = options
+        .run_id
+        .clone()
+        .unwrap_or_else(|| new_run_id(started_at));
+    let span = tracing::info_span!("run", pipeline = %pipeline.name, %run_id);
+    span.in_scope(|| {
+        tracing::info!(%as_of, output = %output.display(), trigger = options.trigger.as_str(), "run started")
+    });
+    let history = |record: &RunEntry| match StateStore::open(&pipeline.state) {
+        Ok(store) => {
+            if let Err(e) = store.record_run(record) {
+                tracing::error!(error = %e, "the run could not be recorded in the run history");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "the run history cannot be opened"),
+    };
+    history(&RunEntry::started(
+        pipeline,
+        &run_id,
+        as_of,
+        options.trigger,
+        started_at,
+    ));
 
     let mut sources = Vec::new();
     let result = async {
@@ -189,6 +217,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
         };
         Ok::<_, Error>((computed, scorecard, report, failed_sources, tables))
     }
+    .instrument(span.clone())
     .await;
 
     let record = RunRecord {
@@ -220,6 +249,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
             .err()
             .map(|e| crate::config::env::redact(&e.to_string())),
     };
+    history(&RunEntry::finished(&record, options.trigger));
     let recorded = publish::write_run_record(&output, &record);
     if let Err(e) = &recorded {
         tracing::error!(error = %e, "the run could not be recorded in the runs dataset");
@@ -233,7 +263,13 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
     } else {
         None
     };
-    tracing::info!(pipeline = %pipeline.name, %run_id, status = record.status.as_str(), ms = started.elapsed().as_millis() as u64, "run finished");
+    span.in_scope(|| {
+        tracing::info!(
+            status = record.status.as_str(),
+            ms = started.elapsed().as_millis() as u64,
+            "run finished"
+        )
+    });
     Ok(RunReport {
         run_id,
         as_of,
@@ -281,7 +317,7 @@ async fn compile_checks(ctx: &SessionContext, pipeline: &Pipeline) -> Result<Com
 }
 
 /// A run id that sorts by start time and is unique across processes.
-fn run_id(started_at: DateTime<Utc>) -> String {
+pub fn new_run_id(started_at: DateTime<Utc>) -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(std::process::id());

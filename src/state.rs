@@ -1,7 +1,7 @@
 //! The embedded state store (SQLite, `.kpiforge/state.db` by default): what a
-//! run must remember for the next one. Today: each incremental source's
-//! watermark and the cache files that hold what it pulled. The scheduler keeps
-//! its run history in the same file.
+//! run must remember for the next one. Each incremental source's watermark and
+//! the cache files that hold what it pulled, and the run history (`kpiforge
+//! runs`; the scheduler's catch-up and backfill's resume read it).
 //!
 //! A pull is recorded in one transaction (its cache file and its new
 //! watermark together), after the run has published: a run that fails leaves
@@ -50,7 +50,75 @@ CREATE TABLE IF NOT EXISTS cache_parts (
     added_at TEXT NOT NULL,
     PRIMARY KEY (pipeline, source, file)
 );
+CREATE TABLE IF NOT EXISTS runs (
+    run_id           TEXT PRIMARY KEY,
+    pipeline         TEXT NOT NULL,
+    as_of            TEXT NOT NULL,
+    trigger          TEXT NOT NULL,
+    started_at       TEXT NOT NULL,
+    finished_at      TEXT,
+    status           TEXT NOT NULL,
+    rows_read        TEXT NOT NULL DEFAULT '{}',
+    checks_failed    INTEGER NOT NULL DEFAULT 0,
+    checks_warned    INTEGER NOT NULL DEFAULT 0,
+    kpis_published   INTEGER NOT NULL DEFAULT 0,
+    values_published INTEGER NOT NULL DEFAULT 0,
+    error            TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_pipeline ON runs (pipeline, started_at);
 ";
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    #[default]
+    Manual,
+    Schedule,
+    CatchUp,
+    Retry,
+    Backfill,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Schedule => "schedule",
+            Trigger::CatchUp => "catch_up",
+            Trigger::Retry => "retry",
+            Trigger::Backfill => "backfill",
+        }
+    }
+}
+
+/// One run in the history. `status` is `running`, `succeeded`,
+/// `quality_failed`, `failed` or `cancelled`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunEntry {
+    pub run_id: String,
+    pub pipeline: String,
+    pub as_of: String,
+    pub trigger: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub status: String,
+    /// Source name -> rows read (null when the source is read in place).
+    pub rows_read: serde_json::Value,
+    pub checks_failed: i64,
+    pub checks_warned: i64,
+    pub kpis_published: i64,
+    pub values_published: i64,
+    pub error: Option<String>,
+}
+
+/// Which runs `runs()` lists, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub pipeline: Option<String>,
+    pub status: Option<String>,
+    pub limit: Option<usize>,
+}
 
 impl StateStore {
     /// Opens (creating if needed) the store at `path`.
@@ -163,6 +231,158 @@ impl StateStore {
     }
 }
 
+impl RunEntry {
+    /// A run that has just started.
+    pub fn started(
+        pipeline: &crate::config::Pipeline,
+        run_id: &str,
+        as_of: chrono::NaiveDate,
+        trigger: Trigger,
+        started_at: chrono::DateTime<chrono::Utc>,
+    ) -> RunEntry {
+        RunEntry {
+            run_id: run_id.to_string(),
+            pipeline: pipeline.name.clone(),
+            as_of: as_of.to_string(),
+            trigger: trigger.as_str().to_string(),
+            started_at: started_at.to_rfc3339(),
+            finished_at: None,
+            status: "running".to_string(),
+            rows_read: serde_json::json!({}),
+            checks_failed: 0,
+            checks_warned: 0,
+            kpis_published: 0,
+            values_published: 0,
+            error: None,
+        }
+    }
+
+    /// A run that has ended, from its record in the `runs/` dataset.
+    pub fn finished(record: &crate::publish::RunRecord, trigger: Trigger) -> RunEntry {
+        let rows: serde_json::Map<String, serde_json::Value> = record
+            .rows_read
+            .iter()
+            .map(|(source, rows)| (source.clone(), serde_json::json!(rows)))
+            .collect();
+        RunEntry {
+            run_id: record.run_id.clone(),
+            pipeline: record.pipeline.clone(),
+            as_of: record.as_of.to_string(),
+            trigger: trigger.as_str().to_string(),
+            started_at: record.started_at.to_rfc3339(),
+            finished_at: Some(record.finished_at.to_rfc3339()),
+            status: record.status.as_str().to_string(),
+            rows_read: serde_json::Value::Object(rows),
+            checks_failed: record.checks_failed as i64,
+            checks_warned: record.checks_warned as i64,
+            kpis_published: record.kpis_published as i64,
+            values_published: record.values_published as i64,
+            error: record.error.clone(),
+        }
+    }
+}
+
+impl StateStore {
+    /// Records `entry` (a run starting, finishing, or both), replacing any
+    /// earlier record of the same run id.
+    pub fn record_run(&self, entry: &RunEntry) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO runs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    entry.run_id,
+                    entry.pipeline,
+                    entry.as_of,
+                    entry.trigger,
+                    entry.started_at,
+                    entry.finished_at,
+                    entry.status,
+                    entry.rows_read.to_string(),
+                    entry.checks_failed,
+                    entry.checks_warned,
+                    entry.kpis_published,
+                    entry.values_published,
+                    entry.error,
+                ],
+            )
+            .map(|_| ())
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Runs, newest first.
+    pub fn runs(&self, filter: &RunFilter) -> Result<Vec<RunEntry>, StateError> {
+        let mut statement = self
+            .conn
+            .prepare(
+                "SELECT run_id, pipeline, as_of, trigger, started_at, finished_at, status, rows_read,
+                        checks_failed, checks_warned, kpis_published, values_published, error
+                 FROM runs
+                 WHERE (?1 IS NULL OR pipeline = ?1) AND (?2 IS NULL OR status = ?2)
+                 ORDER BY started_at DESC, run_id DESC LIMIT ?3",
+            )
+            .map_err(|e| self.fail(e))?;
+        let limit = filter.limit.map_or(-1, |l| l as i64);
+        statement
+            .query_map(params![filter.pipeline, filter.status, limit], |r| {
+                let rows: String = r.get(7)?;
+                Ok(RunEntry {
+                    run_id: r.get(0)?,
+                    pipeline: r.get(1)?,
+                    as_of: r.get(2)?,
+                    trigger: r.get(3)?,
+                    started_at: r.get(4)?,
+                    finished_at: r.get(5)?,
+                    status: r.get(6)?,
+                    rows_read: serde_json::from_str(&rows).unwrap_or(serde_json::Value::Null),
+                    checks_failed: r.get(8)?,
+                    checks_warned: r.get(9)?,
+                    kpis_published: r.get(10)?,
+                    values_published: r.get(11)?,
+                    error: r.get(12)?,
+                })
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.fail(e))
+    }
+
+    /// When the scheduler last fired `pipeline` (a scheduled or catch-up run's start).
+    pub fn last_fire(&self, pipeline: &str) -> Result<Option<String>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT max(started_at) FROM runs WHERE pipeline = ?1 AND trigger IN ('schedule', 'catch_up')",
+                params![pipeline],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.fail(e))
+    }
+
+    /// The as-of dates of `pipeline` with a run that published (succeeded or
+    /// quality_failed), for backfill to skip.
+    pub fn published_as_of(&self, pipeline: &str) -> Result<Vec<String>, StateError> {
+        let mut statement = self
+            .conn
+            .prepare(
+                "SELECT DISTINCT as_of FROM runs WHERE pipeline = ?1 AND status IN ('succeeded', 'quality_failed') ORDER BY as_of",
+            )
+            .map_err(|e| self.fail(e))?;
+        statement
+            .query_map(params![pipeline], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Marks runs still `running` in the history as `cancelled`: after a crash
+    /// or a kill, no process is running them any more.
+    pub fn abandon_running(&self, pipeline: &str, error: &str) -> Result<usize, StateError> {
+        self.conn
+            .execute(
+                "UPDATE runs SET status = 'cancelled', finished_at = ?2, error = ?3 WHERE pipeline = ?1 AND status = 'running'",
+                params![pipeline, chrono::Utc::now().to_rfc3339(), error],
+            )
+            .map_err(|e| self.fail(e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +416,101 @@ mod tests {
         );
         assert_eq!(store.watermark("p", "other").unwrap(), None);
         assert!(store.cache_dir("p", "s").ends_with("nested/cache/p/s"));
+    }
+
+    #[test]
+    fn runs_are_listed_newest_first_and_filtered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&dir.path().join("state.db")).unwrap();
+        let entry = |id: &str, pipeline: &str, status: &str, trigger: Trigger, at: &str| RunEntry {
+            run_id: id.into(),
+            pipeline: pipeline.into(),
+            as_of: "2026-11-27".into(),
+            trigger: trigger.as_str().into(),
+            started_at: at.into(),
+            finished_at: None,
+            status: status.into(),
+            rows_read: serde_json::json!({"orders": 3}),
+            checks_failed: 0,
+            checks_warned: 0,
+            kpis_published: 0,
+            values_published: 0,
+            error: None,
+        };
+        store
+            .record_run(&entry(
+                "r1",
+                "a",
+                "running",
+                Trigger::Schedule,
+                "2026-11-27T01:00:00Z",
+            ))
+            .unwrap();
+        store
+            .record_run(&entry(
+                "r2",
+                "a",
+                "failed",
+                Trigger::Manual,
+                "2026-11-27T02:00:00Z",
+            ))
+            .unwrap();
+        store
+            .record_run(&entry(
+                "r3",
+                "b",
+                "succeeded",
+                Trigger::CatchUp,
+                "2026-11-27T03:00:00Z",
+            ))
+            .unwrap();
+        let ids = |f: RunFilter| {
+            store
+                .runs(&f)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.run_id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(RunFilter::default()), ["r3", "r2", "r1"]);
+        assert_eq!(
+            ids(RunFilter {
+                pipeline: Some("a".into()),
+                ..Default::default()
+            }),
+            ["r2", "r1"]
+        );
+        assert_eq!(
+            ids(RunFilter {
+                status: Some("failed".into()),
+                ..Default::default()
+            }),
+            ["r2"]
+        );
+        assert_eq!(
+            ids(RunFilter {
+                limit: Some(1),
+                ..Default::default()
+            }),
+            ["r3"]
+        );
+        assert_eq!(
+            store.last_fire("a").unwrap().as_deref(),
+            Some("2026-11-27T01:00:00Z")
+        );
+        assert_eq!(store.last_fire("c").unwrap(), None);
+        assert_eq!(store.published_as_of("b").unwrap(), ["2026-11-27"]);
+        assert_eq!(store.abandon_running("a", "killed").unwrap(), 1);
+        assert_eq!(
+            ids(RunFilter {
+                status: Some("cancelled".into()),
+                ..Default::default()
+            }),
+            ["r1"]
+        );
+        assert_eq!(
+            store.runs(&RunFilter::default()).unwrap()[0].rows_read["orders"],
+            3
+        );
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod html;
 pub mod quality;
+pub mod runs;
 pub mod snapshot;
 pub mod terminal;
 

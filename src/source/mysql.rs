@@ -685,7 +685,6 @@ pub fn human(d: Duration) -> String {
     }
 }
 
-
 /// The Arrow type of a result column, and whether comparisons with it may run in
 /// MySQL; or the type's name and a conversion (`{c}`: the column) to suggest.
 fn arrow_type(c: &Column) -> Result<(DataType, bool), (String, &'static str)> {
