@@ -19,9 +19,9 @@ pub use connect::{
 pub use error::{ConfigError, Problem};
 pub use locate::Position;
 pub use model::{
-    Aggregation, Direction, Export, FileSource, Grain, Kpi, LintRule, LintSettings, Objective,
-    PERSPECTIVES, Perspective, Pipeline, QualitySettings, Rollup, Scorecard, Scoring, Source,
-    SourceKind, View, parse_type, project_root,
+    Aggregation, CatchUp, Direction, Export, FileSource, Grain, Kpi, LintRule, LintSettings,
+    Objective, Overlap, PERSPECTIVES, Perspective, Pipeline, QualitySettings, Rollup, Scheduling,
+    Scorecard, Scoring, Source, SourceKind, View, parse_cron, parse_type, project_root,
 };
 pub use raw::{CsvOptions, FileFormat, Literal};
 

@@ -17,7 +17,7 @@ use super::error::Problem;
 use super::raw::{
     self, CsvOptions, FileFormat, RawKpi, RawPipeline, RawScorecard, RawSource, ScoringMethod,
 };
-pub use super::raw::{Aggregation, Direction, Grain, LintRule, Rollup};
+pub use super::raw::{Aggregation, CatchUp, Direction, Grain, LintRule, Overlap, Rollup};
 
 /// The four perspectives of the Balanced Scorecard, in the order a map is drawn
 /// (top to bottom), with their display names. Custom perspectives follow them.
@@ -32,7 +32,9 @@ pub const PERSPECTIVES: [(&str, &str); 4] = [
 pub struct Pipeline {
     pub name: String,
     pub description: Option<String>,
+    /// Cron with seconds (checked), and what the scheduler does around it.
     pub schedule: Option<String>,
+    pub scheduling: Scheduling,
     pub timezone: Tz,
     /// The pipeline file.
     pub file: PathBuf,
@@ -118,6 +120,24 @@ pub enum Scoring {
 pub struct Export {
     pub file: PathBuf,
     pub query: String,
+}
+
+/// How the scheduler treats a pipeline besides its cron.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scheduling {
+    pub overlap: Overlap,
+    pub catch_up: CatchUp,
+    pub retries: u32,
+    pub retry_delay: std::time::Duration,
+}
+
+/// Parses a cron with seconds (`sec min hour day month weekday`), as the scheduler does.
+pub fn parse_cron(text: &str) -> Result<croner::Cron, String> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .build()
+        .parse(text)
+        .map_err(|e| format!("`{text}` is not a cron with seconds: {e}"))
 }
 
 #[derive(Debug, Clone)]
@@ -383,10 +403,36 @@ impl Pipeline {
             return Err(problems);
         }
         let state = root.join(raw.state.as_deref().unwrap_or(".kpiforge/state.db"));
+        let scheduling = Scheduling {
+            overlap: raw.overlap.unwrap_or_default(),
+            catch_up: raw.catch_up.unwrap_or_default(),
+            retries: raw.retries.unwrap_or(0),
+            retry_delay: match raw
+                .retry_delay
+                .as_deref()
+                .map(super::checks::parse_duration)
+            {
+                None => std::time::Duration::from_secs(30),
+                Some(Ok(d)) => d,
+                Some(Err(message)) => {
+                    return Err(vec![
+                        Problem::new("retry_delay", message).hint("write it like 30s or 5m"),
+                    ]);
+                }
+            },
+        };
+        if let Some(cron) = &raw.schedule
+            && let Err(message) = parse_cron(cron)
+        {
+            return Err(vec![Problem::new("schedule", message).hint(
+                "six fields: second minute hour day-of-month month day-of-week, e.g. \"0 30 2 * * *\" for 02:30:00 daily",
+            )]);
+        }
         Ok(Pipeline {
             name: raw.name,
             description: raw.description,
             schedule: raw.schedule,
+            scheduling,
             timezone,
             file: file.to_path_buf(),
             root,

@@ -16,6 +16,18 @@ pub struct RawPipeline {
     /// Cron with seconds; read by the scheduler.
     #[serde(default)]
     pub schedule: Option<String>,
+    /// A fire while the previous run is still going: `skip` (default) or `queue`.
+    #[serde(default)]
+    pub overlap: Option<Overlap>,
+    /// Fires missed while the scheduler was down: `none` (default), `latest` or `all`.
+    #[serde(default)]
+    pub catch_up: Option<CatchUp>,
+    /// Scheduled runs that fail are tried again this many times (default 0).
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// The wait before the first retry, doubling after each (default 30s).
+    #[serde(default)]
+    pub retry_delay: Option<String>,
     #[serde(default)]
     pub timezone: Option<String>,
     pub output: String,
@@ -39,6 +51,28 @@ pub struct RawPipeline {
     pub checks: Vec<RawCheck>,
     #[serde(default)]
     pub quality: Option<RawQuality>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    /// The fire is skipped (and logged) while the previous run goes on.
+    #[default]
+    Skip,
+    /// The fire waits for the previous run, then runs.
+    Queue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUp {
+    /// Missed fires are forgotten.
+    #[default]
+    None,
+    /// One run for the most recent missed fire.
+    Latest,
+    /// One run per missed fire, oldest first.
+    All,
 }
 
 /// What a failed `error` check does to the KPIs that read its source.
