@@ -15,6 +15,9 @@ use crate::kpi::period;
 use crate::run::{RunOptions, run};
 use crate::state::{StateStore, Trigger};
 
+/// The exit code of a backfill interrupted (Ctrl-C) before every period started.
+pub const INTERRUPTED: i32 = 130;
+
 /// What to backfill.
 #[derive(Debug, Clone)]
 pub struct BackfillOptions {
@@ -54,10 +57,13 @@ impl Summary {
         self.periods.iter().filter(|(_, o)| f(o)).count()
     }
 
-    /// 1 when a period failed, else 3 when one only failed checks, else 0.
+    /// 1 when a period failed, else 130 when interrupted before every period
+    /// started, else 3 when one only failed checks, else 0.
     pub fn exit_code(&self) -> i32 {
         if self.count(|o| matches!(o, PeriodOutcome::Failed(_))) > 0 {
             exit::RUN_FAILED
+        } else if self.count(|o| *o == PeriodOutcome::NotStarted) > 0 {
+            INTERRUPTED
         } else if self.count(|o| *o == PeriodOutcome::ChecksFailed) > 0 {
             exit::CHECKS_FAILED
         } else {
@@ -88,11 +94,22 @@ impl Summary {
                 PeriodOutcome::ChecksFailed => out.push_str(&format!(
                     "  checks failed as of {as_of}: published with blocked KPIs\n"
                 )),
-                PeriodOutcome::NotStarted => {
-                    out.push_str(&format!("  not started   as of {as_of}\n"))
-                }
                 _ => {}
             }
+        }
+        let not_started: Vec<NaiveDate> = self
+            .periods
+            .iter()
+            .filter(|(_, o)| *o == PeriodOutcome::NotStarted)
+            .map(|(d, _)| *d)
+            .collect();
+        match not_started.as_slice() {
+            [] => {}
+            [one] => out.push_str(&format!("  not started   as of {one}\n")),
+            [first, .., last] => out.push_str(&format!(
+                "  not started   as of {first} to {last} ({} periods); run the same command again to resume\n",
+                not_started.len()
+            )),
         }
         out
     }
