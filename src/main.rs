@@ -306,8 +306,13 @@ async fn execute(command: Command) -> Result<i32, (Option<String>, Error)> {
                 if tokio::signal::ctrl_c().await.is_ok() {
                     flag.store(true, std::sync::atomic::Ordering::SeqCst);
                     kpiforge::progress::suspend(|| {
-                        err!("interrupted: no new periods start; waiting for the running ones")
+                        err!(
+                            "interrupted: no new periods start; waiting for the running ones (Ctrl-C again to quit now)"
+                        )
                     });
+                }
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(kpiforge::backfill::INTERRUPTED);
                 }
             });
             let bar = std::sync::Mutex::new(None::<indicatif::ProgressBar>);

@@ -227,3 +227,165 @@ fn backfill_checks_failed_exit_3_and_bad_range_exit_2() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("is after --to"), "{}", stderr(&out));
 }
+
+#[test]
+fn backfill_interrupted_finishes_running_periods_and_resumes() {
+    let dir = project(&[
+        (
+            "pipelines/p.yaml",
+            &PIPELINE.replace("grain: month", "grain: day"),
+        ),
+        ("data/t.csv", CSV),
+        (
+            "sql/k.sql",
+            "SELECT d AS period, CAST(sum(amount) AS DOUBLE) AS value FROM t GROUP BY 1 ORDER BY 1",
+        ),
+    ]);
+    let args = [
+        "backfill",
+        "pipelines/p.yaml",
+        "--from",
+        "2026-01-01",
+        "--to",
+        "2026-03-31",
+    ];
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_kpiforge"))
+        .args(args)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the first period has published.
+    let published = dir.path().join("out/kpi_values/pipeline=p");
+    let waited = std::time::Instant::now();
+    while !published.exists() && waited.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let summary = stdout(&out);
+    assert_eq!(out.status.code(), Some(130), "{summary}\n{}", stderr(&out));
+    assert!(summary.contains("not started (interrupted)"), "{summary}");
+    assert!(stderr(&out).contains("interrupted: no new periods start"));
+    // Every period that started finished: nothing is left running.
+    let history = runs(dir.path());
+    let done = history.len();
+    assert!(done >= 1 && done < 90, "{done} runs");
+    assert!(history.iter().all(|r| field(r, "status") == "succeeded"));
+
+    // The rerun resumes with the rest.
+    let out = kpiforge(dir.path(), &args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("{done} of 90 periods already published: skipped")),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(runs_all(dir.path()), 90);
+}
+
+/// How many runs the history holds (beyond the default limit of 50).
+fn runs_all(dir: &Path) -> usize {
+    let state = dir.join(".kpiforge/state.db");
+    let out = kpiforge(
+        dir,
+        &[
+            "runs",
+            "--json",
+            "--limit",
+            "10000",
+            "--state",
+            state.to_str().unwrap(),
+        ],
+    );
+    stdout(&out).lines().count()
+}
+
+#[test]
+fn run_reports_each_stage_to_its_progress_hook() {
+    use kpiforge::progress::{Hook, Progress, Stage};
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+    impl Progress for Recorder {
+        fn begin(&self, stage: Stage, item: &str) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("begin {} {item}", stage.as_str()));
+        }
+        fn end(&self, stage: Stage, item: &str, ok: bool) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("end {} {item} {ok}", stage.as_str()));
+        }
+    }
+
+    let dir = monthly(KPI_SQL);
+    let pipeline = kpiforge::config::load(&dir.path().join("pipelines/p.yaml")).unwrap();
+    let recorder = std::sync::Arc::new(Recorder::default());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let as_of = chrono::NaiveDate::from_ymd_opt(2026, 3, 31);
+    let with = runtime
+        .block_on(kpiforge::run(
+            &pipeline,
+            &kpiforge::RunOptions {
+                as_of,
+                output: Some(dir.path().join("with")),
+                progress: Hook(Some(recorder.clone())),
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+    let without = runtime
+        .block_on(kpiforge::run(
+            &pipeline,
+            &kpiforge::RunOptions {
+                as_of,
+                output: Some(dir.path().join("without")),
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+    assert_eq!(
+        with.tables.kpi_values.column_by_name("value"),
+        without.tables.kpi_values.column_by_name("value")
+    );
+    let mut events = recorder.0.lock().unwrap().clone();
+    // Checks and KPIs run side by side: their order varies.
+    events[2..6].sort();
+    assert_eq!(
+        events,
+        [
+            "begin source t",
+            "end source t true",
+            "begin KPIs ",
+            "begin checks ",
+            "end KPIs  true",
+            "end checks  true",
+            "begin publish ",
+            "end publish  true",
+        ]
+    );
+}
+
+#[test]
+fn run_without_a_terminal_draws_no_progress() {
+    let dir = monthly(KPI_SQL);
+    let out = kpiforge(
+        dir.path(),
+        &["run", "pipelines/p.yaml", "--as-of", "2026-03-31"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    for text in [stdout(&out), stderr(&out)] {
+        assert!(!text.contains('\u{1b}'), "{text:?}");
+        assert!(!text.contains("done in"), "{text}");
+    }
+}
