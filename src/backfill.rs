@@ -236,7 +236,17 @@ pub async fn backfill(
         on_event(Event::Finished(outcomes[i].0, &outcome));
         outcomes[i].1 = outcome;
     }
-    Ok(Summary { periods: outcomes })
+    let summary = Summary { periods: outcomes };
+    tracing::info!(
+        pipeline = %pipeline.name,
+        done = summary.count(|o| *o == PeriodOutcome::Done),
+        checks_failed = summary.count(|o| *o == PeriodOutcome::ChecksFailed),
+        failed = summary.count(|o| matches!(o, PeriodOutcome::Failed(_))),
+        skipped = summary.count(|o| *o == PeriodOutcome::Skipped),
+        not_started = summary.count(|o| *o == PeriodOutcome::NotStarted),
+        "backfill finished"
+    );
+    Ok(summary)
 }
 
 /// What a backfill reports as it goes.

@@ -59,6 +59,41 @@ impl Hook {
     }
 }
 
+impl Hook {
+    /// Begins `stage`; it ends when the guard drops: ok after [`StageGuard::done`],
+    /// failed otherwise (an early return with an error).
+    pub fn stage<'a>(&'a self, stage: Stage, item: &'a str) -> StageGuard<'a> {
+        self.begin(stage, item);
+        StageGuard {
+            hook: self,
+            stage,
+            item,
+            ok: false,
+        }
+    }
+}
+
+/// A stage in progress; see [`Hook::stage`].
+pub struct StageGuard<'a> {
+    hook: &'a Hook,
+    stage: Stage,
+    item: &'a str,
+    ok: bool,
+}
+
+impl StageGuard<'_> {
+    /// Ends the stage as succeeded.
+    pub fn done(mut self) {
+        self.ok = true;
+    }
+}
+
+impl Drop for StageGuard<'_> {
+    fn drop(&mut self) {
+        self.hook.end(self.stage, self.item, self.ok);
+    }
+}
+
 impl std::fmt::Debug for Hook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.is_some() {

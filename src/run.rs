@@ -185,47 +185,42 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
             .map_err(QualityError::Quarantine)?;
         // Stage every file, then put them all in place: an error while writing
         // any of them leaves every dataset as it was.
-        progress.begin(Stage::Publish, "");
-        let published = async {
-            let (values, values_file) = publish::stage_kpi_values(
+        let publishing = progress.stage(Stage::Publish, "");
+        let (values, values_file) = publish::stage_kpi_values(
+            &output,
+            pipeline,
+            &run_id,
+            as_of,
+            started_at,
+            &computed.series,
+        )?;
+        let (card, card_file) =
+            publish::stage_scorecard(&output, pipeline, &run_id, as_of, &scorecard)?;
+        let (checked, checked_file) =
+            publish::stage_quality(&output, pipeline, &run_id, as_of, started_at, &report)?;
+        let mut files = vec![values_file, card_file, checked_file];
+        for (source, schema, batches) in &quarantined {
+            files.push(publish::stage_quarantine(
                 &output,
                 pipeline,
                 &run_id,
                 as_of,
-                started_at,
-                &computed.series,
-            )?;
-            let (card, card_file) =
-                publish::stage_scorecard(&output, pipeline, &run_id, as_of, &scorecard)?;
-            let (checked, checked_file) =
-                publish::stage_quality(&output, pipeline, &run_id, as_of, started_at, &report)?;
-            let mut files = vec![values_file, card_file, checked_file];
-            for (source, schema, batches) in &quarantined {
-                files.push(publish::stage_quarantine(
-                    &output,
-                    pipeline,
-                    &run_id,
-                    as_of,
-                    source,
-                    schema.clone(),
-                    batches,
-                )?);
-            }
-            let tables = [
-                ("kpi_values", &values),
-                ("scorecard", &card),
-                ("quality", &checked),
-            ];
-            files.extend(publish::stage_exports(pipeline, as_of, &tables, &run_id).await?);
-            for file in files {
-                file.commit()?;
-            }
-            source::commit_pulls(&sources, &run_id)?;
-            Ok::<_, Error>((values, card, checked))
+                source,
+                schema.clone(),
+                batches,
+            )?);
         }
-        .await;
-        progress.end(Stage::Publish, "", published.is_ok());
-        let (values, card, checked) = published?;
+        let tables = [
+            ("kpi_values", &values),
+            ("scorecard", &card),
+            ("quality", &checked),
+        ];
+        files.extend(publish::stage_exports(pipeline, as_of, &tables, &run_id).await?);
+        for file in files {
+            file.commit()?;
+        }
+        source::commit_pulls(&sources, &run_id)?;
+        publishing.done();
         let failed_sources: Vec<String> = gate
             .failed_sources()
             .iter()

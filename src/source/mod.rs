@@ -104,13 +104,16 @@ pub async fn register_all_with(
 ) -> Result<Vec<SourceTable>, SourceError> {
     use crate::progress::Stage;
     try_join_all(pipeline.sources.iter().map(|s| async move {
-        progress.begin(Stage::Source, &s.name);
+        // Ends as failed if this source fails, or is dropped when another does.
+        let reading = progress.stage(Stage::Source, &s.name);
         let table = match (&s.incremental, mode) {
             (Some(inc), Mode::Load) => register_incremental(ctx, pipeline, s, inc).await,
             _ => register(ctx, s, mode).await,
         }
         .map_err(|error| locate(error, pipeline, &s.name));
-        progress.end(Stage::Source, &s.name, table.is_ok());
+        if table.is_ok() {
+            reading.done();
+        }
         table
     }))
     .await
