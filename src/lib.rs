@@ -7,12 +7,14 @@
 //! result; [`run`] strings them together, so one run reads top to bottom in
 //! [`run::run`].
 
+pub mod backfill;
 pub mod config;
 pub mod error;
 #[cfg(feature = "polars")]
 pub mod frames;
 pub mod init;
 pub mod kpi;
+pub mod progress;
 pub mod publish;
 pub mod quality;
 pub mod report;

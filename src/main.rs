@@ -98,6 +98,26 @@ enum Command {
         #[arg(long, default_value = ".kpiforge/state.db")]
         state: PathBuf,
     },
+    /// Run a pipeline once per period (of the scorecard's grain) between two
+    /// dates, oldest first; periods already published are skipped.
+    Backfill {
+        pipeline: PathBuf,
+        /// The first day to cover (YYYY-MM-DD): its period is the first run.
+        #[arg(long, value_parser = parse_date)]
+        from: NaiveDate,
+        /// The last day to cover (YYYY-MM-DD): the last period runs as of it.
+        #[arg(long, value_parser = parse_date)]
+        to: NaiveDate,
+        /// At most this many periods at a time.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        parallel: u16,
+        /// Rerun periods already published.
+        #[arg(long)]
+        force: bool,
+        /// Write results here instead of the pipeline's `output:`.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Pull sources, check them, compute KPIs and publish the results.
     Run {
         pipeline: PathBuf,
@@ -270,22 +290,112 @@ async fn execute(command: Command) -> Result<i32, (Option<String>, Error)> {
             }
             Ok(exit::SUCCESS)
         }
+        Command::Backfill {
+            pipeline,
+            from,
+            to,
+            parallel,
+            force,
+            output,
+        } => {
+            use kpiforge::backfill::{BackfillOptions, Event, PeriodOutcome};
+            let (pipeline, name) = load(&pipeline)?;
+            let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = cancel.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    kpiforge::progress::suspend(|| {
+                        err!(
+                            "interrupted: no new periods start; waiting for the running ones (Ctrl-C again to quit now)"
+                        )
+                    });
+                }
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(kpiforge::backfill::INTERRUPTED);
+                }
+            });
+            let bar = std::sync::Mutex::new(None::<indicatif::ProgressBar>);
+            let running = std::sync::Mutex::new(std::collections::BTreeSet::new());
+            let on_event = |event: Event| {
+                let Ok(mut bar) = bar.lock() else { return };
+                match event {
+                    Event::Planned { total, skipped } => {
+                        if skipped > 0 {
+                            err!(
+                                "{skipped} of {total} periods already published: skipped (--force reruns them)"
+                            );
+                        }
+                        *bar = kpiforge::progress::periods_bar((total - skipped) as u64);
+                    }
+                    Event::Started(as_of) | Event::Finished(as_of, _) => {
+                        let Ok(mut running) = running.lock() else {
+                            return;
+                        };
+                        if let Event::Finished(_, outcome) = event {
+                            running.remove(&as_of);
+                            if let Some(b) = bar.as_ref() {
+                                b.inc(1);
+                            }
+                            if let PeriodOutcome::Failed(e) = outcome {
+                                kpiforge::progress::suspend(|| err!("as of {as_of}: failed: {e}"));
+                            }
+                        } else {
+                            running.insert(as_of);
+                        }
+                        if let Some(b) = bar.as_ref() {
+                            let list: Vec<String> = running.iter().map(|d| d.to_string()).collect();
+                            b.set_message(format!("running {}", list.join(", ")));
+                        }
+                    }
+                }
+            };
+            let options = BackfillOptions {
+                from,
+                to,
+                parallel: parallel as usize,
+                force,
+                output,
+            };
+            let summary = kpiforge::backfill::backfill(&pipeline, &options, cancel, &on_event)
+                .await
+                .map_err(|e| (name, e));
+            if let Some(b) = bar.lock().ok().and_then(|mut b| b.take()) {
+                b.finish_and_clear();
+            }
+            kpiforge::progress::clear();
+            let summary = summary?;
+            out!("{}", summary.render().trim_end());
+            Ok(summary.exit_code())
+        }
         Command::Run {
             pipeline,
             as_of,
             output,
         } => {
             let (pipeline, name) = load(&pipeline)?;
+            let multi = kpiforge::progress::multi();
+            let progress = match &multi {
+                Some(m) => {
+                    kpiforge::progress::Hook::new(kpiforge::progress::RunBars::new(m.clone()))
+                }
+                None => kpiforge::progress::Hook::default(),
+            };
             let report = kpiforge::run(
                 &pipeline,
                 &RunOptions {
                     as_of,
                     output,
+                    progress,
                     ..RunOptions::default()
                 },
             )
-            .await
-            .map_err(|e| (name, e))?;
+            .await;
+            if let Some(m) = multi {
+                let _ = m.clear();
+                kpiforge::progress::clear();
+            }
+            let report = report.map_err(|e| (name, e))?;
             print_report(&report);
             if report.quality.failed() {
                 err!(
@@ -426,7 +536,7 @@ struct RedactingStderr;
 impl std::io::Write for RedactingStderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let text = redact(&String::from_utf8_lossy(buf));
-        std::io::stderr().write_all(text.as_bytes())?;
+        kpiforge::progress::suspend(|| std::io::stderr().write_all(text.as_bytes()))?;
         Ok(buf.len())
     }
 

@@ -12,6 +12,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use crate::config::Pipeline;
 use crate::error::Error;
 use crate::kpi::{self, Computed, KpiSeries, PlannedKpi, SharedPlan};
+use crate::progress::Stage;
 use crate::publish::{self, RunRecord, RunStatus};
 use crate::quality::{self, Compiled, Outcome, QualityError, QualityReport};
 use crate::score::{self, Lint, ScorecardRow};
@@ -30,6 +31,8 @@ pub struct RunOptions {
     /// The run's id; a new one by default. A scheduler that may cancel the run
     /// sets it, to record the cancellation under the same id.
     pub run_id: Option<String>,
+    /// Progress shown as the run goes (a terminal's bars); none by default.
+    pub progress: crate::progress::Hook,
 }
 
 /// What a successful run did.
@@ -148,17 +151,28 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
     ));
 
     let mut sources = Vec::new();
+    let progress = &options.progress;
     let result = async {
         let ctx = session();
-        sources = source::register_all(&ctx, pipeline, Mode::Load).await?;
+        sources = source::register_all_with(&ctx, pipeline, Mode::Load, progress).await?;
         kpi::views::register_all(&ctx, pipeline, Mode::Load).await?;
         let planned = kpi::plan_all(&ctx, pipeline, as_of).await?;
         score::check(&ctx, pipeline, &planned).await?;
         let checks = compile_checks(&ctx, pipeline).await?;
         // Checks and KPIs run side by side; the gate applies once both are done.
+        progress.begin(Stage::Checks, "");
+        progress.begin(Stage::Kpis, "");
         let (report, computed) = tokio::join!(
-            quality::run(&ctx, pipeline, &checks, as_of, &output),
-            kpi::compute(&ctx, planned, as_of)
+            async {
+                let report = quality::run(&ctx, pipeline, &checks, as_of, &output).await;
+                progress.end(Stage::Checks, "", !report.failed());
+                report
+            },
+            async {
+                let computed = kpi::compute(&ctx, planned, as_of).await;
+                progress.end(Stage::Kpis, "", computed.is_ok());
+                computed
+            }
         );
         let mut computed = computed?;
         let targets = score::load_targets(&ctx, pipeline).await?;
@@ -171,6 +185,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
             .map_err(QualityError::Quarantine)?;
         // Stage every file, then put them all in place: an error while writing
         // any of them leaves every dataset as it was.
+        let publishing = progress.stage(Stage::Publish, "");
         let (values, values_file) = publish::stage_kpi_values(
             &output,
             pipeline,
@@ -205,6 +220,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
             file.commit()?;
         }
         source::commit_pulls(&sources, &run_id)?;
+        publishing.done();
         let failed_sources: Vec<String> = gate
             .failed_sources()
             .iter()

@@ -92,12 +92,29 @@ pub async fn register_all(
     pipeline: &Pipeline,
     mode: Mode,
 ) -> Result<Vec<SourceTable>, SourceError> {
+    register_all_with(ctx, pipeline, mode, &crate::progress::Hook::default()).await
+}
+
+/// [`register_all`], reporting each source's start and end to `progress`.
+pub async fn register_all_with(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    mode: Mode,
+    progress: &crate::progress::Hook,
+) -> Result<Vec<SourceTable>, SourceError> {
+    use crate::progress::Stage;
     try_join_all(pipeline.sources.iter().map(|s| async move {
-        match (&s.incremental, mode) {
+        // Ends as failed if this source fails, or is dropped when another does.
+        let reading = progress.stage(Stage::Source, &s.name);
+        let table = match (&s.incremental, mode) {
             (Some(inc), Mode::Load) => register_incremental(ctx, pipeline, s, inc).await,
             _ => register(ctx, s, mode).await,
         }
-        .map_err(|error| locate(error, pipeline, &s.name))
+        .map_err(|error| locate(error, pipeline, &s.name));
+        if table.is_ok() {
+            reading.done();
+        }
+        table
     }))
     .await
 }

@@ -1,6 +1,7 @@
 //! kpiforge's integration tests: one binary, one module per area. They run the
 //! real `kpiforge` binary on files in temporary folders.
 
+mod backfill;
 mod config_errors;
 mod databases;
 mod demo;
