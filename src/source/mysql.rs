@@ -685,7 +685,6 @@ pub fn human(d: Duration) -> String {
     }
 }
 
-
 /// The Arrow type of a result column, and whether comparisons with it may run in
 /// MySQL; or the type's name and a conversion (`{c}`: the column) to suggest.
 fn arrow_type(c: &Column) -> Result<(DataType, bool), (String, &'static str)> {
@@ -700,7 +699,9 @@ fn arrow_type(c: &Column) -> Result<(DataType, bool), (String, &'static str)> {
         T::MYSQL_TYPE_SHORT => int(DataType::Int16, DataType::UInt16),
         T::MYSQL_TYPE_INT24 | T::MYSQL_TYPE_LONG => int(DataType::Int32, DataType::UInt32),
         T::MYSQL_TYPE_LONGLONG => int(DataType::Int64, DataType::UInt64),
-        T::MYSQL_TYPE_YEAR => Ok((DataType::Int16, true)),
+        // MySQL reads a number from 0 to 99 compared with a YEAR as a two-digit
+        // year (`yr = 5` is `yr = 2005`, `yr < 10` holds for 2009): filtered by DataFusion.
+        T::MYSQL_TYPE_YEAR => Ok((DataType::Int16, false)),
         // MySQL compares FLOAT columns as doubles: `f = 0.1` differs from DataFusion.
         T::MYSQL_TYPE_FLOAT => Ok((DataType::Float32, false)),
         T::MYSQL_TYPE_DOUBLE => Ok((DataType::Float64, true)),

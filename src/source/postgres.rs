@@ -290,7 +290,6 @@ async fn check_utc(pool: &PostgresConnectionPool) -> Result<(), String> {
     }
 }
 
-
 struct Failure {
     transient: bool,
     message: String,
