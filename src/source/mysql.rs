@@ -23,7 +23,7 @@ use mysql_async::{
 use super::SourceError;
 use super::sql::{
     BatchSender, Batcher, Cell, Dialect, Reader, SqlColumn, SqlTable, external, log_fetched, show,
-    table_parts,
+    spawn_reader, table_parts,
 };
 use crate::config::{DatabaseSource, Relation, TlsMode};
 
@@ -872,18 +872,24 @@ struct MysqlReader {
 
 impl Reader for MysqlReader {
     fn read(&self, sql: String, schema: SchemaRef) -> SendableRecordBatchStream {
-        let (tx, stream) = super::sql::channel(schema.clone());
         let server = self.server.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            match server.stream_rows(&sql, schema, &tx).await {
-                Ok(rows) => log_fetched(&server.source, rows, started),
-                Err(f) => {
-                    let _ = tx.send(Err(external(server.remote(f)))).await;
-                }
-            }
-        });
-        stream
+        let failed = self.server.clone();
+        spawn_reader(
+            schema.clone(),
+            move |tx| async move {
+                let started = Instant::now();
+                let rows = server
+                    .stream_rows(&sql, schema, &tx)
+                    .await
+                    .map_err(|f| external(server.remote(f)))?;
+                log_fetched(&server.source, rows, started);
+                Ok(())
+            },
+            move |why| {
+                let message = format!("reading from {} stopped: {why}", failed.at());
+                external(failed.remote(Failure::new(message, false)))
+            },
+        )
     }
 }
 

@@ -9,7 +9,8 @@
 //! What differs between databases is small: identifier quoting and literal
 //! rendering ([`Dialect`]), and how rows are read ([`Reader`], one per driver).
 //! Drivers turn their values into [`Cell`]s, which [`Batcher`] appends to Arrow
-//! builders.
+//! builders. A reader runs on its own task ([`spawn_reader`]): however it ends,
+//! an error or a panic reaches the query as an error.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -41,6 +42,11 @@ use crate::config::Relation;
 
 /// Rows per Arrow batch sent by a scan.
 pub const BATCH_ROWS: usize = 8192;
+
+/// Bytes of values a batch may hold before it is sent with fewer than
+/// [`BATCH_ROWS`] rows: wide rows then neither take much memory nor overflow
+/// Arrow's 32-bit offsets (2 GiB of text or bytes in one column of one batch).
+pub const BATCH_BYTES: usize = 64 << 20;
 
 /// Batches a reader may have ready before the query consuming them takes one:
 /// the bound on a scan's memory (with the driver's own socket buffers).
@@ -681,12 +687,53 @@ pub fn log_fetched(source: &str, rows: u64, started: std::time::Instant) {
 pub type BatchSender = mpsc::Sender<DfResult<RecordBatch>>;
 
 /// A bounded channel and the stream of `schema` batches that drains it.
-pub fn channel(schema: SchemaRef) -> (BatchSender, SendableRecordBatchStream) {
+fn channel(schema: SchemaRef) -> (BatchSender, SendableRecordBatchStream) {
     let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
     (tx, Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+}
+
+/// Runs a scan's reader on its own task and returns the stream of the batches
+/// it sends. `read` gets the sending half and returns its failure; a panic in it
+/// (Arrow's, say) becomes `panicked(message)`. Either way the stream ends with
+/// that error, never as if every row had been read: the channel stays open,
+/// held by a task that awaits the reader, until the error is in it.
+pub fn spawn_reader<R>(
+    schema: SchemaRef,
+    read: impl FnOnce(BatchSender) -> R,
+    panicked: impl FnOnce(String) -> DataFusionError + Send + 'static,
+) -> SendableRecordBatchStream
+where
+    R: std::future::Future<Output = DfResult<()>> + Send + 'static,
+{
+    let (tx, stream) = channel(schema);
+    let reader = tokio::spawn(read(tx.clone()));
+    tokio::spawn(async move {
+        let error = match reader.await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(e) => panicked(join_error_text(e)),
+        };
+        // Fails only when nobody reads the stream any more.
+        let _ = tx.send(Err(error)).await;
+    });
+    stream
+}
+
+/// What a task that did not finish said: its panic's message, or why it was cancelled.
+pub fn join_error_text(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(panic) => match panic.downcast::<String>() {
+            Ok(text) => format!("it panicked: {text}"),
+            Err(panic) => match panic.downcast::<&'static str>() {
+                Ok(text) => format!("it panicked: {text}"),
+                Err(_) => "it panicked".to_string(),
+            },
+        },
+        Err(e) => e.to_string(),
+    }
 }
 
 /// A source error as DataFusion carries it through a query.
@@ -735,6 +782,11 @@ pub struct Batcher {
     schema: SchemaRef,
     columns: Vec<ColumnBuilder>,
     rows: usize,
+    /// Bytes of the values appended since the last batch (about: 8 for a
+    /// fixed-width value, the length for text and bytes).
+    bytes: usize,
+    /// A batch is sent once `bytes` reaches this ([`BATCH_BYTES`]).
+    byte_cap: usize,
 }
 
 impl Batcher {
@@ -748,22 +800,38 @@ impl Batcher {
             schema,
             columns,
             rows: 0,
+            bytes: 0,
+            byte_cap: BATCH_BYTES,
         })
+    }
+
+    /// The same with batches sent once they hold `cap` bytes.
+    #[cfg(test)]
+    pub fn with_byte_cap(mut self, cap: usize) -> Self {
+        self.byte_cap = cap;
+        self
     }
 
     /// Appends `cell` to column `i` of the current row; the error says why the
     /// value does not fit the column's type.
     pub fn push(&mut self, i: usize, cell: Cell) -> Result<(), String> {
+        self.bytes += match cell {
+            Cell::Null => 0,
+            Cell::Text(v) => v.len(),
+            Cell::Bytes(v) => v.len(),
+            _ => 8,
+        };
         match self.columns.get_mut(i) {
             Some(c) => c.append(cell),
             None => Err(format!("no column {i}")),
         }
     }
 
-    /// Ends a row; returns a full batch every [`BATCH_ROWS`] rows.
+    /// Ends a row; returns a batch every [`BATCH_ROWS`] rows, or sooner once
+    /// the values held reach the byte cap.
     pub fn end_row(&mut self) -> Result<Option<RecordBatch>, DataFusionError> {
         self.rows += 1;
-        if self.rows >= BATCH_ROWS {
+        if self.rows >= BATCH_ROWS || self.bytes >= self.byte_cap {
             self.flush()
         } else {
             Ok(None)
@@ -778,6 +846,7 @@ impl Batcher {
         let arrays: Vec<ArrayRef> = self.columns.iter_mut().map(|c| c.finish()).collect();
         let options = RecordBatchOptions::new().with_row_count(Some(self.rows));
         self.rows = 0;
+        self.bytes = 0;
         Ok(Some(RecordBatch::try_new_with_options(
             self.schema.clone(),
             arrays,
@@ -1079,6 +1148,127 @@ mod tests {
     impl Reader for NoReader {
         fn read(&self, _sql: String, schema: SchemaRef) -> SendableRecordBatchStream {
             channel(schema).1
+        }
+    }
+
+    fn one_int_batch(schema: &SchemaRef) -> RecordBatch {
+        let mut b = Batcher::new(schema.clone()).unwrap();
+        b.push(0, Cell::Int(1)).unwrap();
+        b.end_row().unwrap();
+        b.flush().unwrap().unwrap()
+    }
+
+    /// Everything a stream yields, errors as their text.
+    async fn drain(mut stream: SendableRecordBatchStream) -> Vec<Result<usize, String>> {
+        use futures::StreamExt;
+        let mut out = Vec::new();
+        while let Some(item) = stream.next().await {
+            out.push(item.map(|b| b.num_rows()).map_err(|e| e.to_string()));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_panics_or_fails_ends_its_stream_with_an_error() {
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
+        let batch = one_int_batch(&schema);
+        let panicked = |text: String| DataFusionError::Execution(format!("reader: {text}"));
+        // A panic after one batch (as Arrow's on a 2 GiB string column).
+        let sent = batch.clone();
+        let stream = spawn_reader(
+            schema.clone(),
+            |tx| async move {
+                tx.send(Ok(sent)).await.unwrap();
+                panic!("byte array offset overflow");
+            },
+            panicked,
+        );
+        let items = drain(stream).await;
+        assert_eq!(items.len(), 2, "{items:?}");
+        assert_eq!(items[0], Ok(1));
+        let err = items[1].clone().unwrap_err();
+        assert!(
+            err.contains("reader: it panicked: byte array offset overflow"),
+            "{err}"
+        );
+        // A panic with a formatted message, before any batch.
+        let stream = spawn_reader(
+            schema.clone(),
+            |_tx| async move {
+                let n = 3;
+                panic!("column {n}");
+            },
+            panicked,
+        );
+        let items = drain(stream).await;
+        assert_eq!(items.len(), 1, "{items:?}");
+        assert!(
+            items[0]
+                .clone()
+                .unwrap_err()
+                .contains("it panicked: column 3")
+        );
+        // A reader that returns its failure.
+        let sent = batch.clone();
+        let stream = spawn_reader(
+            schema.clone(),
+            |tx| async move {
+                tx.send(Ok(sent)).await.unwrap();
+                Err(DataFusionError::Execution("the server went away".into()))
+            },
+            panicked,
+        );
+        let items = drain(stream).await;
+        assert_eq!(items.len(), 2, "{items:?}");
+        assert!(
+            items[1]
+                .clone()
+                .unwrap_err()
+                .contains("the server went away")
+        );
+        // One that finishes: its batches, then the end.
+        let stream = spawn_reader(
+            schema.clone(),
+            |tx| async move {
+                tx.send(Ok(batch)).await.unwrap();
+                Ok(())
+            },
+            panicked,
+        );
+        assert_eq!(drain(stream).await, vec![Ok(1)]);
+    }
+
+    #[test]
+    fn a_batch_is_sent_early_once_its_values_reach_the_byte_cap() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("pad", DataType::Utf8, true),
+        ]));
+        let mut b = Batcher::new(schema).unwrap().with_byte_cap(100);
+        let pad = "x".repeat(40);
+        let mut batches = Vec::new();
+        for i in 0..10 {
+            b.push(0, Cell::Int(i)).unwrap();
+            b.push(1, Cell::Text(&pad)).unwrap();
+            if let Some(batch) = b.end_row().unwrap() {
+                batches.push(batch.num_rows());
+            }
+        }
+        if let Some(batch) = b.flush().unwrap() {
+            batches.push(batch.num_rows());
+        }
+        // 48 bytes a row: a batch every 3 rows (144 bytes >= 100), then the rest.
+        assert_eq!(batches, vec![3, 3, 3, 1]);
+        // Without a cap reached, rows wait for BATCH_ROWS.
+        let mut b = Batcher::new(Arc::new(Schema::new(vec![Field::new(
+            "pad",
+            DataType::Utf8,
+            true,
+        )])))
+        .unwrap();
+        for _ in 0..100 {
+            b.push(0, Cell::Text(&pad)).unwrap();
+            assert!(b.end_row().unwrap().is_none());
         }
     }
 

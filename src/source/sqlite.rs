@@ -25,8 +25,8 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use super::SourceError;
 use super::mysql::{human, list};
 use super::sql::{
-    BatchSender, Batcher, Cell, Dialect, Reader, SqlColumn, SqlTable, channel, external,
-    log_fetched, show, table_parts, trim_query,
+    BatchSender, Batcher, Cell, Dialect, Reader, SqlColumn, SqlTable, external, join_error_text,
+    log_fetched, show, spawn_reader, table_parts, trim_query,
 };
 use crate::config::{DatabaseSource, Relation};
 
@@ -357,14 +357,15 @@ struct SqliteReader {
 
 impl Reader for SqliteReader {
     fn read(&self, sql: String, schema: SchemaRef) -> SendableRecordBatchStream {
-        let (tx, stream) = channel(schema.clone());
         let file = self.file.clone();
+        let failed = self.file.clone();
         let origins: Vec<Origin> = schema
             .fields()
             .iter()
             .map(|f| self.origins.get(f.name()).cloned().flatten())
             .collect();
-        tokio::spawn(async move {
+        let stream_schema = schema.clone();
+        let read = move |tx: BatchSender| async move {
             let started = Instant::now();
             let (handle_tx, handle_rx) = tokio::sync::oneshot::channel();
             let sender = tx.clone();
@@ -394,19 +395,22 @@ impl Reader for SqliteReader {
             let message = match outcome {
                 Ok(Ok(rows)) => {
                     log_fetched(&file.source, rows, started);
-                    return;
+                    return Ok(());
                 }
-                _ if cancelled => return,
+                // Nobody reads the rows any more.
+                _ if cancelled => return Ok(()),
                 _ if timed_out => format!(
                     "the query did not finish within {}: raise `query_timeout`, or have it read fewer rows",
                     human(file.query_timeout)
                 ),
                 Ok(Err(message)) => message,
-                Err(e) => format!("the read failed: {e}"),
+                Err(e) => format!("the read stopped: {}", join_error_text(e)),
             };
-            let _ = tx.send(Err(external(file.error(message)))).await;
-        });
-        stream
+            Err(external(file.error(message)))
+        };
+        spawn_reader(stream_schema, read, move |why| {
+            external(failed.error(format!("the read stopped: {why}")))
+        })
     }
 }
 
