@@ -115,7 +115,9 @@ impl Dialect {
     }
 
     /// `FROM` target of a relation: a quoted (possibly schema-qualified) table,
-    /// or the query as a derived table.
+    /// or the query as a derived table. The newline before the `)` ends a
+    /// trailing `-- comment` (or MySQL `# comment`) in the query, which would
+    /// otherwise comment out the rest of the statement.
     pub fn from(self, relation: &Relation) -> String {
         match relation {
             Relation::Table(name) => table_parts(name)
@@ -123,7 +125,7 @@ impl Dialect {
                 .map(|p| self.ident(p))
                 .collect::<Vec<_>>()
                 .join("."),
-            Relation::Query(sql) => format!("({}) AS {QUERY_ALIAS}", trim_query(sql)),
+            Relation::Query(sql) => format!("({}\n) AS {QUERY_ALIAS}", trim_query(sql)),
         }
     }
 
@@ -1316,8 +1318,12 @@ mod tests {
             "`shop`.`orders`"
         );
         assert_eq!(
+            MYSQL.from(&Relation::Query("SELECT 1 AS a # one\n".into())),
+            "(SELECT 1 AS a # one\n) AS kpiforge_q"
+        );
+        assert_eq!(
             Dialect::Sqlite.from(&Relation::Query("SELECT 1 AS a;\n".into())),
-            "(SELECT 1 AS a) AS kpiforge_q"
+            "(SELECT 1 AS a\n) AS kpiforge_q"
         );
     }
 
@@ -1359,7 +1365,7 @@ mod tests {
         assert_eq!(
             q.select(Some(&vec![1]), &[col("note").eq(lit(r#"say "hi""#))], None)
                 .unwrap(),
-            r#"SELECT "note" FROM (SELECT * FROM x) AS kpiforge_q WHERE ("note" COLLATE BINARY = 'say "hi"')"#
+            "SELECT \"note\" FROM (SELECT * FROM x\n) AS kpiforge_q WHERE (\"note\" COLLATE BINARY = 'say \"hi\"')"
         );
     }
 

@@ -177,11 +177,29 @@ fn assert_type(batch: &RecordBatch, column: &str, expected: &DataType) {
     assert_eq!(field.data_type(), expected, "type of `{column}`");
 }
 
+/// The log's records: a line that does not start with a timestamp continues
+/// the record before it (a `query:` source's SQL spans lines).
+fn records(log: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in log.lines() {
+        let starts = line.len() > 4 && line.as_bytes()[..4].iter().all(u8::is_ascii_digit);
+        match out.last_mut() {
+            Some(last) if !starts => {
+                last.push('\n');
+                last.push_str(line);
+            }
+            _ => out.push(line.to_string()),
+        }
+    }
+    out
+}
+
 /// The SQL of every scan of `t` and every "rows fetched" count, from a debug log.
 fn scans(log: &str) -> (Vec<String>, Vec<u64>) {
     let mut sql = Vec::new();
     let mut rows = Vec::new();
-    for line in log.lines() {
+    for line in &records(log) {
+        let line = line.as_str();
         if !line.contains("source=t") {
             continue;
         }
@@ -595,7 +613,7 @@ fn mysql_query_source_with_pushed_filter() {
     assert_eq!(
         sql.last().unwrap(),
         &format!(
-            "SELECT `note`, `tens` FROM (SELECT id, note, id * 10 AS tens FROM {} WHERE id > 1) AS kpiforge_q WHERE (`tens` >= 30)",
+            "SELECT `note`, `tens` FROM (SELECT id, note, id * 10 AS tens FROM {} WHERE id > 1\n) AS kpiforge_q WHERE (`tens` >= 30)",
             t.name
         )
     );
@@ -607,6 +625,33 @@ fn mysql_query_source_with_pushed_filter() {
         scans(&log).0.last().unwrap().starts_with("SELECT 1 FROM ("),
         "{log}"
     );
+    // A query ending in a comment: the filters around it still apply.
+    for comment in [
+        "-- skip the first",
+        "# skip the first",
+        "/* skip the first */",
+    ] {
+        let src = source(
+            dir.path(),
+            &format!(
+                "    mysql: {{url: \"{url}\", query: \"SELECT id, note FROM {} WHERE id > 1 {comment}\"}}",
+                t.name
+            ),
+        );
+        let (batch, log) = rows_of(
+            &src,
+            "SELECT id FROM t WHERE id >= 3 AND id < 5 ORDER BY id",
+        );
+        assert_eq!(cells(&batch, "id"), some(&["3", "4"]), "{comment}");
+        let (sql, rows) = scans(&log);
+        assert!(
+            sql.last().unwrap().ends_with(&format!(
+                "{comment}\n) AS kpiforge_q WHERE (`id` >= 3) AND (`id` < 5)"
+            )),
+            "{log}"
+        );
+        assert_eq!(rows.last(), Some(&2), "{comment}");
+    }
 }
 
 #[test]
@@ -1078,7 +1123,7 @@ fn sqlite_query_source_with_pushed_filter() {
     assert_eq!(
         sql.last().unwrap(),
         "SELECT \"id\", \"note\" FROM (SELECT id, note, CAST(id * 10 AS INTEGER) AS tens, id * 10 AS raw \
-         FROM t WHERE id > 1) AS kpiforge_q WHERE (\"id\" >= 3)"
+         FROM t WHERE id > 1\n) AS kpiforge_q WHERE (\"id\" >= 3)"
     );
     assert_eq!(rows.last(), Some(&3));
     // A CAST declares the expression's type: filtered in SQLite.
@@ -1105,6 +1150,24 @@ fn sqlite_query_source_with_pushed_filter() {
     assert_eq!(scans(&log).1.last(), Some(&4));
     let (batch, _) = rows_of(&src, "SELECT count(*) AS n FROM t");
     assert_eq!(cells(&batch, "n"), some(&["4"]));
+    // A query ending in a comment: the filters around it still apply.
+    let src = sqlite_source(
+        dir.path(),
+        "query: \"SELECT id, note FROM t WHERE id > 1 -- skip the first\"",
+    );
+    let (batch, log) = rows_of(
+        &src,
+        "SELECT id FROM t WHERE id >= 3 AND id < 5 ORDER BY id",
+    );
+    assert_eq!(cells(&batch, "id"), some(&["3", "4"]));
+    let (sql, rows) = scans(&log);
+    assert!(
+        sql.last()
+            .unwrap()
+            .ends_with("-- skip the first\n) AS kpiforge_q WHERE (\"id\" >= 3) AND (\"id\" < 5)"),
+        "{log}"
+    );
+    assert_eq!(rows.last(), Some(&2));
 }
 
 #[test]
