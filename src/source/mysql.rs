@@ -2,9 +2,8 @@
 //! for why not through datafusion-table-providers).
 //!
 //! Registration connects once: it settles TLS (`prefer` falls back to plain when
-//! the server offers none), reads the session's `sql_mode` (for string escaping)
-//! and prepares `SELECT * FROM <relation>` to learn the columns without fetching
-//! a row. Every scan then opens its own connection, runs its `SELECT` with the
+//! the server offers none) and prepares `SELECT * FROM <relation>` to learn the
+//! columns without fetching a row. Every scan then opens its own connection, runs its `SELECT` with the
 //! binary protocol and streams the rows (see `sql.rs`). Sessions run in UTC.
 
 use std::sync::Arc;
@@ -48,11 +47,11 @@ pub async fn provider(
     .map_err(|f| server.remote(f))?;
     let described = describe(&server, &mut conn, &cfg.relation).await;
     let _ = conn.disconnect().await;
-    let (columns, dialect) = described.map_err(|f| server.remote(f))?;
+    let columns = described.map_err(|f| server.remote(f))?;
     let relation = &cfg.relation;
     let table = SqlTable::new(
         name,
-        dialect,
+        Dialect::Mysql,
         relation,
         columns,
         Arc::new(MysqlReader {
@@ -553,22 +552,13 @@ impl Server {
     }
 }
 
-/// Learns the columns (and the session's string escaping) on `conn`.
+/// Learns the columns on `conn`.
 async fn describe(
     server: &Server,
     conn: &mut Conn,
     relation: &Relation,
-) -> Result<(Vec<SqlColumn>, Dialect), Failure> {
-    let sql_mode: Option<String> = conn
-        .query_first("SELECT @@SESSION.sql_mode")
-        .await
-        .map_err(|e| server.classify(&e))?;
-    let dialect = Dialect::Mysql {
-        backslash_escapes: !sql_mode
-            .unwrap_or_default()
-            .contains("NO_BACKSLASH_ESCAPES"),
-    };
-    let sql = format!("SELECT * FROM {}", dialect.from(relation));
+) -> Result<Vec<SqlColumn>, Failure> {
+    let sql = format!("SELECT * FROM {}", Dialect::Mysql.from(relation));
     let statement = match tokio::time::timeout(server.query_timeout, conn.prep(&sql)).await {
         Ok(Ok(s)) => s,
         Ok(Err(MyError::Server(s))) if s.code == 1146 => {
@@ -615,7 +605,7 @@ async fn describe(
             )
         });
     }
-    Ok((columns, dialect))
+    Ok(columns)
 }
 
 fn query_failed(server: &Server, relation: &Relation, e: &MyError) -> Failure {
@@ -633,9 +623,7 @@ async fn not_found(server: &Server, conn: &mut Conn, table: &str) -> Failure {
         [schema, name] => (Some(schema.clone()), name.clone()),
         _ => (None, table.to_string()),
     };
-    let dialect = Dialect::Mysql {
-        backslash_escapes: true,
-    };
+    let dialect = Dialect::Mysql;
     let database = schema
         .clone()
         .unwrap_or_else(|| server.database_name().to_string());

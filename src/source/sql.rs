@@ -60,12 +60,8 @@ const QUERY_ALIAS: &str = "kpiforge_q";
 /// How SQL is spelled for one database: quoting and literals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
-    /// MySQL and MariaDB. `backslash_escapes` is false when the session's
-    /// `sql_mode` has `NO_BACKSLASH_ESCAPES` (then `\` is an ordinary character
-    /// in string literals).
-    Mysql {
-        backslash_escapes: bool,
-    },
+    /// MySQL and MariaDB.
+    Mysql,
     Sqlite,
 }
 
@@ -73,7 +69,7 @@ impl Dialect {
     /// A quoted identifier: `` `a``b` `` (MySQL) or `"a""b"` (SQLite).
     pub fn ident(self, name: &str) -> String {
         let q = match self {
-            Dialect::Mysql { .. } => '`',
+            Dialect::Mysql => '`',
             Dialect::Sqlite => '"',
         };
         let mut out = String::with_capacity(name.len() + 2);
@@ -88,30 +84,33 @@ impl Dialect {
         out
     }
 
-    /// A string literal. Quotes are doubled; for MySQL with backslash escapes
-    /// on, `\` and NUL are escaped too. No value reaches SQL any other way.
+    /// A string literal, read the same whatever the session's settings: quotes
+    /// doubled. MySQL reads `\` in a quoted string as an escape unless the
+    /// session's `sql_mode` has `NO_BACKSLASH_ESCAPES`, and each scan opens a
+    /// session of its own: text holding `\` (or NUL) is sent as a hex literal
+    /// in the connection's character set, `_utf8mb4 X'5C'`, which both modes
+    /// read alike (and which compares as a quoted literal does). No value
+    /// reaches SQL any other way.
     pub fn string(self, text: &str) -> String {
+        if self == Dialect::Mysql && text.contains(['\\', '\0']) {
+            let mut out = String::with_capacity(text.len() * 2 + 12);
+            out.push_str("_utf8mb4 X'");
+            for byte in text.bytes() {
+                let _ = write!(out, "{byte:02X}");
+            }
+            out.push('\'');
+            return out;
+        }
         let mut out = String::with_capacity(text.len() + 2);
         out.push('\'');
         for c in text.chars() {
-            match c {
-                '\'' => out.push_str("''"),
-                '\\' if self.backslash_escapes() => out.push_str("\\\\"),
-                '\0' if self.backslash_escapes() => out.push_str("\\0"),
-                c => out.push(c),
+            if c == '\'' {
+                out.push('\'');
             }
+            out.push(c);
         }
         out.push('\'');
         out
-    }
-
-    fn backslash_escapes(self) -> bool {
-        matches!(
-            self,
-            Dialect::Mysql {
-                backslash_escapes: true
-            }
-        )
     }
 
     /// `FROM` target of a relation: a quoted (possibly schema-qualified) table,
@@ -138,7 +137,7 @@ impl Dialect {
             (_, DataType::Boolean) => format!("({c} <> 0)"),
             // Byte-wise, case- and trailing-space-sensitive, whatever the
             // column's character set and collation: as DataFusion compares.
-            (Dialect::Mysql { .. }, DataType::Utf8) => {
+            (Dialect::Mysql, DataType::Utf8) => {
                 format!("CAST(CONVERT({c} USING utf8mb4) AS BINARY)")
             }
             (Dialect::Sqlite, DataType::Utf8) => format!("{c} COLLATE BINARY"),
@@ -237,7 +236,7 @@ impl Dialect {
     /// `DATE'2026-01-31'` for MySQL; SQLite keeps dates as ISO text.
     fn typed(self, keyword: &str, text: &str) -> String {
         match self {
-            Dialect::Mysql { .. } => format!("{keyword}{}", self.string(text)),
+            Dialect::Mysql => format!("{keyword}{}", self.string(text)),
             Dialect::Sqlite => self.string(text),
         }
     }
@@ -248,7 +247,7 @@ impl Dialect {
         let not = if negated { "NOT " } else { "" };
         let c = self.ident(column);
         match self {
-            Dialect::Mysql { .. } => {
+            Dialect::Mysql => {
                 // A trailing lone `\` is read differently by the two: leave it to DataFusion.
                 pattern_tokens(pattern)?;
                 Some(format!(
@@ -593,7 +592,7 @@ impl SqlTable {
         plain: impl FnOnce(&str) -> String,
     ) -> String {
         match self.dialect {
-            Dialect::Mysql { .. } if equality && *t == DataType::Utf8 => {
+            Dialect::Mysql if equality && *t == DataType::Utf8 => {
                 format!("({} AND {exact})", plain(&self.dialect.ident(name)))
             }
             _ => exact.to_string(),
@@ -1141,9 +1140,7 @@ mod tests {
     use datafusion::logical_expr::{col, lit};
     use datafusion::prelude::Expr;
 
-    const MYSQL: Dialect = Dialect::Mysql {
-        backslash_escapes: true,
-    };
+    const MYSQL: Dialect = Dialect::Mysql;
 
     #[derive(Debug)]
     struct NoReader;
@@ -1330,22 +1327,20 @@ mod tests {
     #[test]
     fn strings_are_escaped_per_dialect() {
         let nasty = r#"say "hi" it's a \ back'); DROP TABLE t; --"#;
+        // MySQL: no backslash ever reaches the SQL text (its meaning depends on
+        // the session's sql_mode); such text goes as hex.
         assert_eq!(
             MYSQL.string(nasty),
-            r#"'say "hi" it''s a \\ back''); DROP TABLE t; --'"#
+            "_utf8mb4 X'736179202268692220697427732061205C206261636B27293B2044524F50205441424C4520743B202D2D'"
         );
-        assert_eq!(
-            Dialect::Mysql {
-                backslash_escapes: false
-            }
-            .string(nasty),
-            r#"'say "hi" it''s a \ back''); DROP TABLE t; --'"#
-        );
+        assert_eq!(MYSQL.string(r#"say "hi" it's"#), r#"'say "hi" it''s'"#);
+        assert_eq!(MYSQL.string("a\0b"), "_utf8mb4 X'610062'");
+        assert_eq!(MYSQL.string("né"), "'né'");
+        assert_eq!(MYSQL.string(""), "''");
         assert_eq!(
             Dialect::Sqlite.string(nasty),
             r#"'say "hi" it''s a \ back''); DROP TABLE t; --'"#
         );
-        assert_eq!(MYSQL.string("a\0b"), "'a\\0b'");
     }
 
     #[test]
@@ -1455,7 +1450,8 @@ mod tests {
         let t = orders(MYSQL);
         assert_eq!(
             pushed(&t, col("note").like(lit(r"50\%_off%"))).unwrap(),
-            r"(CONVERT(`note` USING utf8mb4) COLLATE utf8mb4_bin LIKE '50\\%_off%' ESCAPE '\\')"
+            "(CONVERT(`note` USING utf8mb4) COLLATE utf8mb4_bin LIKE _utf8mb4 X'35305C255F6F666625' \
+             ESCAPE _utf8mb4 X'5C')"
         );
         assert_eq!(pushed(&t, col("note").ilike(lit("a%"))), None);
         assert_eq!(pushed(&t, col("note").like(lit(r"ends\"))), None);
