@@ -16,7 +16,8 @@ use futures::StreamExt;
 use mysql_async::consts::{ColumnFlags, ColumnType};
 use mysql_async::prelude::Queryable;
 use mysql_async::{
-    Column, Conn, DriverError, Error as MyError, IoError, Opts, OptsBuilder, Row, SslOpts, Value,
+    Column, Conn, DriverError, Error as MyError, IoError, Opts, OptsBuilder, Row, SslOpts,
+    UrlError, Value,
 };
 
 use super::SourceError;
@@ -99,6 +100,7 @@ struct Failure {
 }
 
 impl Failure {
+    /// Unscrubbed: make failures with [`Server::failure`].
     fn new(message: impl Into<String>, transient: bool) -> Self {
         Failure {
             message: message.into(),
@@ -120,11 +122,14 @@ impl Server {
             Some(rest) => format!("mysql://{rest}"),
             None => cfg.url.clone(),
         };
+        let (url, password) = encode_user_info(&url);
         let parsed = Opts::from_url(&url).map_err(|e| {
-            config(format!(
-                "the URL `{}` is not valid: {e}: write it as mysql://user:password@host:3306/database",
-                cfg.display()
-            ))
+            let message = format!(
+                "the URL `{}` is not valid ({}): write it as mysql://user:password@host:3306/database",
+                cfg.display(),
+                url_problem(&e)
+            );
+            config(scrub(message, password.as_deref()))
         })?;
         let host = parsed.ip_or_hostname().to_string();
         let port = parsed.tcp_port();
@@ -191,12 +196,15 @@ impl Server {
         )
     }
 
-    /// The failure as the source's error, the password scrubbed if it ever appeared.
+    /// A failure whose message (often holding the driver's or the server's
+    /// words) never shows the password, whether it is logged or returned.
+    fn failure(&self, message: impl Into<String>, transient: bool) -> Failure {
+        Failure::new(scrub(message.into(), self.password.as_deref()), transient)
+    }
+
+    /// The failure as the source's error.
     fn remote(&self, f: Failure) -> SourceError {
-        let mut message = f.message;
-        if let Some(p) = self.password.as_deref().filter(|p| !p.is_empty()) {
-            message = message.replace(p, "***");
-        }
+        let message = scrub(f.message, self.password.as_deref());
         if f.config {
             SourceError::Config {
                 name: self.source.clone(),
@@ -251,7 +259,7 @@ impl Server {
         match tokio::time::timeout(self.connect_timeout, Conn::new(self.opts.clone())).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(self.classify(&e)),
-            Err(_) => Err(Failure::new(
+            Err(_) => Err(self.failure(
                 format!(
                     "could not connect to {} within {}: is the host reachable? (database {}, user '{}'; \
                      raise `connect_timeout` for a slow network)",
@@ -273,7 +281,7 @@ impl Server {
             MyError::Io(IoError::Io(io)) => {
                 use std::io::ErrorKind as K;
                 match io.kind() {
-                    K::ConnectionRefused => Failure::new(
+                    K::ConnectionRefused => self.failure(
                         format!(
                             "connection refused: is MySQL running on {hp}? (database {}, user '{}')",
                             self.database_name(),
@@ -281,7 +289,7 @@ impl Server {
                         ),
                         true,
                     ),
-                    K::TimedOut => Failure::new(
+                    K::TimedOut => self.failure(
                         format!("connection to {at} timed out ({io}): is the host reachable?"),
                         true,
                     ),
@@ -289,29 +297,29 @@ impl Server {
                     | K::ConnectionAborted
                     | K::BrokenPipe
                     | K::UnexpectedEof
-                    | K::NotConnected => Failure::new(
+                    | K::NotConnected => self.failure(
                         format!(
                             "the connection to {at} was lost ({io}): did the server restart or close it?"
                         ),
                         true,
                     ),
-                    K::HostUnreachable | K::NetworkUnreachable => Failure::new(
+                    K::HostUnreachable | K::NetworkUnreachable => self.failure(
                         format!("cannot reach {at} ({io}): is the host reachable?"),
                         true,
                     ),
-                    _ if io.to_string().contains("lookup") => Failure::new(
+                    _ if io.to_string().contains("lookup") => self.failure(
                         format!(
                             "cannot resolve the host `{}` ({io}): check the host in the URL",
                             self.host
                         ),
                         false,
                     ),
-                    _ => Failure::new(format!("cannot talk to {at}: {io}"), true),
+                    _ => self.failure(format!("cannot talk to {at}: {io}"), true),
                 }
             }
             MyError::Io(IoError::Tls(t)) => Failure {
                 no_tls: true,
-                ..Failure::new(
+                ..self.failure(
                     format!(
                         "TLS with {at} failed: {t}: check `tls:` (its `mode`, and `ca` for verify-ca or verify-full)"
                     ),
@@ -323,12 +331,12 @@ impl Server {
             {
                 Failure {
                     no_tls: true,
-                    ..Failure::new(format!("the server at {at} does not offer TLS"), false)
+                    ..self.failure(format!("the server at {at} does not offer TLS"), false)
                 }
             }
             MyError::Driver(DriverError::NoClientSslFlagFromServer) => Failure {
                 no_tls: true,
-                ..Failure::new(
+                ..self.failure(
                     format!(
                         "the server at {at} does not offer TLS, which `tls: {{mode: {}}}` requires: \
                          enable TLS on the server, or set `tls: {{mode: prefer}}` to fall back to a plain connection",
@@ -341,17 +349,17 @@ impl Server {
                 d @ (DriverError::ConnectionClosed
                 | DriverError::PacketOutOfOrder
                 | DriverError::UnexpectedPacket { .. }),
-            ) => Failure::new(
+            ) => self.failure(
                 format!("the connection to {at} was lost ({d}): did the server go away?"),
                 true,
             ),
-            MyError::Driver(d) => Failure::new(format!("MySQL driver error with {at}: {d}"), false),
+            MyError::Driver(d) => self.failure(format!("MySQL driver error with {at}: {d}"), false),
             MyError::Server(s) => self.server_error(s),
             MyError::Url(u) => Failure {
                 config: true,
-                ..Failure::new(format!("the URL is not valid: {u}"), false)
+                ..self.failure(format!("the URL is not valid: {}", url_problem(u)), false)
             },
-            MyError::Other(o) => Failure::new(format!("error with {at}: {o}"), false),
+            MyError::Other(o) => self.failure(format!("error with {at}: {o}"), false),
         }
     }
 
@@ -361,26 +369,26 @@ impl Server {
         let user = &self.user;
         let said = format!("{} (error {})", s.message, s.code);
         match s.code {
-            1045 => Failure::new(
+            1045 => self.failure(
                 format!(
                     "authentication failed for user '{user}' on {hp} (database {db}): check the \
                      password in the URL's environment variable (the server said: {said})"
                 ),
                 false,
             ),
-            1044 => Failure::new(
+            1044 => self.failure(
                 format!(
                     "user '{user}' may not use database '{db}' on {hp}: grant access, or name another database (the server said: {said})"
                 ),
                 false,
             ),
-            1049 => Failure::new(
+            1049 => self.failure(
                 format!(
                     "unknown database '{db}' on {hp} (user '{user}'): check the database at the end of the URL"
                 ),
                 false,
             ),
-            1046 => Failure::new(
+            1046 => self.failure(
                 format!(
                     "no database is selected on {hp} (user '{user}'): name one at the end of the URL \
                      (mysql://user@host:3306/database) or write `table: database.table`"
@@ -391,9 +399,9 @@ impl Server {
             // wait timeout, deadlock, connection killed: worth another attempt.
             1040 | 1053 | 1077 | 1078 | 1079 | 1080 | 1152 | 1153 | 1154 | 1155 | 1156 | 1157
             | 1158 | 1159 | 1160 | 1161 | 1203 | 1205 | 1213 | 1927 | 2006 | 2013 => {
-                Failure::new(format!("{} on {}", said, self.at()), true)
+                self.failure(format!("{} on {}", said, self.at()), true)
             }
-            _ => Failure::new(format!("{said} on {}", self.at()), false),
+            _ => self.failure(format!("{said} on {}", self.at()), false),
         }
     }
 
@@ -469,7 +477,7 @@ impl Server {
     where
         S: futures::Stream<Item = mysql_async::Result<Row>> + Unpin,
     {
-        let mut batcher = Batcher::new(schema.clone()).map_err(|m| Failure::new(m, false))?;
+        let mut batcher = Batcher::new(schema.clone()).map_err(|m| self.failure(m, false))?;
         let columns = schema.fields().len();
         let mut rows = 0u64;
         loop {
@@ -495,7 +503,7 @@ impl Server {
                 let appended = cell(value, field.data_type())
                     .and_then(|c| batcher.push(i, c).map_err(Hint::none));
                 if let Err(hint) = appended {
-                    return Err(Failure::new(
+                    return Err(self.failure(
                         format!(
                             "column `{}` on {}: {}{}",
                             field.name(),
@@ -510,7 +518,7 @@ impl Server {
             rows += 1;
             let batch = batcher
                 .end_row()
-                .map_err(|e| Failure::new(e.to_string(), false))?;
+                .map_err(|e| self.failure(e.to_string(), false))?;
             if let Some(batch) = batch
                 && tx.send(Ok(batch)).await.is_err()
             {
@@ -520,7 +528,7 @@ impl Server {
         }
         if let Some(batch) = batcher
             .flush()
-            .map_err(|e| Failure::new(e.to_string(), false))?
+            .map_err(|e| self.failure(e.to_string(), false))?
         {
             let _ = tx.send(Ok(batch)).await;
         }
@@ -528,7 +536,7 @@ impl Server {
     }
 
     fn timed_out(&self) -> Failure {
-        Failure::new(
+        self.failure(
             format!(
                 "the query did not finish within {} on {}: raise `query_timeout`, or have it read fewer rows",
                 human(self.query_timeout),
@@ -595,7 +603,7 @@ async fn describe(
         };
         return Err(Failure {
             config: true,
-            ..Failure::new(
+            ..server.failure(
                 format!(
                     "column `{name}` of {what} has type {type_name}, which kpiforge cannot read{others}: \
                      convert it in a `query:`, e.g. `query: SELECT {}, ... FROM ...`",
@@ -641,7 +649,7 @@ async fn not_found(server: &Server, conn: &mut Conn, table: &str) -> Failure {
         Ok(tables) => format!("tables there: {}", list(&tables)),
         Err(_) => "check the name".to_string(),
     };
-    Failure::new(
+    server.failure(
         format!(
             "table `{name}` not found in database `{database}` on {} (user '{}'): {there}",
             server.host_port(),
@@ -649,6 +657,126 @@ async fn not_found(server: &Server, conn: &mut Conn, table: &str) -> Failure {
         ),
         false,
     )
+}
+
+/// Passwords shorter than this are not scrubbed from messages by search: one
+/// like `330` would garble ordinary text (port `3306` shown as `***6`), and
+/// show what the password is. Messages are made of the host, port, database
+/// and user and the server's words, never the password: scrubbing is a second
+/// line of defence.
+const SCRUBBED_LENGTH: usize = 6;
+
+/// `message` with every occurrence of `password` (of [`SCRUBBED_LENGTH`] or
+/// more characters) replaced by `***`.
+fn scrub(message: String, password: Option<&str>) -> String {
+    match password {
+        Some(p) if p.chars().count() >= SCRUBBED_LENGTH && message.contains(p) => {
+            message.replace(p, "***")
+        }
+        _ => message,
+    }
+}
+
+/// `url` with its user and password percent-encoded, and the password as
+/// written (decoded). They end at the *last* `@` (as `config::strip_password`
+/// reads them), so a password holding `/`, `?`, `#` or `@` is not cut by the
+/// URL parser into a host, a path or a query, which messages would then show
+/// (`mysql://kpi:/s3cret@db/shop` has host `kpi` and database `s3cret@db`
+/// otherwise). A `%XX` already there is kept.
+fn encode_user_info(url: &str) -> (String, Option<String>) {
+    let Some(scheme_end) = url.find("://") else {
+        return (url.to_string(), None);
+    };
+    let rest = &url[scheme_end + 3..];
+    let Some(at) = rest.rfind('@') else {
+        return (url.to_string(), None);
+    };
+    let (user, password) = match rest[..at].split_once(':') {
+        Some((user, password)) => (user, Some(password)),
+        None => (&rest[..at], None),
+    };
+    let mut out = format!("{}://{}", &url[..scheme_end], percent_encode(user));
+    if let Some(p) = password {
+        out.push(':');
+        out.push_str(&percent_encode(p));
+    }
+    out.push('@');
+    out.push_str(&rest[at + 1..]);
+    (out, password.map(percent_decode))
+}
+
+/// Every byte but unreserved and sub-delimiter characters as `%XX`; an
+/// existing `%XX` escape is kept.
+fn percent_encode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape = b == b'%'
+            && bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+            && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) || escape {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `%XX` escapes decoded (as the driver decodes the password).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What is wrong with a URL, in words of our own: the driver's text may quote
+/// any part of it.
+fn url_problem(e: &UrlError) -> String {
+    match e {
+        // The `url` crate's fixed descriptions ("invalid port number", "empty host").
+        UrlError::Parse(p) => p.to_string(),
+        UrlError::UnsupportedScheme { .. } => "the scheme must be mysql:// or mariadb://".into(),
+        UrlError::UnknownParameter { param } => format!("unknown parameter `{}`", clip_name(param)),
+        UrlError::InvalidParamValue { param, .. } => {
+            format!("parameter `{}` has an invalid value", clip_name(param))
+        }
+        UrlError::FeatureRequired { param, .. } => {
+            format!("parameter `{}` is not supported", clip_name(param))
+        }
+        _ => "it is incomplete".into(),
+    }
+}
+
+/// A URL parameter's name, if it looks like one.
+fn clip_name(name: &str) -> &str {
+    if name.len() <= 40
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        name
+    } else {
+        "?"
+    }
 }
 
 /// At most 20 names, then "... (N in all)".
@@ -875,7 +1003,7 @@ impl Reader for MysqlReader {
             },
             move |why| {
                 let message = format!("reading from {} stopped: {why}", failed.at());
-                external(failed.remote(Failure::new(message, false)))
+                external(failed.remote(failed.failure(message, false)))
             },
         )
     }
@@ -1010,22 +1138,82 @@ mod tests {
         );
     }
 
-    #[test]
-    fn messages_never_show_the_password() {
-        let cfg = DatabaseSource {
+    fn config(url: &str) -> DatabaseSource {
+        DatabaseSource {
             kind: crate::config::DatabaseKind::Mysql,
-            url: "mariadb://kpi:s3cr3t-pw@db.example:3307/shop".into(),
+            url: url.into(),
             relation: Relation::Table("orders".into()),
             tls: TlsMode::Prefer,
             ca: None,
             connect_timeout: Duration::from_secs(1),
             query_timeout: Duration::from_secs(1),
             retries: 0,
-        };
-        let server = Server::new("shop", &cfg).unwrap();
+        }
+    }
+
+    #[test]
+    fn messages_never_show_the_password() {
+        let server = Server::new(
+            "shop",
+            &config("mariadb://kpi:s3cr3t-pw@db.example:3307/shop"),
+        )
+        .unwrap();
         assert_eq!(server.at(), "db.example:3307 (database shop, user 'kpi')");
+        // Scrubbed where the failure is made (before any log line shows it) and again at the end.
+        let f = server.failure("echo s3cr3t-pw", false);
+        assert_eq!(f.message, "echo ***");
         let e = server.remote(Failure::new("echo s3cr3t-pw", false));
         assert_eq!(e.to_string(), "source `shop`: echo ***");
         assert!(!format!("{server:?}").contains("s3cr3t"));
+        // A short password is not searched for: it would garble the port and show itself.
+        let short = Server::new("shop", &config("mysql://kpi:330@127.0.0.1:3306/shop")).unwrap();
+        let f = short.failure(format!("refused on {}", short.at()), false);
+        assert_eq!(
+            short.remote(f).to_string(),
+            "source `shop`: refused on 127.0.0.1:3306 (database shop, user 'kpi')"
+        );
+    }
+
+    #[test]
+    fn passwords_holding_url_delimiters_stay_passwords() {
+        for (url, password) in [
+            ("mysql://kpi:123?s3cret@db/shop", "123?s3cret"),
+            ("mysql://kpi:/s3cret@db/shop", "/s3cret"),
+            ("mysql://kpi:s3c#ret@db/shop", "s3c#ret"),
+            ("mysql://kpi:s3c@ret:x@db/shop", "s3c@ret:x"),
+            ("mariadb://kpi:100%s3cret@db/shop", "100%s3cret"),
+            // Already encoded: kept as it is.
+            ("mysql://kpi:p%2Fs3cret%40x@db/shop", "p/s3cret@x"),
+        ] {
+            let server = Server::new("shop", &config(url)).unwrap();
+            assert_eq!(server.at(), "db:3306 (database shop, user 'kpi')", "{url}");
+            assert_eq!(server.password.as_deref(), Some(password), "{url}");
+            assert_eq!(server.opts.pass(), Some(password), "{url}");
+        }
+        let server = Server::new("shop", &config("mysql://k%40pi@db:3307")).unwrap();
+        assert_eq!(server.at(), "db:3307 (database (none), user 'k@pi')");
+        // URLs that do not parse: the message shows no part of the password.
+        for (url, problem) in [
+            (
+                "mysql://kpi:123?s3cret@db:99999/shop",
+                "invalid port number",
+            ),
+            ("mysql://kpi:/s3cret@/shop", "empty host"),
+            (
+                "mysql://kpi:s3cret-pw@db/shop?bogus=1",
+                "unknown parameter `bogus`",
+            ),
+            (
+                "mysql://kpi:s3cret-pw@db/shop?prefer_socket=s3cret-pw",
+                "parameter `prefer_socket` has an invalid value",
+            ),
+        ] {
+            let e = Server::new("shop", &config(url)).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("is not valid ({problem})")),
+                "{url}: {e}"
+            );
+            assert!(!e.contains("s3cret"), "{url}: {e}");
+        }
     }
 }

@@ -791,25 +791,41 @@ fn mysql_errors_name_the_server_and_never_the_password() {
     let (out, _) = run(&format!(
         "{{url: \"mysql://kpiforge_test:{secret}@{host}:{port}/{db}\", table: t, retries: 0}}"
     ));
+    // A short wrong password, the port's digits: not searched for in messages
+    // (which would show the port as `***`, and so the password).
+    let (short, _) = run(&format!(
+        "{{url: \"mysql://kpiforge_test:{port}@{host}:{port}/{db}\", table: t, retries: 0}}"
+    ));
     mysql_exec(&url, &["DROP USER IF EXISTS 'kpiforge_test'@'%'"]);
-    fails(
-        &out,
-        &[&format!(
-            "authentication failed for user 'kpiforge_test' on {host}:{port} (database {db}): \
-             check the password in the URL's environment variable"
-        )],
-    );
+    for out in [&out, &short] {
+        fails(
+            out,
+            &[&format!(
+                "authentication failed for user 'kpiforge_test' on {host}:{port} (database {db}): \
+                 check the password in the URL's environment variable"
+            )],
+        );
+    }
     assert!(!stderr(&out).contains(secret) && !stdout(&out).contains(secret));
 
-    // Nothing listens on port 1: refused, retried once, with backoff.
-    let (out, _) = run(&format!(
-        "{{url: \"mysql://{user}:{secret}@127.0.0.1:1/{db}\", table: t, retries: 1}}"
-    ));
+    // Nothing listens on port 1: refused, retried once, with backoff (the
+    // warning of each retry, debug log on, never shows the password either).
+    let dir = kpi_project(
+        &format!(
+            "    mysql: {{url: \"mysql://{user}:{secret}@127.0.0.1:1/{db}\", table: t, retries: 1}}"
+        ),
+        "SELECT DATE '2026-01-01' AS period, CAST(count(*) AS DOUBLE) AS value FROM t",
+        &[],
+    );
+    let out = kpiforge_logged(dir.path(), &RUN);
     fails(
         &out,
-        &[&format!(
-            "connection refused: is MySQL running on 127.0.0.1:1? (database {db}, user '{user}') (2 attempts)"
-        )],
+        &[
+            &format!(
+                "connection refused: is MySQL running on 127.0.0.1:1? (database {db}, user '{user}') (2 attempts)"
+            ),
+            "retrying in 200 ms",
+        ],
     );
     assert!(!stderr(&out).contains(secret) && !stdout(&out).contains(secret));
 
@@ -907,6 +923,42 @@ fn mysql_errors_name_the_server_and_never_the_password() {
             &out,
             &["does not offer TLS, which `tls: {mode: require}` requires"],
         );
+    }
+}
+
+/// A password holding URL delimiters (which the configuration rejects, asking
+/// for percent-encoding; the provider must not leak it either way) stays a
+/// password: no part of it shows in the error or in the log of the retries.
+#[test]
+fn mysql_password_with_url_delimiters_never_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        "mysql://kpi:123?s3cret-pw@127.0.0.1:1/shop",
+        "mysql://kpi:/s3cret-pw@127.0.0.1:1/shop",
+        "mysql://kpi:s3c#ret-pw@127.0.0.1:1/shop",
+        "mariadb://kpi:s3c@ret-pw@127.0.0.1:1/shop",
+    ] {
+        let mut src = source(
+            dir.path(),
+            "    mysql: {url: \"mysql://kpi@127.0.0.1:1/shop\", table: t, retries: 2}",
+        );
+        let kpiforge::config::SourceKind::Database(db) = &mut src.kind else {
+            panic!("not a database source");
+        };
+        db.url = url.to_string();
+        let (result, log) = query(&src, "SELECT * FROM t");
+        let err = result.unwrap_err();
+        assert!(
+            err.contains(
+                "connection refused: is MySQL running on 127.0.0.1:1? (database shop, user 'kpi') (3 attempts)"
+            ),
+            "{url}: {err}"
+        );
+        assert_eq!(log.matches("retrying in").count(), 2, "{url}: {log}");
+        for secret in ["s3cret", "s3c", "ret-pw"] {
+            assert!(!err.contains(secret), "{url}: {err}");
+            assert!(!log.contains(secret), "{url}: {log}");
+        }
     }
 }
 
