@@ -47,7 +47,7 @@ pub async fn provider(
     }
     .map_err(|f| server.remote(f))?;
     let described = describe(&server, &mut conn, &cfg.relation).await;
-    let _ = conn.disconnect().await;
+    close(conn, true).await;
     let columns = described.map_err(|f| server.remote(f))?;
     let relation = &cfg.relation;
     let table = SqlTable::new(
@@ -424,7 +424,6 @@ impl Server {
                 }
                 Err(f) => return Err(self.attempts(f, attempt + 1)),
             };
-            let id = conn.id();
             let started = Instant::now();
             let executed = tokio::time::timeout(
                 self.query_timeout.saturating_sub(waited),
@@ -444,23 +443,19 @@ impl Server {
                     return Err(self.attempts(f, attempt + 1));
                 }
                 Err(_) => {
-                    self.kill(id);
+                    close(conn, false).await;
                     return Err(self.timed_out());
                 }
             };
             // From here on rows may have been sent: no retry, the failure is the query's.
             let outcome = match result.stream::<Row>().await {
-                Ok(Some(stream)) => self.pump(stream, schema, tx, &mut waited, id).await,
-                Ok(None) => Ok(0),
+                Ok(Some(stream)) => self.pump(stream, schema, tx, &mut waited).await,
+                Ok(None) => Ok(Pumped::All(0)),
                 Err(e) => Err(self.classify(&e)),
             };
             drop(result);
-            if outcome.is_err() {
-                // Else the rest of the rows would still be read, to be thrown away.
-                self.kill(id);
-            }
-            let _ = conn.disconnect().await;
-            return outcome;
+            close(conn, matches!(outcome, Ok(Pumped::All(_)))).await;
+            return outcome.map(|(Pumped::All(rows) | Pumped::Stopped(rows))| rows);
         }
     }
 
@@ -472,8 +467,7 @@ impl Server {
         schema: SchemaRef,
         tx: &BatchSender,
         waited: &mut Duration,
-        id: u32,
-    ) -> Result<u64, Failure>
+    ) -> Result<Pumped, Failure>
     where
         S: futures::Stream<Item = mysql_async::Result<Row>> + Unpin,
     {
@@ -485,8 +479,7 @@ impl Server {
             let next = tokio::select! {
                 _ = tx.closed() => {
                     // Nobody reads the rows any more (a LIMIT above, an error elsewhere).
-                    self.kill(id);
-                    return Ok(rows);
+                    return Ok(Pumped::Stopped(rows));
                 }
                 next = tokio::time::timeout(self.query_timeout.saturating_sub(*waited), stream.next()) => next,
             };
@@ -522,8 +515,7 @@ impl Server {
             if let Some(batch) = batch
                 && tx.send(Ok(batch)).await.is_err()
             {
-                self.kill(id);
-                return Ok(rows);
+                return Ok(Pumped::Stopped(rows));
             }
         }
         if let Some(batch) = batcher
@@ -532,7 +524,7 @@ impl Server {
         {
             let _ = tx.send(Ok(batch)).await;
         }
-        Ok(rows)
+        Ok(Pumped::All(rows))
     }
 
     fn timed_out(&self) -> Failure {
@@ -545,19 +537,36 @@ impl Server {
             false,
         )
     }
+}
 
-    /// Stops connection `id`'s running query, from another connection (best effort):
-    /// otherwise the server would go on sending rows nobody reads.
-    fn kill(&self, id: u32) {
-        let opts = self.opts.clone();
-        let timeout = self.connect_timeout;
-        tokio::spawn(async move {
-            if let Ok(Ok(mut conn)) = tokio::time::timeout(timeout, Conn::new(opts)).await {
-                let _ = conn.query_drop(format!("KILL QUERY {id}")).await;
-                let _ = conn.disconnect().await;
-            }
-        });
-    }
+/// How a scan's rows ended, and how many were read.
+enum Pumped {
+    /// All of them.
+    All(u64),
+    /// Nobody reads them any more: the rest are left unread.
+    Stopped(u64),
+}
+
+/// How long a scan that read all of its result waits to say goodbye (COM_QUIT).
+const QUIT_WAIT: Duration = Duration::from_secs(1);
+
+/// Closes a scan's connection. `Conn::disconnect` first reads whatever is left
+/// of the result, which after an early stop, a failure or a timeout may be most
+/// of a table, with no limit in time (and dropping a `Conn` does the same on a
+/// task of its own): a result not read to the end gets no time at all, and the
+/// dropped future closes the socket. The server stops the query when its next
+/// write to the connection fails.
+///
+/// There is deliberately no `KILL QUERY <id>` from a second connection: behind
+/// a load balancer or a proxy that connection may reach another server, where
+/// the same id is an unrelated session. Comparing `@@hostname`, `@@port` and
+/// `@@server_id` first would cost every scan a round trip and still not prove
+/// it (cluster nodes may share them). The cost: a query still computing before
+/// its first row runs on the server until it writes (bound it there with
+/// `max_statement_time` / `max_execution_time`).
+async fn close(conn: Conn, finished: bool) {
+    let wait = if finished { QUIT_WAIT } else { Duration::ZERO };
+    let _ = tokio::time::timeout(wait, conn.disconnect()).await;
 }
 
 /// Learns the columns on `conn`.

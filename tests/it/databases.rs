@@ -926,6 +926,76 @@ fn mysql_errors_name_the_server_and_never_the_password() {
     }
 }
 
+/// A scan that stops early (a LIMIT DataFusion applies after a filter of its
+/// own) closes its connection without reading the rest of the result, and the
+/// server, its writes failing, stops the query: no rows go on being read,
+/// nothing is killed from a second connection.
+#[test]
+fn mysql_early_stop_ends_the_query_on_the_server() {
+    let Some(url) = mysql_url("mysql_early_stop_ends_the_query_on_the_server") else {
+        return;
+    };
+    let marker = unique("early");
+    // 100,000 rows at a fifth of a millisecond each: 20 s if read to the end.
+    let query = format!(
+        "SELECT /* {marker} */ n FROM ({}) numbers WHERE SLEEP(0.0002) = 0",
+        mysql_numbers(5)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(
+        dir.path(),
+        &format!("    mysql: {{url: \"{url}\", query: \"{query}\"}}"),
+    );
+    let running = || {
+        mysql_first(
+            &url,
+            &format!(
+                "SELECT CAST(COUNT(*) AS CHAR) FROM information_schema.processlist \
+                 WHERE info LIKE '%{marker}%' AND info NOT LIKE '%processlist%'"
+            ),
+        )
+        .unwrap_or_default()
+    };
+    // The runtime lives on after the query (its workers run any task left), as
+    // in a long run: a reader left draining the result would keep the query
+    // running on the server.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let rows = rt.block_on(async {
+        let ctx = SessionContext::new();
+        register(&ctx, &src, Mode::Load).await.unwrap();
+        let df = ctx
+            .sql("SELECT n FROM t WHERE n + 0 >= 0 LIMIT 5")
+            .await
+            .unwrap();
+        df.collect().await.unwrap()
+    });
+    assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let gone = loop {
+        let n = running();
+        if n == "0" || Instant::now() > deadline {
+            break n == "0";
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(rt);
+    assert!(
+        gone,
+        "the query still runs on the server {:?} after the early stop",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// A password holding URL delimiters (which the configuration rejects, asking
 /// for percent-encoding; the provider must not leak it either way) stays a
 /// password: no part of it shows in the error or in the log of the retries.
