@@ -23,7 +23,7 @@ use mysql_async::{
 use super::SourceError;
 use super::sql::{
     BatchSender, Batcher, Cell, Dialect, Reader, SqlColumn, SqlTable, external, log_fetched, show,
-    spawn_reader, table_parts,
+    spawn_reader, split_table,
 };
 use crate::config::{DatabaseSource, Relation, TlsMode};
 
@@ -32,6 +32,12 @@ pub async fn provider(
     name: &str,
     cfg: &DatabaseSource,
 ) -> Result<Arc<dyn TableProvider>, SourceError> {
+    if let Relation::Table(table) = &cfg.relation {
+        split_table(table).map_err(|message| SourceError::Config {
+            name: name.to_string(),
+            message,
+        })?;
+    }
     let mut server = Server::new(name, cfg)?;
     let mut conn = match server.connect().await {
         Err(f) if f.no_tls && server.tls == TlsMode::Prefer => {
@@ -635,11 +641,8 @@ fn query_failed(server: &Server, relation: &Relation, e: &MyError) -> Failure {
 
 /// "table `x` not found in database `y` on ...: tables there: a, b".
 async fn not_found(server: &Server, conn: &mut Conn, table: &str) -> Failure {
-    let parts = table_parts(table);
-    let (schema, name) = match parts.as_slice() {
-        [schema, name] => (Some(schema.clone()), name.clone()),
-        _ => (None, table.to_string()),
-    };
+    // Checked before connecting: the split cannot fail here.
+    let (schema, name) = split_table(table).unwrap_or((None, table.to_string()));
     let dialect = Dialect::Mysql;
     let database = schema
         .clone()

@@ -345,6 +345,20 @@ pub fn table_parts(name: &str) -> Vec<String> {
     parts
 }
 
+/// A `table:` as its schema (MySQL: database), if named, and its table, each
+/// part's quotes removed; an error for more than two parts or an empty one.
+pub fn split_table(name: &str) -> Result<(Option<String>, String), String> {
+    let mut parts = table_parts(name);
+    if parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
+        return Err(format!(
+            "`{name}` is not a table name: write `table` or `schema.table`, quoting a name \
+             that holds a dot (`\"my.table\"`)"
+        ));
+    }
+    let table = parts.pop().unwrap_or_default();
+    Ok((parts.pop(), table))
+}
+
 /// A query without its trailing `;` (it goes inside parentheses).
 pub fn trim_query(sql: &str) -> &str {
     sql.trim()
@@ -1310,6 +1324,19 @@ mod tests {
         assert_eq!(Dialect::Sqlite.ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(table_parts("shop.orders"), vec!["shop", "orders"]);
         assert_eq!(table_parts("`my.db`.\"t\"\"x\""), vec!["my.db", "t\"x"]);
+        assert_eq!(split_table("orders"), Ok((None, "orders".into())));
+        assert_eq!(
+            split_table("\"order lines\""),
+            Ok((None, "order lines".into()))
+        );
+        assert_eq!(
+            split_table("shop.`my.t`"),
+            Ok((Some("shop".into()), "my.t".into()))
+        );
+        for bad in ["a.b.c", "shop.", ".t", "", "\"\""] {
+            let e = split_table(bad).unwrap_err();
+            assert!(e.contains("is not a table name"), "{bad}: {e}");
+        }
         assert_eq!(
             MYSQL.from(&Relation::Table("shop.orders".into())),
             "`shop`.`orders`"

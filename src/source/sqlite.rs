@@ -26,7 +26,7 @@ use super::SourceError;
 use super::mysql::{human, list};
 use super::sql::{
     BatchSender, Batcher, Cell, Dialect, Reader, SqlColumn, SqlTable, external, join_error_text,
-    log_fetched, show, spawn_reader, table_parts, trim_query,
+    log_fetched, show, spawn_reader, split_table, trim_query,
 };
 use crate::config::{DatabaseSource, Relation};
 
@@ -40,6 +40,12 @@ pub async fn provider(
     name: &str,
     cfg: &DatabaseSource,
 ) -> Result<Arc<dyn TableProvider>, SourceError> {
+    if let Relation::Table(table) = &cfg.relation {
+        split_table(table).map_err(|message| SourceError::Config {
+            name: name.to_string(),
+            message,
+        })?;
+    }
     let file = Arc::new(File {
         source: name.to_string(),
         path: PathBuf::from(&cfg.url),
@@ -128,10 +134,10 @@ impl File {
         let _watchdog = Watchdog::start(&conn, self.query_timeout);
         let declared = match relation {
             Relation::Table(table) => {
-                let parts = table_parts(table);
-                let (schema, name) = match parts.as_slice() {
-                    [schema, name] => (format!("{}.", D.ident(schema)), name.clone()),
-                    _ => (String::new(), table.clone()),
+                let (schema_name, name) = split_table(table)?;
+                let schema = match &schema_name {
+                    Some(s) => format!("{}.", D.ident(s)),
+                    None => String::new(),
                 };
                 let columns = table_info(
                     &conn,
@@ -154,7 +160,11 @@ impl File {
                     } else {
                         format!("tables there: {}", list(&tables))
                     };
-                    return Err(format!("table `{table}` not found: {there}"));
+                    let in_schema = match &schema_name {
+                        Some(s) => format!(" in schema `{s}`"),
+                        None => String::new(),
+                    };
+                    return Err(format!("table `{name}` not found{in_schema}: {there}"));
                 }
                 columns
             }

@@ -859,15 +859,31 @@ fn mysql_errors_name_the_server_and_never_the_password() {
             "unknown database 'kpiforge_no_such_db' on {host}:{port} (user '{user}')"
         )],
     );
-    let (out, _) = run("{url: \"${KPIFORGE_TEST_MYSQL_URL}\", table: kpiforge_no_such_table}");
-    fails(
-        &out,
-        &[
-            &format!(
-                "table `kpiforge_no_such_table` not found in database `{db}` on {host}:{port} (user '{user}'): tables there: "
-            ),
-            &other.name,
-        ],
+    // Quoted or not, qualified or not, the message names the table as parsed.
+    for table in [
+        "kpiforge_no_such_table".to_string(),
+        "'`kpiforge_no_such_table`'".to_string(),
+        format!("'`{db}`.kpiforge_no_such_table'"),
+    ] {
+        let (out, _) = run(&format!(
+            "{{url: \"${{KPIFORGE_TEST_MYSQL_URL}}\", table: {table}}}"
+        ));
+        fails(
+            &out,
+            &[
+                &format!(
+                    "table `kpiforge_no_such_table` not found in database `{db}` on {host}:{port} (user '{user}'): tables there: "
+                ),
+                &other.name,
+            ],
+        );
+    }
+    let (out, _) = run("{url: \"${KPIFORGE_TEST_MYSQL_URL}\", table: a.b.c}");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("`a.b.c` is not a table name: write `table` or `schema.table`"),
+        "{err}"
     );
 
     // A column of a type kpiforge does not read: named, with the conversion to use.
@@ -1383,6 +1399,63 @@ fn sqlite_errors_say_what_to_check() {
     let err = result.unwrap_err();
     assert!(
         err.contains("db.sqlite: the file is not an SQLite database: check `path:`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sqlite_quoted_and_qualified_table_names() {
+    let dir = tempfile::tempdir().unwrap();
+    sqlite_file(
+        dir.path(),
+        "CREATE TABLE \"order lines\" (id INTEGER, qty INTEGER);
+         INSERT INTO \"order lines\" VALUES (1, 5), (2, 7);
+         CREATE TABLE \"my.table\" (id INTEGER);
+         INSERT INTO \"my.table\" VALUES (3);",
+    );
+    for (table, ids) in [
+        (r#"'"order lines"'"#, &["1", "2"][..]),
+        (r#"'main."order lines"'"#, &["1", "2"]),
+        (r#"'"my.table"'"#, &["3"]),
+    ] {
+        let (batch, _) = rows_of(
+            &sqlite_source(dir.path(), &format!("table: {table}")),
+            "SELECT id FROM t ORDER BY id",
+        );
+        assert_eq!(cells(&batch, "id"), some(ids), "{table}");
+    }
+    // Not found: the name as parsed, without its quotes.
+    let (result, _) = query(
+        &sqlite_source(dir.path(), r#"table: '"order line"'"#),
+        "SELECT * FROM t",
+    );
+    let err = result.unwrap_err();
+    assert!(
+        err.contains("table `order line` not found: tables there: my.table, order lines"),
+        "{err}"
+    );
+    let (result, _) = query(
+        &sqlite_source(dir.path(), "table: main.nope"),
+        "SELECT * FROM t",
+    );
+    let err = result.unwrap_err();
+    assert!(
+        err.contains(
+            "table `nope` not found in schema `main`: tables there: my.table, order lines"
+        ),
+        "{err}"
+    );
+    // More than two parts: a configuration error, before the file is opened.
+    let (result, _) = query(
+        &sqlite_source(dir.path(), "table: main.my.table"),
+        "SELECT * FROM t",
+    );
+    let err = result.unwrap_err();
+    assert!(
+        err.contains(
+            "`main.my.table` is not a table name: write `table` or `schema.table`, quoting a name \
+             that holds a dot (`\"my.table\"`)"
+        ),
         "{err}"
     );
 }
