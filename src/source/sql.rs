@@ -35,6 +35,7 @@ use datafusion::logical_expr::{BinaryExpr, Expr, Like, Operator, TableProviderFi
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::SourceError;
@@ -682,9 +683,18 @@ impl PartitionStream for SqlPartition {
         &self.schema
     }
 
+    /// The query starts at the stream's first poll, not here: a plan executes
+    /// all its partitions up front, and a hash join's probe side should not
+    /// hold a connection and a running query while its build side is read.
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        tracing::debug!(source = %self.source, sql = %self.sql, "query");
-        self.reader.read(self.sql.clone(), self.schema.clone())
+        let (source, sql) = (self.source.clone(), self.sql.clone());
+        let (schema, reader) = (self.schema.clone(), self.reader.clone());
+        let start = async move {
+            tracing::debug!(source = %source, sql = %sql, "query");
+            reader.read(sql, schema)
+        };
+        let stream = futures::stream::once(start).flatten();
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
     }
 }
 
@@ -1173,7 +1183,6 @@ mod tests {
 
     /// Everything a stream yields, errors as their text.
     async fn drain(mut stream: SendableRecordBatchStream) -> Vec<Result<usize, String>> {
-        use futures::StreamExt;
         let mut out = Vec::new();
         while let Some(item) = stream.next().await {
             out.push(item.map(|b| b.num_rows()).map_err(|e| e.to_string()));
@@ -1249,6 +1258,35 @@ mod tests {
             panicked,
         );
         assert_eq!(drain(stream).await, vec![Ok(1)]);
+    }
+
+    /// Counts the scans started.
+    #[derive(Debug, Default)]
+    struct CountingReader(std::sync::atomic::AtomicUsize);
+    impl Reader for CountingReader {
+        fn read(&self, _sql: String, schema: SchemaRef) -> SendableRecordBatchStream {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            channel(schema).1
+        }
+    }
+
+    #[tokio::test]
+    async fn a_scan_starts_its_query_at_the_first_poll() {
+        let reader = Arc::new(CountingReader::default());
+        let partition = SqlPartition {
+            source: "t".into(),
+            sql: "SELECT 1".into(),
+            schema: Arc::new(Schema::empty()),
+            reader: reader.clone(),
+        };
+        let started = || reader.0.load(std::sync::atomic::Ordering::SeqCst);
+        let mut stream = partition.execute(Arc::new(TaskContext::default()));
+        assert_eq!(started(), 0, "started at execute()");
+        assert!(stream.next().await.is_none());
+        assert_eq!(started(), 1);
+        // A stream dropped unpolled never starts its query.
+        drop(partition.execute(Arc::new(TaskContext::default())));
+        assert_eq!(started(), 1);
     }
 
     #[test]

@@ -9,18 +9,22 @@
 //! SQLite does not know, like `JSON`) takes its type from its first
 //! [`INFER_ROWS`] values: integers -> Int64, with reals -> Float64, with text
 //! (or mixed with blobs) -> Utf8, only blobs -> Binary, only NULLs -> Utf8.
-//! rusqlite is synchronous: every read runs on a blocking thread.
+//! rusqlite is synchronous: every read runs on a blocking thread, interrupted
+//! once it has spent `query_timeout` reading (not counting the time it waits
+//! for the query consuming its rows).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::catalog::TableProvider;
 use datafusion::execution::SendableRecordBatchStream;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
+use tokio::sync::watch;
 
 use super::SourceError;
 use super::mysql::{human, list};
@@ -378,21 +382,22 @@ impl Reader for SqliteReader {
         let read = move |tx: BatchSender| async move {
             let started = Instant::now();
             let (handle_tx, handle_rx) = tokio::sync::oneshot::channel();
+            let (clock, watched) = watch::channel(Clock::start());
             let sender = tx.clone();
             let reading = file.clone();
             let mut job = tokio::task::spawn_blocking(move || {
                 let conn = reading.open()?;
                 let _ = handle_tx.send(conn.get_interrupt_handle());
-                read_rows(&reading, &conn, &sql, &schema, &origins, &sender)
+                read_rows(&reading, &conn, &sql, &schema, &origins, &sender, &clock)
             });
             let interrupt = handle_rx.await.ok();
-            let deadline = tokio::time::sleep(file.query_timeout);
+            let deadline = budget_spent(watched, file.query_timeout);
             tokio::pin!(deadline);
             let (mut timed_out, mut cancelled) = (false, false);
             let outcome = loop {
                 tokio::select! {
                     done = &mut job => break done,
-                    _ = &mut deadline, if !timed_out => {
+                    () = &mut deadline, if !timed_out => {
                         timed_out = true;
                         if let Some(h) = &interrupt { h.interrupt(); }
                     }
@@ -424,6 +429,80 @@ impl Reader for SqliteReader {
     }
 }
 
+/// The time a scan has spent reading: `query_timeout` bounds it, not the time
+/// the scan waits for the query consuming its rows (a hash join's other side,
+/// a slow writer), which would otherwise fail big reads at random. The blocking
+/// reader stops the clock while it waits to hand over a batch.
+#[derive(Debug, Clone, Copy)]
+enum Clock {
+    Running { since: Instant, spent: Duration },
+    Stopped { spent: Duration },
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock::Running {
+            since: Instant::now(),
+            spent: Duration::ZERO,
+        }
+    }
+
+    fn spent(self) -> Duration {
+        match self {
+            Clock::Running { since, spent } => spent + since.elapsed(),
+            Clock::Stopped { spent } => spent,
+        }
+    }
+
+    fn stop(&mut self) {
+        *self = Clock::Stopped {
+            spent: self.spent(),
+        };
+    }
+
+    fn resume(&mut self) {
+        if let Clock::Stopped { spent } = *self {
+            *self = Clock::Running {
+                since: Instant::now(),
+                spent,
+            };
+        }
+    }
+}
+
+/// Resolves once the clock has run for `limit`; never when the reader ends first.
+async fn budget_spent(mut clock: watch::Receiver<Clock>, limit: Duration) {
+    loop {
+        let now = *clock.borrow_and_update();
+        let changed = match now {
+            Clock::Stopped { .. } => clock.changed().await,
+            Clock::Running { .. } => {
+                let left = limit.saturating_sub(now.spent());
+                if left.is_zero() {
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(left) => continue,
+                    changed = clock.changed() => changed,
+                }
+            }
+        };
+        if changed.is_err() {
+            // The reader is done (its end is awaited elsewhere).
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Hands a batch over, the clock stopped while the consumer is not ready;
+/// false when nobody reads the rows any more.
+fn hand_over(tx: &BatchSender, batch: RecordBatch, clock: &watch::Sender<Clock>) -> bool {
+    clock.send_modify(Clock::stop);
+    let sent = tx.blocking_send(Ok(batch)).is_ok();
+    clock.send_modify(Clock::resume);
+    sent
+}
+
 /// Runs `sql` and sends its rows (blocking); returns the rows read.
 fn read_rows(
     file: &File,
@@ -432,6 +511,7 @@ fn read_rows(
     schema: &SchemaRef,
     origins: &[Origin],
     tx: &BatchSender,
+    clock: &watch::Sender<Clock>,
 ) -> Result<u64, String> {
     let mut statement = conn.prepare(sql).map_err(|e| file.explain(&e))?;
     let mut rows = statement.query([]).map_err(|e| file.explain(&e))?;
@@ -457,13 +537,13 @@ fn read_rows(
         }
         count += 1;
         if let Some(batch) = batcher.end_row().map_err(|e| e.to_string())?
-            && tx.blocking_send(Ok(batch)).is_err()
+            && !hand_over(tx, batch, clock)
         {
             return Ok(count);
         }
     }
     if let Some(batch) = batcher.flush().map_err(|e| e.to_string())? {
-        let _ = tx.blocking_send(Ok(batch));
+        hand_over(tx, batch, clock);
     }
     Ok(count)
 }

@@ -1460,6 +1460,47 @@ fn sqlite_quoted_and_qualified_table_names() {
     );
 }
 
+/// `query_timeout` bounds the time a scan spends reading, not the time it waits
+/// for the query consuming its rows: a slow consumer does not fail a big read,
+/// while a query that runs too long still does (`sqlite_errors_say_what_to_check`).
+#[test]
+fn sqlite_query_timeout_counts_reading_not_waiting_for_the_consumer() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    sqlite_file(
+        dir.path(),
+        "CREATE TABLE big (id INTEGER PRIMARY KEY);
+         INSERT INTO big
+           WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 299999)
+           SELECT i FROM n;",
+    );
+    let src = source(
+        dir.path(),
+        "    sqlite: {path: db.sqlite, table: big, query_timeout: 1s}",
+    );
+    runtime().block_on(async {
+        let ctx = SessionContext::new();
+        register(&ctx, &src, Mode::Load).await.unwrap();
+        let mut stream = ctx
+            .sql("SELECT id FROM t")
+            .await
+            .unwrap()
+            .execute_stream()
+            .await
+            .unwrap();
+        let mut rows = 0;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.unwrap_or_else(|e| panic!("after {rows} rows: {e}"));
+            if rows == 0 {
+                // The reader fills the channel and waits: not its time.
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+            }
+            rows += batch.num_rows();
+        }
+        assert_eq!(rows, 300_000);
+    });
+}
+
 #[test]
 fn sqlite_streams_a_million_rows_in_bounded_memory() {
     let files = tempfile::tempdir().unwrap();
