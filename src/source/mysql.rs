@@ -22,8 +22,8 @@ use mysql_async::{
 
 use super::SourceError;
 use super::sql::{
-    BatchSender, Batcher, Cell, Dialect, Reader, SqlColumn, SqlTable, external, log_fetched, show,
-    spawn_reader, split_table,
+    BatchSender, Batcher, Cell, Dialect, Reader, SqlColumn, SqlTable, external, human, log_fetched,
+    show, spawn_reader, split_table, table_not_found,
 };
 use crate::config::{DatabaseSource, Relation, TlsMode};
 
@@ -656,17 +656,13 @@ async fn not_found(server: &Server, conn: &mut Conn, table: &str) -> Failure {
             "SELECT CAST(table_name AS CHAR) FROM information_schema.tables WHERE table_schema = {which} ORDER BY 1"
         ))
         .await;
-    let there = match listed {
-        Ok(tables) if tables.is_empty() => "it has no tables".to_string(),
-        Ok(tables) => format!("tables there: {}", list(&tables)),
-        Err(_) => "check the name".to_string(),
-    };
+    let place = format!(
+        " in database `{database}` on {} (user '{}')",
+        server.host_port(),
+        server.user
+    );
     server.failure(
-        format!(
-            "table `{name}` not found in database `{database}` on {} (user '{}'): {there}",
-            server.host_port(),
-            server.user
-        ),
+        table_not_found(&name, &place, listed.ok().as_deref()),
         false,
     )
 }
@@ -788,28 +784,6 @@ fn clip_name(name: &str) -> &str {
         name
     } else {
         "?"
-    }
-}
-
-/// At most 20 names, then "... (N in all)".
-pub fn list(names: &[String]) -> String {
-    let shown: Vec<&str> = names.iter().take(20).map(String::as_str).collect();
-    if names.len() > shown.len() {
-        format!("{}, ... ({} in all)", shown.join(", "), names.len())
-    } else {
-        shown.join(", ")
-    }
-}
-
-/// `1s`, `5m`, `1h`, `1.5s`.
-pub fn human(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s >= 3600.0 && s % 3600.0 == 0.0 {
-        format!("{}h", s / 3600.0)
-    } else if s >= 60.0 && s % 60.0 == 0.0 {
-        format!("{}m", s / 60.0)
-    } else {
-        format!("{s}s")
     }
 }
 

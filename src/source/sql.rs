@@ -360,6 +360,39 @@ pub fn split_table(name: &str) -> Result<(Option<String>, String), String> {
     Ok((parts.pop(), table))
 }
 
+/// "table `x` not found{place}: tables there: a, b" ("it has no tables"; "check
+/// the name" when they could not be listed).
+pub fn table_not_found(name: &str, place: &str, tables: Option<&[String]>) -> String {
+    let there = match tables {
+        None => "check the name".to_string(),
+        Some([]) => "it has no tables".to_string(),
+        Some(tables) => format!("tables there: {}", list(tables)),
+    };
+    format!("table `{name}` not found{place}: {there}")
+}
+
+/// At most 20 names, then "... (N in all)".
+pub fn list(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().take(20).map(String::as_str).collect();
+    if names.len() > shown.len() {
+        format!("{}, ... ({} in all)", shown.join(", "), names.len())
+    } else {
+        shown.join(", ")
+    }
+}
+
+/// `1s`, `5m`, `1h`, `1.5s`.
+pub fn human(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 3600.0 && s % 3600.0 == 0.0 {
+        format!("{}h", s / 3600.0)
+    } else if s >= 60.0 && s % 60.0 == 0.0 {
+        format!("{}m", s / 60.0)
+    } else {
+        format!("{s}s")
+    }
+}
+
 /// A query without its trailing `;` (it goes inside parentheses).
 pub fn trim_query(sql: &str) -> &str {
     sql.trim()
@@ -1525,6 +1558,27 @@ mod tests {
             pushed(&s, col("note").not_like(lit(r"a*?[\%_%it's"))).unwrap(),
             r#"("note" NOT GLOB 'a[*][?][[]%?*it''s')"#
         );
+    }
+
+    #[test]
+    fn not_found_messages_list_the_tables_there() {
+        let names: Vec<String> = (0..25).map(|i| format!("t{i}")).collect();
+        assert_eq!(
+            table_not_found("x", " in schema `main`", Some(&names[..2])),
+            "table `x` not found in schema `main`: tables there: t0, t1"
+        );
+        assert!(table_not_found("x", "", Some(&names)).ends_with("t18, t19, ... (25 in all)"));
+        assert_eq!(
+            table_not_found("x", "", Some(&[])),
+            "table `x` not found: it has no tables"
+        );
+        assert_eq!(
+            table_not_found("x", "", None),
+            "table `x` not found: check the name"
+        );
+        assert_eq!(human(std::time::Duration::from_secs(3600)), "1h");
+        assert_eq!(human(std::time::Duration::from_secs(300)), "5m");
+        assert_eq!(human(std::time::Duration::from_millis(1500)), "1.5s");
     }
 
     #[test]

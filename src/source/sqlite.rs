@@ -27,10 +27,9 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::watch;
 
 use super::SourceError;
-use super::mysql::{human, list};
 use super::sql::{
-    BatchSender, Batcher, Cell, Dialect, Reader, SqlColumn, SqlTable, external, join_error_text,
-    log_fetched, show, spawn_reader, split_table, trim_query,
+    BatchSender, Batcher, Cell, Dialect, Reader, SqlColumn, SqlTable, external, human,
+    join_error_text, log_fetched, show, spawn_reader, split_table, table_not_found, trim_query,
 };
 use crate::config::{DatabaseSource, Relation};
 
@@ -159,16 +158,11 @@ impl File {
                                 .collect::<Result<_, _>>()
                         })
                         .map_err(|e| self.explain(&e))?;
-                    let there = if tables.is_empty() {
-                        "it has no tables".to_string()
-                    } else {
-                        format!("tables there: {}", list(&tables))
-                    };
-                    let in_schema = match &schema_name {
+                    let place = match &schema_name {
                         Some(s) => format!(" in schema `{s}`"),
                         None => String::new(),
                     };
-                    return Err(format!("table `{name}` not found{in_schema}: {there}"));
+                    return Err(table_not_found(&name, &place, Some(&tables)));
                 }
                 columns
             }
