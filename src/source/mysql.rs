@@ -3,8 +3,9 @@
 //!
 //! Registration connects once: it settles TLS (`prefer` falls back to plain when
 //! the server offers none) and prepares `SELECT * FROM <relation>` to learn the
-//! columns without fetching a row. Every scan then opens its own connection, runs its `SELECT` with the
-//! binary protocol and streams the rows (see `sql.rs`). Sessions run in UTC.
+//! columns without fetching a row. Every scan then opens its own connection,
+//! runs its `SELECT` with the binary protocol and streams the rows (see
+//! `sql.rs`). Sessions run in UTC.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -568,7 +569,7 @@ const QUIT_WAIT: Duration = Duration::from_secs(1);
 /// the same id is an unrelated session. Comparing `@@hostname`, `@@port` and
 /// `@@server_id` first would cost every scan a round trip and still not prove
 /// it (cluster nodes may share them). The cost: a query still computing before
-/// its first row runs on the server until it writes (bound it there with
+/// its first row may run on the server until it writes (bound it there with
 /// `max_statement_time` / `max_execution_time`).
 async fn close(conn: Conn, finished: bool) {
     let wait = if finished { QUIT_WAIT } else { Duration::ZERO };

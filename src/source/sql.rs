@@ -3,8 +3,8 @@
 //! scan sends one `SELECT` naming only the projected columns, with the filters
 //! that translate exactly (see [`SqlTable::supports_filters_pushdown`]) in its
 //! `WHERE` and the limit in `LIMIT`, and streams the rows back as Arrow batches of
-//! [`BATCH_ROWS`] rows through a bounded channel: memory stays bounded whatever
-//! the table's size.
+//! [`BATCH_ROWS`] rows (fewer past [`BATCH_BYTES`]) through a bounded channel:
+//! memory stays bounded whatever the table's size.
 //!
 //! What differs between databases is small: identifier quoting and literal
 //! rendering ([`Dialect`]), and how rows are read ([`Reader`], one per driver).
