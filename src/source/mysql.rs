@@ -2,10 +2,10 @@
 //! for why not through datafusion-table-providers).
 //!
 //! Registration connects once: it settles TLS (`prefer` falls back to plain when
-//! the server offers none), reads the session's `sql_mode` (for string escaping)
-//! and prepares `SELECT * FROM <relation>` to learn the columns without fetching
-//! a row. Every scan then opens its own connection, runs its `SELECT` with the
-//! binary protocol and streams the rows (see `sql.rs`). Sessions run in UTC.
+//! the server offers none) and prepares `SELECT * FROM <relation>` to learn the
+//! columns without fetching a row. Every scan then opens its own connection,
+//! runs its `SELECT` with the binary protocol and streams the rows (see
+//! `sql.rs`). Sessions run in UTC.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,13 +17,14 @@ use futures::StreamExt;
 use mysql_async::consts::{ColumnFlags, ColumnType};
 use mysql_async::prelude::Queryable;
 use mysql_async::{
-    Column, Conn, DriverError, Error as MyError, IoError, Opts, OptsBuilder, Row, SslOpts, Value,
+    Column, Conn, DriverError, Error as MyError, IoError, Opts, OptsBuilder, Row, SslOpts,
+    UrlError, Value,
 };
 
 use super::SourceError;
 use super::sql::{
-    BatchSender, Batcher, Cell, Dialect, Reader, SqlColumn, SqlTable, external, log_fetched, show,
-    table_parts,
+    BatchSender, Batcher, Cell, Dialect, Reader, SqlColumn, SqlTable, external, human, log_fetched,
+    show, spawn_reader, split_table, table_not_found,
 };
 use crate::config::{DatabaseSource, Relation, TlsMode};
 
@@ -32,6 +33,12 @@ pub async fn provider(
     name: &str,
     cfg: &DatabaseSource,
 ) -> Result<Arc<dyn TableProvider>, SourceError> {
+    if let Relation::Table(table) = &cfg.relation {
+        split_table(table).map_err(|message| SourceError::Config {
+            name: name.to_string(),
+            message,
+        })?;
+    }
     let mut server = Server::new(name, cfg)?;
     let mut conn = match server.connect().await {
         Err(f) if f.no_tls && server.tls == TlsMode::Prefer => {
@@ -47,12 +54,12 @@ pub async fn provider(
     }
     .map_err(|f| server.remote(f))?;
     let described = describe(&server, &mut conn, &cfg.relation).await;
-    let _ = conn.disconnect().await;
-    let (columns, dialect) = described.map_err(|f| server.remote(f))?;
+    close(conn, true).await;
+    let columns = described.map_err(|f| server.remote(f))?;
     let relation = &cfg.relation;
     let table = SqlTable::new(
         name,
-        dialect,
+        Dialect::Mysql,
         relation,
         columns,
         Arc::new(MysqlReader {
@@ -100,6 +107,7 @@ struct Failure {
 }
 
 impl Failure {
+    /// Unscrubbed: make failures with [`Server::failure`].
     fn new(message: impl Into<String>, transient: bool) -> Self {
         Failure {
             message: message.into(),
@@ -121,11 +129,14 @@ impl Server {
             Some(rest) => format!("mysql://{rest}"),
             None => cfg.url.clone(),
         };
+        let (url, password) = encode_user_info(&url);
         let parsed = Opts::from_url(&url).map_err(|e| {
-            config(format!(
-                "the URL `{}` is not valid: {e}: write it as mysql://user:password@host:3306/database",
-                cfg.display()
-            ))
+            let message = format!(
+                "the URL `{}` is not valid ({}): write it as mysql://user:password@host:3306/database",
+                cfg.display(),
+                url_problem(&e)
+            );
+            config(scrub(message, password.as_deref()))
         })?;
         let host = parsed.ip_or_hostname().to_string();
         let port = parsed.tcp_port();
@@ -192,12 +203,15 @@ impl Server {
         )
     }
 
-    /// The failure as the source's error, the password scrubbed if it ever appeared.
+    /// A failure whose message (often holding the driver's or the server's
+    /// words) never shows the password, whether it is logged or returned.
+    fn failure(&self, message: impl Into<String>, transient: bool) -> Failure {
+        Failure::new(scrub(message.into(), self.password.as_deref()), transient)
+    }
+
+    /// The failure as the source's error.
     fn remote(&self, f: Failure) -> SourceError {
-        let mut message = f.message;
-        if let Some(p) = self.password.as_deref().filter(|p| !p.is_empty()) {
-            message = message.replace(p, "***");
-        }
+        let message = scrub(f.message, self.password.as_deref());
         if f.config {
             SourceError::Config {
                 name: self.source.clone(),
@@ -252,7 +266,7 @@ impl Server {
         match tokio::time::timeout(self.connect_timeout, Conn::new(self.opts.clone())).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(self.classify(&e)),
-            Err(_) => Err(Failure::new(
+            Err(_) => Err(self.failure(
                 format!(
                     "could not connect to {} within {}: is the host reachable? (database {}, user '{}'; \
                      raise `connect_timeout` for a slow network)",
@@ -274,7 +288,7 @@ impl Server {
             MyError::Io(IoError::Io(io)) => {
                 use std::io::ErrorKind as K;
                 match io.kind() {
-                    K::ConnectionRefused => Failure::new(
+                    K::ConnectionRefused => self.failure(
                         format!(
                             "connection refused: is MySQL running on {hp}? (database {}, user '{}')",
                             self.database_name(),
@@ -282,7 +296,7 @@ impl Server {
                         ),
                         true,
                     ),
-                    K::TimedOut => Failure::new(
+                    K::TimedOut => self.failure(
                         format!("connection to {at} timed out ({io}): is the host reachable?"),
                         true,
                     ),
@@ -290,29 +304,29 @@ impl Server {
                     | K::ConnectionAborted
                     | K::BrokenPipe
                     | K::UnexpectedEof
-                    | K::NotConnected => Failure::new(
+                    | K::NotConnected => self.failure(
                         format!(
                             "the connection to {at} was lost ({io}): did the server restart or close it?"
                         ),
                         true,
                     ),
-                    K::HostUnreachable | K::NetworkUnreachable => Failure::new(
+                    K::HostUnreachable | K::NetworkUnreachable => self.failure(
                         format!("cannot reach {at} ({io}): is the host reachable?"),
                         true,
                     ),
-                    _ if io.to_string().contains("lookup") => Failure::new(
+                    _ if io.to_string().contains("lookup") => self.failure(
                         format!(
                             "cannot resolve the host `{}` ({io}): check the host in the URL",
                             self.host
                         ),
                         false,
                     ),
-                    _ => Failure::new(format!("cannot talk to {at}: {io}"), true),
+                    _ => self.failure(format!("cannot talk to {at}: {io}"), true),
                 }
             }
             MyError::Io(IoError::Tls(t)) => Failure {
                 no_tls: true,
-                ..Failure::new(
+                ..self.failure(
                     format!(
                         "TLS with {at} failed: {t}: check `tls:` (its `mode`, and `ca` for verify-ca or verify-full)"
                     ),
@@ -324,12 +338,12 @@ impl Server {
             {
                 Failure {
                     no_tls: true,
-                    ..Failure::new(format!("the server at {at} does not offer TLS"), false)
+                    ..self.failure(format!("the server at {at} does not offer TLS"), false)
                 }
             }
             MyError::Driver(DriverError::NoClientSslFlagFromServer) => Failure {
                 no_tls: true,
-                ..Failure::new(
+                ..self.failure(
                     format!(
                         "the server at {at} does not offer TLS, which `tls: {{mode: {}}}` requires: \
                          enable TLS on the server, or set `tls: {{mode: prefer}}` to fall back to a plain connection",
@@ -342,17 +356,17 @@ impl Server {
                 d @ (DriverError::ConnectionClosed
                 | DriverError::PacketOutOfOrder
                 | DriverError::UnexpectedPacket { .. }),
-            ) => Failure::new(
+            ) => self.failure(
                 format!("the connection to {at} was lost ({d}): did the server go away?"),
                 true,
             ),
-            MyError::Driver(d) => Failure::new(format!("MySQL driver error with {at}: {d}"), false),
+            MyError::Driver(d) => self.failure(format!("MySQL driver error with {at}: {d}"), false),
             MyError::Server(s) => self.server_error(s),
             MyError::Url(u) => Failure {
                 config: true,
-                ..Failure::new(format!("the URL is not valid: {u}"), false)
+                ..self.failure(format!("the URL is not valid: {}", url_problem(u)), false)
             },
-            MyError::Other(o) => Failure::new(format!("error with {at}: {o}"), false),
+            MyError::Other(o) => self.failure(format!("error with {at}: {o}"), false),
         }
     }
 
@@ -362,26 +376,26 @@ impl Server {
         let user = &self.user;
         let said = format!("{} (error {})", s.message, s.code);
         match s.code {
-            1045 => Failure::new(
+            1045 => self.failure(
                 format!(
                     "authentication failed for user '{user}' on {hp} (database {db}): check the \
                      password in the URL's environment variable (the server said: {said})"
                 ),
                 false,
             ),
-            1044 => Failure::new(
+            1044 => self.failure(
                 format!(
                     "user '{user}' may not use database '{db}' on {hp}: grant access, or name another database (the server said: {said})"
                 ),
                 false,
             ),
-            1049 => Failure::new(
+            1049 => self.failure(
                 format!(
                     "unknown database '{db}' on {hp} (user '{user}'): check the database at the end of the URL"
                 ),
                 false,
             ),
-            1046 => Failure::new(
+            1046 => self.failure(
                 format!(
                     "no database is selected on {hp} (user '{user}'): name one at the end of the URL \
                      (mysql://user@host:3306/database) or write `table: database.table`"
@@ -392,9 +406,9 @@ impl Server {
             // wait timeout, deadlock, connection killed: worth another attempt.
             1040 | 1053 | 1077 | 1078 | 1079 | 1080 | 1152 | 1153 | 1154 | 1155 | 1156 | 1157
             | 1158 | 1159 | 1160 | 1161 | 1203 | 1205 | 1213 | 1927 | 2006 | 2013 => {
-                Failure::new(format!("{} on {}", said, self.at()), true)
+                self.failure(format!("{} on {}", said, self.at()), true)
             }
-            _ => Failure::new(format!("{said} on {}", self.at()), false),
+            _ => self.failure(format!("{said} on {}", self.at()), false),
         }
     }
 
@@ -417,7 +431,6 @@ impl Server {
                 }
                 Err(f) => return Err(self.attempts(f, attempt + 1)),
             };
-            let id = conn.id();
             let started = Instant::now();
             let executed = tokio::time::timeout(
                 self.query_timeout.saturating_sub(waited),
@@ -437,23 +450,19 @@ impl Server {
                     return Err(self.attempts(f, attempt + 1));
                 }
                 Err(_) => {
-                    self.kill(id);
+                    close(conn, false).await;
                     return Err(self.timed_out());
                 }
             };
             // From here on rows may have been sent: no retry, the failure is the query's.
             let outcome = match result.stream::<Row>().await {
-                Ok(Some(stream)) => self.pump(stream, schema, tx, &mut waited, id).await,
-                Ok(None) => Ok(0),
+                Ok(Some(stream)) => self.pump(stream, schema, tx, &mut waited).await,
+                Ok(None) => Ok(Pumped::All(0)),
                 Err(e) => Err(self.classify(&e)),
             };
             drop(result);
-            if outcome.is_err() {
-                // Else the rest of the rows would still be read, to be thrown away.
-                self.kill(id);
-            }
-            let _ = conn.disconnect().await;
-            return outcome;
+            close(conn, matches!(outcome, Ok(Pumped::All(_)))).await;
+            return outcome.map(|(Pumped::All(rows) | Pumped::Stopped(rows))| rows);
         }
     }
 
@@ -465,12 +474,11 @@ impl Server {
         schema: SchemaRef,
         tx: &BatchSender,
         waited: &mut Duration,
-        id: u32,
-    ) -> Result<u64, Failure>
+    ) -> Result<Pumped, Failure>
     where
         S: futures::Stream<Item = mysql_async::Result<Row>> + Unpin,
     {
-        let mut batcher = Batcher::new(schema.clone()).map_err(|m| Failure::new(m, false))?;
+        let mut batcher = Batcher::new(schema.clone()).map_err(|m| self.failure(m, false))?;
         let columns = schema.fields().len();
         let mut rows = 0u64;
         loop {
@@ -478,8 +486,7 @@ impl Server {
             let next = tokio::select! {
                 _ = tx.closed() => {
                     // Nobody reads the rows any more (a LIMIT above, an error elsewhere).
-                    self.kill(id);
-                    return Ok(rows);
+                    return Ok(Pumped::Stopped(rows));
                 }
                 next = tokio::time::timeout(self.query_timeout.saturating_sub(*waited), stream.next()) => next,
             };
@@ -496,7 +503,7 @@ impl Server {
                 let appended = cell(value, field.data_type())
                     .and_then(|c| batcher.push(i, c).map_err(Hint::none));
                 if let Err(hint) = appended {
-                    return Err(Failure::new(
+                    return Err(self.failure(
                         format!(
                             "column `{}` on {}: {}{}",
                             field.name(),
@@ -511,25 +518,24 @@ impl Server {
             rows += 1;
             let batch = batcher
                 .end_row()
-                .map_err(|e| Failure::new(e.to_string(), false))?;
+                .map_err(|e| self.failure(e.to_string(), false))?;
             if let Some(batch) = batch
                 && tx.send(Ok(batch)).await.is_err()
             {
-                self.kill(id);
-                return Ok(rows);
+                return Ok(Pumped::Stopped(rows));
             }
         }
         if let Some(batch) = batcher
             .flush()
-            .map_err(|e| Failure::new(e.to_string(), false))?
+            .map_err(|e| self.failure(e.to_string(), false))?
         {
             let _ = tx.send(Ok(batch)).await;
         }
-        Ok(rows)
+        Ok(Pumped::All(rows))
     }
 
     fn timed_out(&self) -> Failure {
-        Failure::new(
+        self.failure(
             format!(
                 "the query did not finish within {} on {}: raise `query_timeout`, or have it read fewer rows",
                 human(self.query_timeout),
@@ -538,37 +544,45 @@ impl Server {
             false,
         )
     }
-
-    /// Stops connection `id`'s running query, from another connection (best effort):
-    /// otherwise the server would go on sending rows nobody reads.
-    fn kill(&self, id: u32) {
-        let opts = self.opts.clone();
-        let timeout = self.connect_timeout;
-        tokio::spawn(async move {
-            if let Ok(Ok(mut conn)) = tokio::time::timeout(timeout, Conn::new(opts)).await {
-                let _ = conn.query_drop(format!("KILL QUERY {id}")).await;
-                let _ = conn.disconnect().await;
-            }
-        });
-    }
 }
 
-/// Learns the columns (and the session's string escaping) on `conn`.
+/// How a scan's rows ended, and how many were read.
+enum Pumped {
+    /// All of them.
+    All(u64),
+    /// Nobody reads them any more: the rest are left unread.
+    Stopped(u64),
+}
+
+/// How long a scan that read all of its result waits to say goodbye (COM_QUIT).
+const QUIT_WAIT: Duration = Duration::from_secs(1);
+
+/// Closes a scan's connection. `Conn::disconnect` first reads whatever is left
+/// of the result, which after an early stop, a failure or a timeout may be most
+/// of a table, with no limit in time (and dropping a `Conn` does the same on a
+/// task of its own): a result not read to the end gets no time at all, and the
+/// dropped future closes the socket. The server stops the query when its next
+/// write to the connection fails.
+///
+/// There is deliberately no `KILL QUERY <id>` from a second connection: behind
+/// a load balancer or a proxy that connection may reach another server, where
+/// the same id is an unrelated session. Comparing `@@hostname`, `@@port` and
+/// `@@server_id` first would cost every scan a round trip and still not prove
+/// it (cluster nodes may share them). The cost: a query still computing before
+/// its first row may run on the server until it writes (bound it there with
+/// `max_statement_time` / `max_execution_time`).
+async fn close(conn: Conn, finished: bool) {
+    let wait = if finished { QUIT_WAIT } else { Duration::ZERO };
+    let _ = tokio::time::timeout(wait, conn.disconnect()).await;
+}
+
+/// Learns the columns on `conn`.
 async fn describe(
     server: &Server,
     conn: &mut Conn,
     relation: &Relation,
-) -> Result<(Vec<SqlColumn>, Dialect), Failure> {
-    let sql_mode: Option<String> = conn
-        .query_first("SELECT @@SESSION.sql_mode")
-        .await
-        .map_err(|e| server.classify(&e))?;
-    let dialect = Dialect::Mysql {
-        backslash_escapes: !sql_mode
-            .unwrap_or_default()
-            .contains("NO_BACKSLASH_ESCAPES"),
-    };
-    let sql = format!("SELECT * FROM {}", dialect.from(relation));
+) -> Result<Vec<SqlColumn>, Failure> {
+    let sql = format!("SELECT * FROM {}", Dialect::Mysql.from(relation));
     let statement = match tokio::time::timeout(server.query_timeout, conn.prep(&sql)).await {
         Ok(Ok(s)) => s,
         Ok(Err(MyError::Server(s))) if s.code == 1146 => {
@@ -605,7 +619,7 @@ async fn describe(
         };
         return Err(Failure {
             config: true,
-            ..Failure::new(
+            ..server.failure(
                 format!(
                     "column `{name}` of {what} has type {type_name}, which kpiforge cannot read{others}: \
                      convert it in a `query:`, e.g. `query: SELECT {}, ... FROM ...`",
@@ -615,7 +629,7 @@ async fn describe(
             )
         });
     }
-    Ok((columns, dialect))
+    Ok(columns)
 }
 
 fn query_failed(server: &Server, relation: &Relation, e: &MyError) -> Failure {
@@ -628,14 +642,9 @@ fn query_failed(server: &Server, relation: &Relation, e: &MyError) -> Failure {
 
 /// "table `x` not found in database `y` on ...: tables there: a, b".
 async fn not_found(server: &Server, conn: &mut Conn, table: &str) -> Failure {
-    let parts = table_parts(table);
-    let (schema, name) = match parts.as_slice() {
-        [schema, name] => (Some(schema.clone()), name.clone()),
-        _ => (None, table.to_string()),
-    };
-    let dialect = Dialect::Mysql {
-        backslash_escapes: true,
-    };
+    // Checked before connecting: the split cannot fail here.
+    let (schema, name) = split_table(table).unwrap_or((None, table.to_string()));
+    let dialect = Dialect::Mysql;
     let database = schema
         .clone()
         .unwrap_or_else(|| server.database_name().to_string());
@@ -648,40 +657,134 @@ async fn not_found(server: &Server, conn: &mut Conn, table: &str) -> Failure {
             "SELECT CAST(table_name AS CHAR) FROM information_schema.tables WHERE table_schema = {which} ORDER BY 1"
         ))
         .await;
-    let there = match listed {
-        Ok(tables) if tables.is_empty() => "it has no tables".to_string(),
-        Ok(tables) => format!("tables there: {}", list(&tables)),
-        Err(_) => "check the name".to_string(),
-    };
-    Failure::new(
-        format!(
-            "table `{name}` not found in database `{database}` on {} (user '{}'): {there}",
-            server.host_port(),
-            server.user
-        ),
+    let place = format!(
+        " in database `{database}` on {} (user '{}')",
+        server.host_port(),
+        server.user
+    );
+    server.failure(
+        table_not_found(&name, &place, listed.ok().as_deref()),
         false,
     )
 }
 
-/// At most 20 names, then "... (N in all)".
-pub fn list(names: &[String]) -> String {
-    let shown: Vec<&str> = names.iter().take(20).map(String::as_str).collect();
-    if names.len() > shown.len() {
-        format!("{}, ... ({} in all)", shown.join(", "), names.len())
-    } else {
-        shown.join(", ")
+/// Passwords shorter than this are not scrubbed from messages by search: one
+/// like `330` would garble ordinary text (port `3306` shown as `***6`), and
+/// show what the password is. Messages are made of the host, port, database
+/// and user and the server's words, never the password: scrubbing is a second
+/// line of defence.
+const SCRUBBED_LENGTH: usize = 6;
+
+/// `message` with every occurrence of `password` (of [`SCRUBBED_LENGTH`] or
+/// more characters) replaced by `***`.
+fn scrub(message: String, password: Option<&str>) -> String {
+    match password {
+        Some(p) if p.chars().count() >= SCRUBBED_LENGTH && message.contains(p) => {
+            message.replace(p, "***")
+        }
+        _ => message,
     }
 }
 
-/// `1s`, `5m`, `1h`, `1.5s`.
-pub fn human(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s >= 3600.0 && s % 3600.0 == 0.0 {
-        format!("{}h", s / 3600.0)
-    } else if s >= 60.0 && s % 60.0 == 0.0 {
-        format!("{}m", s / 60.0)
+/// `url` with its user and password percent-encoded, and the password as
+/// written (decoded). They end at the *last* `@` (as `config::strip_password`
+/// reads them), so a password holding `/`, `?`, `#` or `@` is not cut by the
+/// URL parser into a host, a path or a query, which messages would then show
+/// (`mysql://kpi:/s3cret@db/shop` has host `kpi` and database `s3cret@db`
+/// otherwise). A `%XX` already there is kept.
+fn encode_user_info(url: &str) -> (String, Option<String>) {
+    let Some(scheme_end) = url.find("://") else {
+        return (url.to_string(), None);
+    };
+    let rest = &url[scheme_end + 3..];
+    let Some(at) = rest.rfind('@') else {
+        return (url.to_string(), None);
+    };
+    let (user, password) = match rest[..at].split_once(':') {
+        Some((user, password)) => (user, Some(password)),
+        None => (&rest[..at], None),
+    };
+    let mut out = format!("{}://{}", &url[..scheme_end], percent_encode(user));
+    if let Some(p) = password {
+        out.push(':');
+        out.push_str(&percent_encode(p));
+    }
+    out.push('@');
+    out.push_str(&rest[at + 1..]);
+    (out, password.map(percent_decode))
+}
+
+/// Every byte but unreserved and sub-delimiter characters as `%XX`; an
+/// existing `%XX` escape is kept.
+fn percent_encode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape = b == b'%'
+            && bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+            && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) || escape {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `%XX` escapes decoded (as the driver decodes the password).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What is wrong with a URL, in words of our own: the driver's text may quote
+/// any part of it.
+fn url_problem(e: &UrlError) -> String {
+    match e {
+        // The `url` crate's fixed descriptions ("invalid port number", "empty host").
+        UrlError::Parse(p) => p.to_string(),
+        UrlError::UnsupportedScheme { .. } => "the scheme must be mysql:// or mariadb://".into(),
+        UrlError::UnknownParameter { param } => format!("unknown parameter `{}`", clip_name(param)),
+        UrlError::InvalidParamValue { param, .. } => {
+            format!("parameter `{}` has an invalid value", clip_name(param))
+        }
+        UrlError::FeatureRequired { param, .. } => {
+            format!("parameter `{}` is not supported", clip_name(param))
+        }
+        _ => "it is incomplete".into(),
+    }
+}
+
+/// A URL parameter's name, if it looks like one.
+fn clip_name(name: &str) -> &str {
+    if name.len() <= 40
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        name
     } else {
-        format!("{s}s")
+        "?"
     }
 }
 
@@ -699,7 +802,9 @@ fn arrow_type(c: &Column) -> Result<(DataType, bool), (String, &'static str)> {
         T::MYSQL_TYPE_SHORT => int(DataType::Int16, DataType::UInt16),
         T::MYSQL_TYPE_INT24 | T::MYSQL_TYPE_LONG => int(DataType::Int32, DataType::UInt32),
         T::MYSQL_TYPE_LONGLONG => int(DataType::Int64, DataType::UInt64),
-        T::MYSQL_TYPE_YEAR => Ok((DataType::Int16, true)),
+        // MySQL reads a number from 0 to 99 compared with a YEAR as a two-digit
+        // year (`yr = 5` is `yr = 2005`, `yr < 10` holds for 2009): filtered by DataFusion.
+        T::MYSQL_TYPE_YEAR => Ok((DataType::Int16, false)),
         // MySQL compares FLOAT columns as doubles: `f = 0.1` differs from DataFusion.
         T::MYSQL_TYPE_FLOAT => Ok((DataType::Float32, false)),
         T::MYSQL_TYPE_DOUBLE => Ok((DataType::Float64, true)),
@@ -870,18 +975,24 @@ struct MysqlReader {
 
 impl Reader for MysqlReader {
     fn read(&self, sql: String, schema: SchemaRef) -> SendableRecordBatchStream {
-        let (tx, stream) = super::sql::channel(schema.clone());
         let server = self.server.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            match server.stream_rows(&sql, schema, &tx).await {
-                Ok(rows) => log_fetched(&server.source, rows, started),
-                Err(f) => {
-                    let _ = tx.send(Err(external(server.remote(f)))).await;
-                }
-            }
-        });
-        stream
+        let failed = self.server.clone();
+        spawn_reader(
+            schema.clone(),
+            move |tx| async move {
+                let started = Instant::now();
+                let rows = server
+                    .stream_rows(&sql, schema, &tx)
+                    .await
+                    .map_err(|f| external(server.remote(f)))?;
+                log_fetched(&server.source, rows, started);
+                Ok(())
+            },
+            move |why| {
+                let message = format!("reading from {} stopped: {why}", failed.at());
+                external(failed.remote(failed.failure(message, false)))
+            },
+        )
     }
 }
 
@@ -1014,22 +1125,82 @@ mod tests {
         );
     }
 
-    #[test]
-    fn messages_never_show_the_password() {
-        let cfg = DatabaseSource {
+    fn config(url: &str) -> DatabaseSource {
+        DatabaseSource {
             kind: crate::config::DatabaseKind::Mysql,
-            url: "mariadb://kpi:s3cr3t-pw@db.example:3307/shop".into(),
+            url: url.into(),
             relation: Relation::Table("orders".into()),
             tls: TlsMode::Prefer,
             ca: None,
             connect_timeout: Duration::from_secs(1),
             query_timeout: Duration::from_secs(1),
             retries: 0,
-        };
-        let server = Server::new("shop", &cfg).unwrap();
+        }
+    }
+
+    #[test]
+    fn messages_never_show_the_password() {
+        let server = Server::new(
+            "shop",
+            &config("mariadb://kpi:s3cr3t-pw@db.example:3307/shop"),
+        )
+        .unwrap();
         assert_eq!(server.at(), "db.example:3307 (database shop, user 'kpi')");
+        // Scrubbed where the failure is made (before any log line shows it) and again at the end.
+        let f = server.failure("echo s3cr3t-pw", false);
+        assert_eq!(f.message, "echo ***");
         let e = server.remote(Failure::new("echo s3cr3t-pw", false));
         assert_eq!(e.to_string(), "source `shop`: echo ***");
         assert!(!format!("{server:?}").contains("s3cr3t"));
+        // A short password is not searched for: it would garble the port and show itself.
+        let short = Server::new("shop", &config("mysql://kpi:330@127.0.0.1:3306/shop")).unwrap();
+        let f = short.failure(format!("refused on {}", short.at()), false);
+        assert_eq!(
+            short.remote(f).to_string(),
+            "source `shop`: refused on 127.0.0.1:3306 (database shop, user 'kpi')"
+        );
+    }
+
+    #[test]
+    fn passwords_holding_url_delimiters_stay_passwords() {
+        for (url, password) in [
+            ("mysql://kpi:123?s3cret@db/shop", "123?s3cret"),
+            ("mysql://kpi:/s3cret@db/shop", "/s3cret"),
+            ("mysql://kpi:s3c#ret@db/shop", "s3c#ret"),
+            ("mysql://kpi:s3c@ret:x@db/shop", "s3c@ret:x"),
+            ("mariadb://kpi:100%s3cret@db/shop", "100%s3cret"),
+            // Already encoded: kept as it is.
+            ("mysql://kpi:p%2Fs3cret%40x@db/shop", "p/s3cret@x"),
+        ] {
+            let server = Server::new("shop", &config(url)).unwrap();
+            assert_eq!(server.at(), "db:3306 (database shop, user 'kpi')", "{url}");
+            assert_eq!(server.password.as_deref(), Some(password), "{url}");
+            assert_eq!(server.opts.pass(), Some(password), "{url}");
+        }
+        let server = Server::new("shop", &config("mysql://k%40pi@db:3307")).unwrap();
+        assert_eq!(server.at(), "db:3307 (database (none), user 'k@pi')");
+        // URLs that do not parse: the message shows no part of the password.
+        for (url, problem) in [
+            (
+                "mysql://kpi:123?s3cret@db:99999/shop",
+                "invalid port number",
+            ),
+            ("mysql://kpi:/s3cret@/shop", "empty host"),
+            (
+                "mysql://kpi:s3cret-pw@db/shop?bogus=1",
+                "unknown parameter `bogus`",
+            ),
+            (
+                "mysql://kpi:s3cret-pw@db/shop?prefer_socket=s3cret-pw",
+                "parameter `prefer_socket` has an invalid value",
+            ),
+        ] {
+            let e = Server::new("shop", &config(url)).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("is not valid ({problem})")),
+                "{url}: {e}"
+            );
+            assert!(!e.contains("s3cret"), "{url}: {e}");
+        }
     }
 }

@@ -3,13 +3,14 @@
 //! scan sends one `SELECT` naming only the projected columns, with the filters
 //! that translate exactly (see [`SqlTable::supports_filters_pushdown`]) in its
 //! `WHERE` and the limit in `LIMIT`, and streams the rows back as Arrow batches of
-//! [`BATCH_ROWS`] rows through a bounded channel: memory stays bounded whatever
-//! the table's size.
+//! [`BATCH_ROWS`] rows (fewer past [`BATCH_BYTES`]) through a bounded channel:
+//! memory stays bounded whatever the table's size.
 //!
 //! What differs between databases is small: identifier quoting and literal
 //! rendering ([`Dialect`]), and how rows are read ([`Reader`], one per driver).
 //! Drivers turn their values into [`Cell`]s, which [`Batcher`] appends to Arrow
-//! builders.
+//! builders. A reader runs on its own task ([`spawn_reader`]): however it ends,
+//! an error or a panic reaches the query as an error.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use datafusion::logical_expr::{BinaryExpr, Expr, Like, Operator, TableProviderFi
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::SourceError;
@@ -41,6 +43,11 @@ use crate::config::Relation;
 
 /// Rows per Arrow batch sent by a scan.
 pub const BATCH_ROWS: usize = 8192;
+
+/// Bytes of values a batch may hold before it is sent with fewer than
+/// [`BATCH_ROWS`] rows: wide rows then neither take much memory nor overflow
+/// Arrow's 32-bit offsets (2 GiB of text or bytes in one column of one batch).
+pub const BATCH_BYTES: usize = 64 << 20;
 
 /// Batches a reader may have ready before the query consuming them takes one:
 /// the bound on a scan's memory (with the driver's own socket buffers).
@@ -54,12 +61,8 @@ const QUERY_ALIAS: &str = "kpiforge_q";
 /// How SQL is spelled for one database: quoting and literals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
-    /// MySQL and MariaDB. `backslash_escapes` is false when the session's
-    /// `sql_mode` has `NO_BACKSLASH_ESCAPES` (then `\` is an ordinary character
-    /// in string literals).
-    Mysql {
-        backslash_escapes: bool,
-    },
+    /// MySQL and MariaDB.
+    Mysql,
     Sqlite,
 }
 
@@ -67,7 +70,7 @@ impl Dialect {
     /// A quoted identifier: `` `a``b` `` (MySQL) or `"a""b"` (SQLite).
     pub fn ident(self, name: &str) -> String {
         let q = match self {
-            Dialect::Mysql { .. } => '`',
+            Dialect::Mysql => '`',
             Dialect::Sqlite => '"',
         };
         let mut out = String::with_capacity(name.len() + 2);
@@ -82,34 +85,39 @@ impl Dialect {
         out
     }
 
-    /// A string literal. Quotes are doubled; for MySQL with backslash escapes
-    /// on, `\` and NUL are escaped too. No value reaches SQL any other way.
+    /// A string literal, read the same whatever the session's settings: quotes
+    /// doubled. MySQL reads `\` in a quoted string as an escape unless the
+    /// session's `sql_mode` has `NO_BACKSLASH_ESCAPES`, and each scan opens a
+    /// session of its own: text holding `\` (or NUL) is sent as a hex literal
+    /// in the connection's character set, `_utf8mb4 X'5C'`, which both modes
+    /// read alike (and which compares as a quoted literal does). No value
+    /// reaches SQL any other way.
     pub fn string(self, text: &str) -> String {
+        if self == Dialect::Mysql && text.contains(['\\', '\0']) {
+            let mut out = String::with_capacity(text.len() * 2 + 12);
+            out.push_str("_utf8mb4 X'");
+            for byte in text.bytes() {
+                let _ = write!(out, "{byte:02X}");
+            }
+            out.push('\'');
+            return out;
+        }
         let mut out = String::with_capacity(text.len() + 2);
         out.push('\'');
         for c in text.chars() {
-            match c {
-                '\'' => out.push_str("''"),
-                '\\' if self.backslash_escapes() => out.push_str("\\\\"),
-                '\0' if self.backslash_escapes() => out.push_str("\\0"),
-                c => out.push(c),
+            if c == '\'' {
+                out.push('\'');
             }
+            out.push(c);
         }
         out.push('\'');
         out
     }
 
-    fn backslash_escapes(self) -> bool {
-        matches!(
-            self,
-            Dialect::Mysql {
-                backslash_escapes: true
-            }
-        )
-    }
-
     /// `FROM` target of a relation: a quoted (possibly schema-qualified) table,
-    /// or the query as a derived table.
+    /// or the query as a derived table. The newline before the `)` ends a
+    /// trailing `-- comment` (or MySQL `# comment`) in the query, which would
+    /// otherwise comment out the rest of the statement.
     pub fn from(self, relation: &Relation) -> String {
         match relation {
             Relation::Table(name) => table_parts(name)
@@ -117,7 +125,7 @@ impl Dialect {
                 .map(|p| self.ident(p))
                 .collect::<Vec<_>>()
                 .join("."),
-            Relation::Query(sql) => format!("({}) AS {QUERY_ALIAS}", trim_query(sql)),
+            Relation::Query(sql) => format!("({}\n) AS {QUERY_ALIAS}", trim_query(sql)),
         }
     }
 
@@ -130,7 +138,7 @@ impl Dialect {
             (_, DataType::Boolean) => format!("({c} <> 0)"),
             // Byte-wise, case- and trailing-space-sensitive, whatever the
             // column's character set and collation: as DataFusion compares.
-            (Dialect::Mysql { .. }, DataType::Utf8) => {
+            (Dialect::Mysql, DataType::Utf8) => {
                 format!("CAST(CONVERT({c} USING utf8mb4) AS BINARY)")
             }
             (Dialect::Sqlite, DataType::Utf8) => format!("{c} COLLATE BINARY"),
@@ -229,7 +237,7 @@ impl Dialect {
     /// `DATE'2026-01-31'` for MySQL; SQLite keeps dates as ISO text.
     fn typed(self, keyword: &str, text: &str) -> String {
         match self {
-            Dialect::Mysql { .. } => format!("{keyword}{}", self.string(text)),
+            Dialect::Mysql => format!("{keyword}{}", self.string(text)),
             Dialect::Sqlite => self.string(text),
         }
     }
@@ -240,7 +248,7 @@ impl Dialect {
         let not = if negated { "NOT " } else { "" };
         let c = self.ident(column);
         match self {
-            Dialect::Mysql { .. } => {
+            Dialect::Mysql => {
                 // A trailing lone `\` is read differently by the two: leave it to DataFusion.
                 pattern_tokens(pattern)?;
                 Some(format!(
@@ -336,6 +344,53 @@ pub fn table_parts(name: &str) -> Vec<String> {
     }
     parts.push(current);
     parts
+}
+
+/// A `table:` as its schema (MySQL: database), if named, and its table, each
+/// part's quotes removed; an error for more than two parts or an empty one.
+pub fn split_table(name: &str) -> Result<(Option<String>, String), String> {
+    let mut parts = table_parts(name);
+    if parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
+        return Err(format!(
+            "`{name}` is not a table name: write `table` or `schema.table`, quoting a name \
+             that holds a dot (`\"my.table\"`)"
+        ));
+    }
+    let table = parts.pop().unwrap_or_default();
+    Ok((parts.pop(), table))
+}
+
+/// "table `x` not found{place}: tables there: a, b" ("it has no tables"; "check
+/// the name" when they could not be listed).
+pub fn table_not_found(name: &str, place: &str, tables: Option<&[String]>) -> String {
+    let there = match tables {
+        None => "check the name".to_string(),
+        Some([]) => "it has no tables".to_string(),
+        Some(tables) => format!("tables there: {}", list(tables)),
+    };
+    format!("table `{name}` not found{place}: {there}")
+}
+
+/// At most 20 names, then "... (N in all)".
+pub fn list(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().take(20).map(String::as_str).collect();
+    if names.len() > shown.len() {
+        format!("{}, ... ({} in all)", shown.join(", "), names.len())
+    } else {
+        shown.join(", ")
+    }
+}
+
+/// `1s`, `5m`, `1h`, `1.5s`.
+pub fn human(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 3600.0 && s % 3600.0 == 0.0 {
+        format!("{}h", s / 3600.0)
+    } else if s >= 60.0 && s % 60.0 == 0.0 {
+        format!("{}m", s / 60.0)
+    } else {
+        format!("{s}s")
+    }
 }
 
 /// A query without its trailing `;` (it goes inside parentheses).
@@ -585,7 +640,7 @@ impl SqlTable {
         plain: impl FnOnce(&str) -> String,
     ) -> String {
         match self.dialect {
-            Dialect::Mysql { .. } if equality && *t == DataType::Utf8 => {
+            Dialect::Mysql if equality && *t == DataType::Utf8 => {
                 format!("({} AND {exact})", plain(&self.dialect.ident(name)))
             }
             _ => exact.to_string(),
@@ -661,9 +716,18 @@ impl PartitionStream for SqlPartition {
         &self.schema
     }
 
+    /// The query starts at the stream's first poll, not here: a plan executes
+    /// all its partitions up front, and a hash join's probe side should not
+    /// hold a connection and a running query while its build side is read.
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        tracing::debug!(source = %self.source, sql = %self.sql, "query");
-        self.reader.read(self.sql.clone(), self.schema.clone())
+        let (source, sql) = (self.source.clone(), self.sql.clone());
+        let (schema, reader) = (self.schema.clone(), self.reader.clone());
+        let start = async move {
+            tracing::debug!(source = %source, sql = %sql, "query");
+            reader.read(sql, schema)
+        };
+        let stream = futures::stream::once(start).flatten();
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
     }
 }
 
@@ -681,12 +745,53 @@ pub fn log_fetched(source: &str, rows: u64, started: std::time::Instant) {
 pub type BatchSender = mpsc::Sender<DfResult<RecordBatch>>;
 
 /// A bounded channel and the stream of `schema` batches that drains it.
-pub fn channel(schema: SchemaRef) -> (BatchSender, SendableRecordBatchStream) {
+fn channel(schema: SchemaRef) -> (BatchSender, SendableRecordBatchStream) {
     let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
     (tx, Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+}
+
+/// Runs a scan's reader on its own task and returns the stream of the batches
+/// it sends. `read` gets the sending half and returns its failure; a panic in it
+/// (Arrow's, say) becomes `panicked(message)`. Either way the stream ends with
+/// that error, never as if every row had been read: the channel stays open,
+/// held by a task that awaits the reader, until the error is in it.
+pub fn spawn_reader<R>(
+    schema: SchemaRef,
+    read: impl FnOnce(BatchSender) -> R,
+    panicked: impl FnOnce(String) -> DataFusionError + Send + 'static,
+) -> SendableRecordBatchStream
+where
+    R: std::future::Future<Output = DfResult<()>> + Send + 'static,
+{
+    let (tx, stream) = channel(schema);
+    let reader = tokio::spawn(read(tx.clone()));
+    tokio::spawn(async move {
+        let error = match reader.await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(e) => panicked(join_error_text(e)),
+        };
+        // Fails only when nobody reads the stream any more.
+        let _ = tx.send(Err(error)).await;
+    });
+    stream
+}
+
+/// What a task that did not finish said: its panic's message, or why it was cancelled.
+pub fn join_error_text(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(panic) => match panic.downcast::<String>() {
+            Ok(text) => format!("it panicked: {text}"),
+            Err(panic) => match panic.downcast::<&'static str>() {
+                Ok(text) => format!("it panicked: {text}"),
+                Err(_) => "it panicked".to_string(),
+            },
+        },
+        Err(e) => e.to_string(),
+    }
 }
 
 /// A source error as DataFusion carries it through a query.
@@ -735,6 +840,11 @@ pub struct Batcher {
     schema: SchemaRef,
     columns: Vec<ColumnBuilder>,
     rows: usize,
+    /// Bytes of the values appended since the last batch (about: 8 for a
+    /// fixed-width value, the length for text and bytes).
+    bytes: usize,
+    /// A batch is sent once `bytes` reaches this ([`BATCH_BYTES`]).
+    byte_cap: usize,
 }
 
 impl Batcher {
@@ -748,22 +858,38 @@ impl Batcher {
             schema,
             columns,
             rows: 0,
+            bytes: 0,
+            byte_cap: BATCH_BYTES,
         })
+    }
+
+    /// The same with batches sent once they hold `cap` bytes.
+    #[cfg(test)]
+    pub fn with_byte_cap(mut self, cap: usize) -> Self {
+        self.byte_cap = cap;
+        self
     }
 
     /// Appends `cell` to column `i` of the current row; the error says why the
     /// value does not fit the column's type.
     pub fn push(&mut self, i: usize, cell: Cell) -> Result<(), String> {
+        self.bytes += match cell {
+            Cell::Null => 0,
+            Cell::Text(v) => v.len(),
+            Cell::Bytes(v) => v.len(),
+            _ => 8,
+        };
         match self.columns.get_mut(i) {
             Some(c) => c.append(cell),
             None => Err(format!("no column {i}")),
         }
     }
 
-    /// Ends a row; returns a full batch every [`BATCH_ROWS`] rows.
+    /// Ends a row; returns a batch every [`BATCH_ROWS`] rows, or sooner once
+    /// the values held reach the byte cap.
     pub fn end_row(&mut self) -> Result<Option<RecordBatch>, DataFusionError> {
         self.rows += 1;
-        if self.rows >= BATCH_ROWS {
+        if self.rows >= BATCH_ROWS || self.bytes >= self.byte_cap {
             self.flush()
         } else {
             Ok(None)
@@ -778,6 +904,7 @@ impl Batcher {
         let arrays: Vec<ArrayRef> = self.columns.iter_mut().map(|c| c.finish()).collect();
         let options = RecordBatchOptions::new().with_row_count(Some(self.rows));
         self.rows = 0;
+        self.bytes = 0;
         Ok(Some(RecordBatch::try_new_with_options(
             self.schema.clone(),
             arrays,
@@ -1070,15 +1197,162 @@ mod tests {
     use datafusion::logical_expr::{col, lit};
     use datafusion::prelude::Expr;
 
-    const MYSQL: Dialect = Dialect::Mysql {
-        backslash_escapes: true,
-    };
+    const MYSQL: Dialect = Dialect::Mysql;
 
     #[derive(Debug)]
     struct NoReader;
     impl Reader for NoReader {
         fn read(&self, _sql: String, schema: SchemaRef) -> SendableRecordBatchStream {
             channel(schema).1
+        }
+    }
+
+    fn one_int_batch(schema: &SchemaRef) -> RecordBatch {
+        let mut b = Batcher::new(schema.clone()).unwrap();
+        b.push(0, Cell::Int(1)).unwrap();
+        b.end_row().unwrap();
+        b.flush().unwrap().unwrap()
+    }
+
+    /// Everything a stream yields, errors as their text.
+    async fn drain(mut stream: SendableRecordBatchStream) -> Vec<Result<usize, String>> {
+        let mut out = Vec::new();
+        while let Some(item) = stream.next().await {
+            out.push(item.map(|b| b.num_rows()).map_err(|e| e.to_string()));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_panics_or_fails_ends_its_stream_with_an_error() {
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
+        let batch = one_int_batch(&schema);
+        let panicked = |text: String| DataFusionError::Execution(format!("reader: {text}"));
+        // A panic after one batch (as Arrow's on a 2 GiB string column).
+        let sent = batch.clone();
+        let stream = spawn_reader(
+            schema.clone(),
+            |tx| async move {
+                tx.send(Ok(sent)).await.unwrap();
+                panic!("byte array offset overflow");
+            },
+            panicked,
+        );
+        let items = drain(stream).await;
+        assert_eq!(items.len(), 2, "{items:?}");
+        assert_eq!(items[0], Ok(1));
+        let err = items[1].clone().unwrap_err();
+        assert!(
+            err.contains("reader: it panicked: byte array offset overflow"),
+            "{err}"
+        );
+        // A panic with a formatted message, before any batch.
+        let stream = spawn_reader(
+            schema.clone(),
+            |_tx| async move {
+                let n = 3;
+                panic!("column {n}");
+            },
+            panicked,
+        );
+        let items = drain(stream).await;
+        assert_eq!(items.len(), 1, "{items:?}");
+        assert!(
+            items[0]
+                .clone()
+                .unwrap_err()
+                .contains("it panicked: column 3")
+        );
+        // A reader that returns its failure.
+        let sent = batch.clone();
+        let stream = spawn_reader(
+            schema.clone(),
+            |tx| async move {
+                tx.send(Ok(sent)).await.unwrap();
+                Err(DataFusionError::Execution("the server went away".into()))
+            },
+            panicked,
+        );
+        let items = drain(stream).await;
+        assert_eq!(items.len(), 2, "{items:?}");
+        assert!(
+            items[1]
+                .clone()
+                .unwrap_err()
+                .contains("the server went away")
+        );
+        // One that finishes: its batches, then the end.
+        let stream = spawn_reader(
+            schema.clone(),
+            |tx| async move {
+                tx.send(Ok(batch)).await.unwrap();
+                Ok(())
+            },
+            panicked,
+        );
+        assert_eq!(drain(stream).await, vec![Ok(1)]);
+    }
+
+    /// Counts the scans started.
+    #[derive(Debug, Default)]
+    struct CountingReader(std::sync::atomic::AtomicUsize);
+    impl Reader for CountingReader {
+        fn read(&self, _sql: String, schema: SchemaRef) -> SendableRecordBatchStream {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            channel(schema).1
+        }
+    }
+
+    #[tokio::test]
+    async fn a_scan_starts_its_query_at_the_first_poll() {
+        let reader = Arc::new(CountingReader::default());
+        let partition = SqlPartition {
+            source: "t".into(),
+            sql: "SELECT 1".into(),
+            schema: Arc::new(Schema::empty()),
+            reader: reader.clone(),
+        };
+        let started = || reader.0.load(std::sync::atomic::Ordering::SeqCst);
+        let mut stream = partition.execute(Arc::new(TaskContext::default()));
+        assert_eq!(started(), 0, "started at execute()");
+        assert!(stream.next().await.is_none());
+        assert_eq!(started(), 1);
+        // A stream dropped unpolled never starts its query.
+        drop(partition.execute(Arc::new(TaskContext::default())));
+        assert_eq!(started(), 1);
+    }
+
+    #[test]
+    fn a_batch_is_sent_early_once_its_values_reach_the_byte_cap() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("pad", DataType::Utf8, true),
+        ]));
+        let mut b = Batcher::new(schema).unwrap().with_byte_cap(100);
+        let pad = "x".repeat(40);
+        let mut batches = Vec::new();
+        for i in 0..10 {
+            b.push(0, Cell::Int(i)).unwrap();
+            b.push(1, Cell::Text(&pad)).unwrap();
+            if let Some(batch) = b.end_row().unwrap() {
+                batches.push(batch.num_rows());
+            }
+        }
+        if let Some(batch) = b.flush().unwrap() {
+            batches.push(batch.num_rows());
+        }
+        // 48 bytes a row: a batch every 3 rows (144 bytes >= 100), then the rest.
+        assert_eq!(batches, vec![3, 3, 3, 1]);
+        // Without a cap reached, rows wait for BATCH_ROWS.
+        let mut b = Batcher::new(Arc::new(Schema::new(vec![Field::new(
+            "pad",
+            DataType::Utf8,
+            true,
+        )])))
+        .unwrap();
+        for _ in 0..100 {
+            b.push(0, Cell::Text(&pad)).unwrap();
+            assert!(b.end_row().unwrap().is_none());
         }
     }
 
@@ -1121,35 +1395,50 @@ mod tests {
         assert_eq!(Dialect::Sqlite.ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(table_parts("shop.orders"), vec!["shop", "orders"]);
         assert_eq!(table_parts("`my.db`.\"t\"\"x\""), vec!["my.db", "t\"x"]);
+        assert_eq!(split_table("orders"), Ok((None, "orders".into())));
+        assert_eq!(
+            split_table("\"order lines\""),
+            Ok((None, "order lines".into()))
+        );
+        assert_eq!(
+            split_table("shop.`my.t`"),
+            Ok((Some("shop".into()), "my.t".into()))
+        );
+        for bad in ["a.b.c", "shop.", ".t", "", "\"\""] {
+            let e = split_table(bad).unwrap_err();
+            assert!(e.contains("is not a table name"), "{bad}: {e}");
+        }
         assert_eq!(
             MYSQL.from(&Relation::Table("shop.orders".into())),
             "`shop`.`orders`"
         );
         assert_eq!(
+            MYSQL.from(&Relation::Query("SELECT 1 AS a # one\n".into())),
+            "(SELECT 1 AS a # one\n) AS kpiforge_q"
+        );
+        assert_eq!(
             Dialect::Sqlite.from(&Relation::Query("SELECT 1 AS a;\n".into())),
-            "(SELECT 1 AS a) AS kpiforge_q"
+            "(SELECT 1 AS a\n) AS kpiforge_q"
         );
     }
 
     #[test]
     fn strings_are_escaped_per_dialect() {
         let nasty = r#"say "hi" it's a \ back'); DROP TABLE t; --"#;
+        // MySQL: no backslash ever reaches the SQL text (its meaning depends on
+        // the session's sql_mode); such text goes as hex.
         assert_eq!(
             MYSQL.string(nasty),
-            r#"'say "hi" it''s a \\ back''); DROP TABLE t; --'"#
+            "_utf8mb4 X'736179202268692220697427732061205C206261636B27293B2044524F50205441424C4520743B202D2D'"
         );
-        assert_eq!(
-            Dialect::Mysql {
-                backslash_escapes: false
-            }
-            .string(nasty),
-            r#"'say "hi" it''s a \ back''); DROP TABLE t; --'"#
-        );
+        assert_eq!(MYSQL.string(r#"say "hi" it's"#), r#"'say "hi" it''s'"#);
+        assert_eq!(MYSQL.string("a\0b"), "_utf8mb4 X'610062'");
+        assert_eq!(MYSQL.string("né"), "'né'");
+        assert_eq!(MYSQL.string(""), "''");
         assert_eq!(
             Dialect::Sqlite.string(nasty),
             r#"'say "hi" it''s a \ back''); DROP TABLE t; --'"#
         );
-        assert_eq!(MYSQL.string("a\0b"), "'a\\0b'");
     }
 
     #[test]
@@ -1169,7 +1458,7 @@ mod tests {
         assert_eq!(
             q.select(Some(&vec![1]), &[col("note").eq(lit(r#"say "hi""#))], None)
                 .unwrap(),
-            r#"SELECT "note" FROM (SELECT * FROM x) AS kpiforge_q WHERE ("note" COLLATE BINARY = 'say "hi"')"#
+            "SELECT \"note\" FROM (SELECT * FROM x\n) AS kpiforge_q WHERE (\"note\" COLLATE BINARY = 'say \"hi\"')"
         );
     }
 
@@ -1259,7 +1548,8 @@ mod tests {
         let t = orders(MYSQL);
         assert_eq!(
             pushed(&t, col("note").like(lit(r"50\%_off%"))).unwrap(),
-            r"(CONVERT(`note` USING utf8mb4) COLLATE utf8mb4_bin LIKE '50\\%_off%' ESCAPE '\\')"
+            "(CONVERT(`note` USING utf8mb4) COLLATE utf8mb4_bin LIKE _utf8mb4 X'35305C255F6F666625' \
+             ESCAPE _utf8mb4 X'5C')"
         );
         assert_eq!(pushed(&t, col("note").ilike(lit("a%"))), None);
         assert_eq!(pushed(&t, col("note").like(lit(r"ends\"))), None);
@@ -1268,6 +1558,27 @@ mod tests {
             pushed(&s, col("note").not_like(lit(r"a*?[\%_%it's"))).unwrap(),
             r#"("note" NOT GLOB 'a[*][?][[]%?*it''s')"#
         );
+    }
+
+    #[test]
+    fn not_found_messages_list_the_tables_there() {
+        let names: Vec<String> = (0..25).map(|i| format!("t{i}")).collect();
+        assert_eq!(
+            table_not_found("x", " in schema `main`", Some(&names[..2])),
+            "table `x` not found in schema `main`: tables there: t0, t1"
+        );
+        assert!(table_not_found("x", "", Some(&names)).ends_with("t18, t19, ... (25 in all)"));
+        assert_eq!(
+            table_not_found("x", "", Some(&[])),
+            "table `x` not found: it has no tables"
+        );
+        assert_eq!(
+            table_not_found("x", "", None),
+            "table `x` not found: check the name"
+        );
+        assert_eq!(human(std::time::Duration::from_secs(3600)), "1h");
+        assert_eq!(human(std::time::Duration::from_secs(300)), "5m");
+        assert_eq!(human(std::time::Duration::from_millis(1500)), "1.5s");
     }
 
     #[test]

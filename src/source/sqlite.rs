@@ -9,24 +9,27 @@
 //! SQLite does not know, like `JSON`) takes its type from its first
 //! [`INFER_ROWS`] values: integers -> Int64, with reals -> Float64, with text
 //! (or mixed with blobs) -> Utf8, only blobs -> Binary, only NULLs -> Utf8.
-//! rusqlite is synchronous: every read runs on a blocking thread.
+//! rusqlite is synchronous: every read runs on a blocking thread, interrupted
+//! once it has spent `query_timeout` reading (not counting the time it waits
+//! for the query consuming its rows).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::catalog::TableProvider;
 use datafusion::execution::SendableRecordBatchStream;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
+use tokio::sync::watch;
 
 use super::SourceError;
-use super::mysql::{human, list};
 use super::sql::{
-    BatchSender, Batcher, Cell, Dialect, Reader, SqlColumn, SqlTable, channel, external,
-    log_fetched, show, table_parts, trim_query,
+    BatchSender, Batcher, Cell, Dialect, Reader, SqlColumn, SqlTable, external, human,
+    join_error_text, log_fetched, show, spawn_reader, split_table, table_not_found, trim_query,
 };
 use crate::config::{DatabaseSource, Relation};
 
@@ -40,6 +43,12 @@ pub async fn provider(
     name: &str,
     cfg: &DatabaseSource,
 ) -> Result<Arc<dyn TableProvider>, SourceError> {
+    if let Relation::Table(table) = &cfg.relation {
+        split_table(table).map_err(|message| SourceError::Config {
+            name: name.to_string(),
+            message,
+        })?;
+    }
     let file = Arc::new(File {
         source: name.to_string(),
         path: PathBuf::from(&cfg.url),
@@ -128,10 +137,10 @@ impl File {
         let _watchdog = Watchdog::start(&conn, self.query_timeout);
         let declared = match relation {
             Relation::Table(table) => {
-                let parts = table_parts(table);
-                let (schema, name) = match parts.as_slice() {
-                    [schema, name] => (format!("{}.", D.ident(schema)), name.clone()),
-                    _ => (String::new(), table.clone()),
+                let (schema_name, name) = split_table(table)?;
+                let schema = match &schema_name {
+                    Some(s) => format!("{}.", D.ident(s)),
+                    None => String::new(),
                 };
                 let columns = table_info(
                     &conn,
@@ -149,12 +158,11 @@ impl File {
                                 .collect::<Result<_, _>>()
                         })
                         .map_err(|e| self.explain(&e))?;
-                    let there = if tables.is_empty() {
-                        "it has no tables".to_string()
-                    } else {
-                        format!("tables there: {}", list(&tables))
+                    let place = match &schema_name {
+                        Some(s) => format!(" in schema `{s}`"),
+                        None => String::new(),
                     };
-                    return Err(format!("table `{table}` not found: {there}"));
+                    return Err(table_not_found(&name, &place, Some(&tables)));
                 }
                 columns
             }
@@ -357,31 +365,33 @@ struct SqliteReader {
 
 impl Reader for SqliteReader {
     fn read(&self, sql: String, schema: SchemaRef) -> SendableRecordBatchStream {
-        let (tx, stream) = channel(schema.clone());
         let file = self.file.clone();
+        let failed = self.file.clone();
         let origins: Vec<Origin> = schema
             .fields()
             .iter()
             .map(|f| self.origins.get(f.name()).cloned().flatten())
             .collect();
-        tokio::spawn(async move {
+        let stream_schema = schema.clone();
+        let read = move |tx: BatchSender| async move {
             let started = Instant::now();
             let (handle_tx, handle_rx) = tokio::sync::oneshot::channel();
+            let (clock, watched) = watch::channel(Clock::start());
             let sender = tx.clone();
             let reading = file.clone();
             let mut job = tokio::task::spawn_blocking(move || {
                 let conn = reading.open()?;
                 let _ = handle_tx.send(conn.get_interrupt_handle());
-                read_rows(&reading, &conn, &sql, &schema, &origins, &sender)
+                read_rows(&reading, &conn, &sql, &schema, &origins, &sender, &clock)
             });
             let interrupt = handle_rx.await.ok();
-            let deadline = tokio::time::sleep(file.query_timeout);
+            let deadline = budget_spent(watched, file.query_timeout);
             tokio::pin!(deadline);
             let (mut timed_out, mut cancelled) = (false, false);
             let outcome = loop {
                 tokio::select! {
                     done = &mut job => break done,
-                    _ = &mut deadline, if !timed_out => {
+                    () = &mut deadline, if !timed_out => {
                         timed_out = true;
                         if let Some(h) = &interrupt { h.interrupt(); }
                     }
@@ -394,20 +404,97 @@ impl Reader for SqliteReader {
             let message = match outcome {
                 Ok(Ok(rows)) => {
                     log_fetched(&file.source, rows, started);
-                    return;
+                    return Ok(());
                 }
-                _ if cancelled => return,
+                // Nobody reads the rows any more.
+                _ if cancelled => return Ok(()),
                 _ if timed_out => format!(
                     "the query did not finish within {}: raise `query_timeout`, or have it read fewer rows",
                     human(file.query_timeout)
                 ),
                 Ok(Err(message)) => message,
-                Err(e) => format!("the read failed: {e}"),
+                Err(e) => format!("the read stopped: {}", join_error_text(e)),
             };
-            let _ = tx.send(Err(external(file.error(message)))).await;
-        });
-        stream
+            Err(external(file.error(message)))
+        };
+        spawn_reader(stream_schema, read, move |why| {
+            external(failed.error(format!("the read stopped: {why}")))
+        })
     }
+}
+
+/// The time a scan has spent reading: `query_timeout` bounds it, not the time
+/// the scan waits for the query consuming its rows (a hash join's other side,
+/// a slow writer), which would otherwise fail big reads at random. The blocking
+/// reader stops the clock while it waits to hand over a batch.
+#[derive(Debug, Clone, Copy)]
+enum Clock {
+    Running { since: Instant, spent: Duration },
+    Stopped { spent: Duration },
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock::Running {
+            since: Instant::now(),
+            spent: Duration::ZERO,
+        }
+    }
+
+    fn spent(self) -> Duration {
+        match self {
+            Clock::Running { since, spent } => spent + since.elapsed(),
+            Clock::Stopped { spent } => spent,
+        }
+    }
+
+    fn stop(&mut self) {
+        *self = Clock::Stopped {
+            spent: self.spent(),
+        };
+    }
+
+    fn resume(&mut self) {
+        if let Clock::Stopped { spent } = *self {
+            *self = Clock::Running {
+                since: Instant::now(),
+                spent,
+            };
+        }
+    }
+}
+
+/// Resolves once the clock has run for `limit`; never when the reader ends first.
+async fn budget_spent(mut clock: watch::Receiver<Clock>, limit: Duration) {
+    loop {
+        let now = *clock.borrow_and_update();
+        let changed = match now {
+            Clock::Stopped { .. } => clock.changed().await,
+            Clock::Running { .. } => {
+                let left = limit.saturating_sub(now.spent());
+                if left.is_zero() {
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(left) => continue,
+                    changed = clock.changed() => changed,
+                }
+            }
+        };
+        if changed.is_err() {
+            // The reader is done (its end is awaited elsewhere).
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Hands a batch over, the clock stopped while the consumer is not ready;
+/// false when nobody reads the rows any more.
+fn hand_over(tx: &BatchSender, batch: RecordBatch, clock: &watch::Sender<Clock>) -> bool {
+    clock.send_modify(Clock::stop);
+    let sent = tx.blocking_send(Ok(batch)).is_ok();
+    clock.send_modify(Clock::resume);
+    sent
 }
 
 /// Runs `sql` and sends its rows (blocking); returns the rows read.
@@ -418,6 +505,7 @@ fn read_rows(
     schema: &SchemaRef,
     origins: &[Origin],
     tx: &BatchSender,
+    clock: &watch::Sender<Clock>,
 ) -> Result<u64, String> {
     let mut statement = conn.prepare(sql).map_err(|e| file.explain(&e))?;
     let mut rows = statement.query([]).map_err(|e| file.explain(&e))?;
@@ -443,13 +531,13 @@ fn read_rows(
         }
         count += 1;
         if let Some(batch) = batcher.end_row().map_err(|e| e.to_string())?
-            && tx.blocking_send(Ok(batch)).is_err()
+            && !hand_over(tx, batch, clock)
         {
             return Ok(count);
         }
     }
     if let Some(batch) = batcher.flush().map_err(|e| e.to_string())? {
-        let _ = tx.blocking_send(Ok(batch));
+        hand_over(tx, batch, clock);
     }
     Ok(count)
 }

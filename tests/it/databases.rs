@@ -177,11 +177,29 @@ fn assert_type(batch: &RecordBatch, column: &str, expected: &DataType) {
     assert_eq!(field.data_type(), expected, "type of `{column}`");
 }
 
+/// The log's records: a line that does not start with a timestamp continues
+/// the record before it (a `query:` source's SQL spans lines).
+fn records(log: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in log.lines() {
+        let starts = line.len() > 4 && line.as_bytes()[..4].iter().all(u8::is_ascii_digit);
+        match out.last_mut() {
+            Some(last) if !starts => {
+                last.push('\n');
+                last.push_str(line);
+            }
+            _ => out.push(line.to_string()),
+        }
+    }
+    out
+}
+
 /// The SQL of every scan of `t` and every "rows fetched" count, from a debug log.
 fn scans(log: &str) -> (Vec<String>, Vec<u64>) {
     let mut sql = Vec::new();
     let mut rows = Vec::new();
-    for line in log.lines() {
+    for line in &records(log) {
+        let line = line.as_str();
         if !line.contains("source=t") {
             continue;
         }
@@ -446,13 +464,18 @@ fn mysql_types_round_trip() {
         "`dt` = DATE'2026-01-31'",
         "`dtm` > TIMESTAMP'2026-01-31 23:59:59.000000'",
         "`ts` >= TIMESTAMP'2026-01-31 23:59:59.500000'",
-        "`yr` = 2026",
         "`vbin` = X'00FF10'",
         "`en` = 'large'",
     ] {
         assert!(last.contains(pushed), "{pushed} not in {last}");
     }
+    // A YEAR compared with a number is filtered by DataFusion: MySQL would read
+    // `yr = 26` as `yr = 2026`.
+    let conditions = &last[last.find(" WHERE ").unwrap()..];
+    assert!(!conditions.contains("`yr`"), "{last}");
     assert_eq!(rows.last(), Some(&1));
+    let (two_digits, log) = rows_of(&src, "SELECT id FROM t WHERE yr = 26 OR yr < 100");
+    assert_eq!(cells(&two_digits, "id").len(), 0, "{log}");
 }
 
 #[test]
@@ -526,12 +549,32 @@ fn mysql_filters_on_quotes_and_backslashes() {
         dir.path(),
         &format!("    mysql: {{url: \"{url}\", table: {}}}", t.name),
     );
-    check_quote_filters(&src, "`note`");
+    let sent = check_quote_filters(&src, "`note`");
+    // No backslash reaches the SQL (MySQL's reading of one depends on the
+    // session's sql_mode): each statement as sent gives the same rows in a
+    // session with NO_BACKSLASH_ESCAPES.
+    runtime().block_on(async {
+        let opts = mysql_async::Opts::from_url(&url).unwrap();
+        let mut conn = mysql_async::Conn::new(opts).await.unwrap();
+        conn.query_drop(
+            "SET NAMES utf8mb4, SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')",
+        )
+        .await
+        .unwrap();
+        for (sql, rows) in &sent {
+            assert!(!sql.contains('\\'), "{sql}");
+            let got: Vec<i64> = conn.query(sql.as_str()).await.unwrap();
+            assert_eq!(got.len(), *rows, "{sql}");
+        }
+        conn.disconnect().await.unwrap();
+    });
 }
 
 /// Filters on `say "hi"`, `it's` and a backslash return exactly their rows, and
-/// each ran in the database (its SQL names `quoted`, the note column).
-fn check_quote_filters(src: &Source, quoted: &str) {
+/// each ran in the database (its SQL names `quoted`, the note column). Returns
+/// each statement sent with the rows it read.
+fn check_quote_filters(src: &Source, quoted: &str) -> Vec<(String, usize)> {
+    let mut sent = Vec::new();
     // DataFusion's SQL: '' is a quote, backslashes are plain characters (but in
     // LIKE patterns `\` escapes the next character).
     let cases: [(&str, &[&str]); 7] = [
@@ -553,7 +596,9 @@ fn check_quote_filters(src: &Source, quoted: &str) {
             "{filter}: {last}"
         );
         assert_eq!(rows.last(), Some(&(ids.len() as u64)), "{filter}: {last}");
+        sent.push((last.clone(), ids.len()));
     }
+    sent
 }
 
 #[test]
@@ -590,7 +635,7 @@ fn mysql_query_source_with_pushed_filter() {
     assert_eq!(
         sql.last().unwrap(),
         &format!(
-            "SELECT `note`, `tens` FROM (SELECT id, note, id * 10 AS tens FROM {} WHERE id > 1) AS kpiforge_q WHERE (`tens` >= 30)",
+            "SELECT `note`, `tens` FROM (SELECT id, note, id * 10 AS tens FROM {} WHERE id > 1\n) AS kpiforge_q WHERE (`tens` >= 30)",
             t.name
         )
     );
@@ -602,6 +647,33 @@ fn mysql_query_source_with_pushed_filter() {
         scans(&log).0.last().unwrap().starts_with("SELECT 1 FROM ("),
         "{log}"
     );
+    // A query ending in a comment: the filters around it still apply.
+    for comment in [
+        "-- skip the first",
+        "# skip the first",
+        "/* skip the first */",
+    ] {
+        let src = source(
+            dir.path(),
+            &format!(
+                "    mysql: {{url: \"{url}\", query: \"SELECT id, note FROM {} WHERE id > 1 {comment}\"}}",
+                t.name
+            ),
+        );
+        let (batch, log) = rows_of(
+            &src,
+            "SELECT id FROM t WHERE id >= 3 AND id < 5 ORDER BY id",
+        );
+        assert_eq!(cells(&batch, "id"), some(&["3", "4"]), "{comment}");
+        let (sql, rows) = scans(&log);
+        assert!(
+            sql.last().unwrap().ends_with(&format!(
+                "{comment}\n) AS kpiforge_q WHERE (`id` >= 3) AND (`id` < 5)"
+            )),
+            "{log}"
+        );
+        assert_eq!(rows.last(), Some(&2), "{comment}");
+    }
 }
 
 #[test]
@@ -719,39 +791,59 @@ fn mysql_errors_name_the_server_and_never_the_password() {
     let (out, _) = run(&format!(
         "{{url: \"mysql://kpiforge_test:{secret}@{host}:{port}/{db}\", table: t, retries: 0}}"
     ));
+    // A short wrong password, the port's digits: not searched for in messages
+    // (which would show the port as `***`, and so the password).
+    let (short, _) = run(&format!(
+        "{{url: \"mysql://kpiforge_test:{port}@{host}:{port}/{db}\", table: t, retries: 0}}"
+    ));
     mysql_exec(&url, &["DROP USER IF EXISTS 'kpiforge_test'@'%'"]);
+    for out in [&out, &short] {
+        fails(
+            out,
+            &[&format!(
+                "authentication failed for user 'kpiforge_test' on {host}:{port} (database {db}): \
+                 check the password in the URL's environment variable"
+            )],
+        );
+    }
+    assert!(!stderr(&out).contains(secret) && !stdout(&out).contains(secret));
+
+    // Nothing listens on port 1: refused, retried once, with backoff (the
+    // warning of each retry, debug log on, never shows the password either).
+    let dir = kpi_project(
+        &format!(
+            "    mysql: {{url: \"mysql://{user}:{secret}@127.0.0.1:1/{db}\", table: t, retries: 1}}"
+        ),
+        "SELECT DATE '2026-01-01' AS period, CAST(count(*) AS DOUBLE) AS value FROM t",
+        &[],
+    );
+    let out = kpiforge_logged(dir.path(), &RUN);
     fails(
         &out,
-        &[&format!(
-            "authentication failed for user 'kpiforge_test' on {host}:{port} (database {db}): \
-             check the password in the URL's environment variable"
-        )],
+        &[
+            &format!(
+                "connection refused: is MySQL running on 127.0.0.1:1? (database {db}, user '{user}') (2 attempts)"
+            ),
+            "retrying in 200 ms",
+        ],
     );
     assert!(!stderr(&out).contains(secret) && !stdout(&out).contains(secret));
 
-    // Nothing listens on port 1: refused, retried once, with backoff.
-    let (out, _) = run(&format!(
-        "{{url: \"mysql://{user}:{secret}@127.0.0.1:1/{db}\", table: t, retries: 1}}"
-    ));
-    fails(
-        &out,
-        &[&format!(
-            "connection refused: is MySQL running on 127.0.0.1:1? (database {db}, user '{user}') (2 attempts)"
-        )],
-    );
-    assert!(!stderr(&out).contains(secret) && !stdout(&out).contains(secret));
-
-    // A host that never answers: the connect timeout.
+    // A server that never answers: the connect timeout. A listener on the
+    // loopback that never accepts: the kernel completes the TCP handshake, and
+    // the server's greeting never comes.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
     let (out, took) = run(&format!(
-        "{{url: \"mysql://{user}:{secret}@10.255.255.1:3306/{db}\", table: t, connect_timeout: 1s, retries: 0}}"
+        "{{url: \"mysql://{user}:{secret}@127.0.0.1:{silent_port}/{db}\", table: t, connect_timeout: 1s, retries: 0}}"
     ));
+    drop(silent);
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    // Where the network has no route there, the failure is immediate instead.
-    assert!(
-        err.contains("could not connect to 10.255.255.1:3306 within 1s: is the host reachable?")
-            || err.contains("cannot reach"),
-        "{err}"
+    fails(
+        &out,
+        &[&format!(
+            "could not connect to 127.0.0.1:{silent_port} within 1s: is the host reachable?"
+        )],
     );
     assert!(took < Duration::from_secs(15), "took {took:?}");
     assert!(!err.contains(secret) && !stdout(&out).contains(secret));
@@ -767,15 +859,31 @@ fn mysql_errors_name_the_server_and_never_the_password() {
             "unknown database 'kpiforge_no_such_db' on {host}:{port} (user '{user}')"
         )],
     );
-    let (out, _) = run("{url: \"${KPIFORGE_TEST_MYSQL_URL}\", table: kpiforge_no_such_table}");
-    fails(
-        &out,
-        &[
-            &format!(
-                "table `kpiforge_no_such_table` not found in database `{db}` on {host}:{port} (user '{user}'): tables there: "
-            ),
-            &other.name,
-        ],
+    // Quoted or not, qualified or not, the message names the table as parsed.
+    for table in [
+        "kpiforge_no_such_table".to_string(),
+        "'`kpiforge_no_such_table`'".to_string(),
+        format!("'`{db}`.kpiforge_no_such_table'"),
+    ] {
+        let (out, _) = run(&format!(
+            "{{url: \"${{KPIFORGE_TEST_MYSQL_URL}}\", table: {table}}}"
+        ));
+        fails(
+            &out,
+            &[
+                &format!(
+                    "table `kpiforge_no_such_table` not found in database `{db}` on {host}:{port} (user '{user}'): tables there: "
+                ),
+                &other.name,
+            ],
+        );
+    }
+    let (out, _) = run("{url: \"${KPIFORGE_TEST_MYSQL_URL}\", table: a.b.c}");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("`a.b.c` is not a table name: write `table` or `schema.table`"),
+        "{err}"
     );
 
     // A column of a type kpiforge does not read: named, with the conversion to use.
@@ -831,6 +939,112 @@ fn mysql_errors_name_the_server_and_never_the_password() {
             &out,
             &["does not offer TLS, which `tls: {mode: require}` requires"],
         );
+    }
+}
+
+/// A scan that stops early (a LIMIT DataFusion applies after a filter of its
+/// own) closes its connection without reading the rest of the result, and the
+/// server, its writes failing, stops the query: no rows go on being read,
+/// nothing is killed from a second connection.
+#[test]
+fn mysql_early_stop_ends_the_query_on_the_server() {
+    let Some(url) = mysql_url("mysql_early_stop_ends_the_query_on_the_server") else {
+        return;
+    };
+    let marker = unique("early");
+    // 100,000 rows at a fifth of a millisecond each: 20 s if read to the end.
+    let query = format!(
+        "SELECT /* {marker} */ n FROM ({}) numbers WHERE SLEEP(0.0002) = 0",
+        mysql_numbers(5)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(
+        dir.path(),
+        &format!("    mysql: {{url: \"{url}\", query: \"{query}\"}}"),
+    );
+    let running = || {
+        mysql_first(
+            &url,
+            &format!(
+                "SELECT CAST(COUNT(*) AS CHAR) FROM information_schema.processlist \
+                 WHERE info LIKE '%{marker}%' AND info NOT LIKE '%processlist%'"
+            ),
+        )
+        .unwrap_or_default()
+    };
+    // The runtime lives on after the query (its workers run any task left), as
+    // in a long run: a reader left draining the result would keep the query
+    // running on the server.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let rows = rt.block_on(async {
+        let ctx = SessionContext::new();
+        register(&ctx, &src, Mode::Load).await.unwrap();
+        let df = ctx
+            .sql("SELECT n FROM t WHERE n + 0 >= 0 LIMIT 5")
+            .await
+            .unwrap();
+        df.collect().await.unwrap()
+    });
+    assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let gone = loop {
+        let n = running();
+        if n == "0" || Instant::now() > deadline {
+            break n == "0";
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(rt);
+    assert!(
+        gone,
+        "the query still runs on the server {:?} after the early stop",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A password holding URL delimiters (which the configuration rejects, asking
+/// for percent-encoding; the provider must not leak it either way) stays a
+/// password: no part of it shows in the error or in the log of the retries.
+#[test]
+fn mysql_password_with_url_delimiters_never_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        "mysql://kpi:123?s3cret-pw@127.0.0.1:1/shop",
+        "mysql://kpi:/s3cret-pw@127.0.0.1:1/shop",
+        "mysql://kpi:s3c#ret-pw@127.0.0.1:1/shop",
+        "mariadb://kpi:s3c@ret-pw@127.0.0.1:1/shop",
+    ] {
+        let mut src = source(
+            dir.path(),
+            "    mysql: {url: \"mysql://kpi@127.0.0.1:1/shop\", table: t, retries: 2}",
+        );
+        let kpiforge::config::SourceKind::Database(db) = &mut src.kind else {
+            panic!("not a database source");
+        };
+        db.url = url.to_string();
+        let (result, log) = query(&src, "SELECT * FROM t");
+        let err = result.unwrap_err();
+        assert!(
+            err.contains(
+                "connection refused: is MySQL running on 127.0.0.1:1? (database shop, user 'kpi') (3 attempts)"
+            ),
+            "{url}: {err}"
+        );
+        assert_eq!(log.matches("retrying in").count(), 2, "{url}: {log}");
+        for secret in ["s3cret", "s3c", "ret-pw"] {
+            assert!(!err.contains(secret), "{url}: {err}");
+            assert!(!log.contains(secret), "{url}: {log}");
+        }
     }
 }
 
@@ -1069,7 +1283,7 @@ fn sqlite_query_source_with_pushed_filter() {
     assert_eq!(
         sql.last().unwrap(),
         "SELECT \"id\", \"note\" FROM (SELECT id, note, CAST(id * 10 AS INTEGER) AS tens, id * 10 AS raw \
-         FROM t WHERE id > 1) AS kpiforge_q WHERE (\"id\" >= 3)"
+         FROM t WHERE id > 1\n) AS kpiforge_q WHERE (\"id\" >= 3)"
     );
     assert_eq!(rows.last(), Some(&3));
     // A CAST declares the expression's type: filtered in SQLite.
@@ -1096,6 +1310,24 @@ fn sqlite_query_source_with_pushed_filter() {
     assert_eq!(scans(&log).1.last(), Some(&4));
     let (batch, _) = rows_of(&src, "SELECT count(*) AS n FROM t");
     assert_eq!(cells(&batch, "n"), some(&["4"]));
+    // A query ending in a comment: the filters around it still apply.
+    let src = sqlite_source(
+        dir.path(),
+        "query: \"SELECT id, note FROM t WHERE id > 1 -- skip the first\"",
+    );
+    let (batch, log) = rows_of(
+        &src,
+        "SELECT id FROM t WHERE id >= 3 AND id < 5 ORDER BY id",
+    );
+    assert_eq!(cells(&batch, "id"), some(&["3", "4"]));
+    let (sql, rows) = scans(&log);
+    assert!(
+        sql.last()
+            .unwrap()
+            .ends_with("-- skip the first\n) AS kpiforge_q WHERE (\"id\" >= 3) AND (\"id\" < 5)"),
+        "{log}"
+    );
+    assert_eq!(rows.last(), Some(&2));
 }
 
 #[test]
@@ -1169,6 +1401,104 @@ fn sqlite_errors_say_what_to_check() {
         err.contains("db.sqlite: the file is not an SQLite database: check `path:`"),
         "{err}"
     );
+}
+
+#[test]
+fn sqlite_quoted_and_qualified_table_names() {
+    let dir = tempfile::tempdir().unwrap();
+    sqlite_file(
+        dir.path(),
+        "CREATE TABLE \"order lines\" (id INTEGER, qty INTEGER);
+         INSERT INTO \"order lines\" VALUES (1, 5), (2, 7);
+         CREATE TABLE \"my.table\" (id INTEGER);
+         INSERT INTO \"my.table\" VALUES (3);",
+    );
+    for (table, ids) in [
+        (r#"'"order lines"'"#, &["1", "2"][..]),
+        (r#"'main."order lines"'"#, &["1", "2"]),
+        (r#"'"my.table"'"#, &["3"]),
+    ] {
+        let (batch, _) = rows_of(
+            &sqlite_source(dir.path(), &format!("table: {table}")),
+            "SELECT id FROM t ORDER BY id",
+        );
+        assert_eq!(cells(&batch, "id"), some(ids), "{table}");
+    }
+    // Not found: the name as parsed, without its quotes.
+    let (result, _) = query(
+        &sqlite_source(dir.path(), r#"table: '"order line"'"#),
+        "SELECT * FROM t",
+    );
+    let err = result.unwrap_err();
+    assert!(
+        err.contains("table `order line` not found: tables there: my.table, order lines"),
+        "{err}"
+    );
+    let (result, _) = query(
+        &sqlite_source(dir.path(), "table: main.nope"),
+        "SELECT * FROM t",
+    );
+    let err = result.unwrap_err();
+    assert!(
+        err.contains(
+            "table `nope` not found in schema `main`: tables there: my.table, order lines"
+        ),
+        "{err}"
+    );
+    // More than two parts: a configuration error, before the file is opened.
+    let (result, _) = query(
+        &sqlite_source(dir.path(), "table: main.my.table"),
+        "SELECT * FROM t",
+    );
+    let err = result.unwrap_err();
+    assert!(
+        err.contains(
+            "`main.my.table` is not a table name: write `table` or `schema.table`, quoting a name \
+             that holds a dot (`\"my.table\"`)"
+        ),
+        "{err}"
+    );
+}
+
+/// `query_timeout` bounds the time a scan spends reading, not the time it waits
+/// for the query consuming its rows: a slow consumer does not fail a big read,
+/// while a query that runs too long still does (`sqlite_errors_say_what_to_check`).
+#[test]
+fn sqlite_query_timeout_counts_reading_not_waiting_for_the_consumer() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    sqlite_file(
+        dir.path(),
+        "CREATE TABLE big (id INTEGER PRIMARY KEY);
+         INSERT INTO big
+           WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 299999)
+           SELECT i FROM n;",
+    );
+    let src = source(
+        dir.path(),
+        "    sqlite: {path: db.sqlite, table: big, query_timeout: 1s}",
+    );
+    runtime().block_on(async {
+        let ctx = SessionContext::new();
+        register(&ctx, &src, Mode::Load).await.unwrap();
+        let mut stream = ctx
+            .sql("SELECT id FROM t")
+            .await
+            .unwrap()
+            .execute_stream()
+            .await
+            .unwrap();
+        let mut rows = 0;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.unwrap_or_else(|e| panic!("after {rows} rows: {e}"));
+            if rows == 0 {
+                // The reader fills the channel and waits: not its time.
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+            }
+            rows += batch.num_rows();
+        }
+        assert_eq!(rows, 300_000);
+    });
 }
 
 #[test]
