@@ -98,6 +98,25 @@ enum Command {
         #[arg(long, default_value = ".kpiforge/state.db")]
         state: PathBuf,
     },
+    /// Run pipelines on their `schedule:` until SIGTERM/SIGINT (docs/schedule.md).
+    Schedule {
+        /// Pipeline files, or folders whose *.yaml / *.yml files are pipelines.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// How long runs in flight may finish on shutdown before they are cancelled.
+        #[arg(long, default_value = "30s", value_parser = kpiforge::schedule::parse_duration)]
+        grace: std::time::Duration,
+        /// How often pipeline files are checked for changes.
+        #[arg(long, default_value = "1s", value_parser = kpiforge::schedule::parse_duration)]
+        poll: std::time::Duration,
+        /// Serve /healthz, /metrics, /runs and scorecards at this address (e.g. 127.0.0.1:9184).
+        #[arg(long)]
+        http: Option<std::net::SocketAddr>,
+        /// The environment variable holding the bearer token the HTTP endpoints
+        /// require; needed to bind a non-loopback address.
+        #[arg(long)]
+        http_token_env: Option<String>,
+    },
     /// Pull sources, check them, compute KPIs and publish the results.
     Run {
         pipeline: PathBuf,
@@ -268,6 +287,24 @@ async fn execute(command: Command) -> Result<i32, (Option<String>, Error)> {
             } else {
                 print!("{}", kpiforge::report::runs::table(&runs));
             }
+            Ok(exit::SUCCESS)
+        }
+        Command::Schedule {
+            paths,
+            grace,
+            poll,
+            http,
+            http_token_env,
+        } => {
+            kpiforge::schedule::serve(kpiforge::schedule::ScheduleOptions {
+                paths,
+                grace,
+                poll,
+                http,
+                http_token_env,
+            })
+            .await
+            .map_err(|e| (None, e))?;
             Ok(exit::SUCCESS)
         }
         Command::Run {

@@ -11,5 +11,6 @@ mod postgres;
 mod publish;
 mod quality;
 mod report;
+mod schedule;
 mod scorecard;
 mod util;
