@@ -170,12 +170,13 @@ pub fn pipeline_files(paths: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-/// Runs the daemon until SIGTERM/SIGINT (or `shutdown` turns true), then
-/// shuts down gracefully.
+/// Runs the daemon until `shutdown` turns 1 (the first SIGTERM/SIGINT), then
+/// shuts down gracefully: runs in flight get the grace period, or less if
+/// `shutdown` turns 2 (a second signal).
 pub async fn run(
     options: Options,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<u8>,
 ) -> Result<(), Error> {
     for path in &options.paths {
         if !path.exists() {
@@ -202,7 +203,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = tokio::time::sleep(options.poll) => scan(&ctx, &options.paths, &mut watched, false),
-            _ = until_true(&mut shutdown) => break,
+            _ = shutdown.wait_for(|s| *s >= 1) => break,
         }
     }
     tracing::info!(
@@ -215,11 +216,12 @@ pub async fn run(
             e.ticker.abort();
         }
     }
-    if tokio::time::timeout(options.grace, ctx.wait_idle())
-        .await
-        .is_err()
-    {
-        tracing::warn!("grace period over: cancelling the runs still going");
+    let finished = tokio::select! {
+        r = tokio::time::timeout(options.grace, ctx.wait_idle()) => r.is_ok(),
+        _ = shutdown.wait_for(|s| *s >= 2) => false,
+    };
+    if !finished {
+        tracing::warn!("cancelling the runs still going");
         let _ = ctx.cancel.send(true);
         if tokio::time::timeout(Duration::from_secs(30), ctx.wait_idle())
             .await
@@ -275,6 +277,13 @@ fn scan(ctx: &Arc<Ctx>, paths: &[PathBuf], watched: &mut BTreeMap<PathBuf, Watch
             }
         };
         describe(&pipeline, &file, reload);
+        if let Some(other) = lock(&ctx.shared.pipelines)
+            .iter()
+            .find(|(f, p)| **f != file && p.name == pipeline.name)
+            .map(|(f, _)| f.clone())
+        {
+            tracing::warn!(pipeline = %pipeline.name, file = %file.display(), other = %other.display(), "two pipeline files have the same name: their runs share one history and one set of metrics");
+        }
         ctx.shared.set(&file, Some(pipeline.clone()));
         ctx.shared.metrics.register(&pipeline.name);
         match &w.entry {

@@ -52,10 +52,14 @@ pub async fn serve(options: ScheduleOptions) -> Result<(), Error> {
             None
         }
     };
-    let (shutdown, rx) = watch::channel(false);
+    // 1 after the first SIGTERM/SIGINT (graceful), 2 after a second (cancel now).
+    let (shutdown, rx) = watch::channel(0u8);
     let signals = tokio::spawn(async move {
         wait_for_signal().await;
-        let _ = shutdown.send(true);
+        let _ = shutdown.send(1);
+        wait_for_signal().await;
+        tracing::warn!("second signal: cancelling the runs in flight now");
+        let _ = shutdown.send(2);
     });
     let result = daemon::run(
         daemon::Options {

@@ -87,11 +87,16 @@ impl Daemon {
         Daemon { child, log }
     }
 
-    /// SIGTERM, then waits for the exit; returns the exit code.
-    fn terminate(mut self) -> (Option<i32>, Vec<serde_json::Value>) {
+    /// Sends SIGTERM.
+    fn signal(&self) {
         let pid = self.child.id().to_string();
         let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(status.success());
+    }
+
+    /// SIGTERM, then waits for the exit; returns the exit code.
+    fn terminate(mut self) -> (Option<i32>, Vec<serde_json::Value>) {
+        self.signal();
         let started = Instant::now();
         let code = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -517,6 +522,27 @@ fn sigterm_cancels_a_run_after_the_grace_period() {
         logs.iter().any(|l| message(l).starts_with("run cancelled")),
         "{logs:?}"
     );
+}
+
+#[test]
+fn a_second_sigterm_cancels_without_waiting_for_the_grace_period() {
+    let server = SlowServer::start(Duration::from_secs(30), 0);
+    let yaml = pipeline("p", "schedule: \"*/1 * * * * *\"", Some(&server.source()));
+    let dir = scheduled_project(&[("p.yaml".into(), yaml)]);
+    let daemon = Daemon::start(dir.path(), &["pipelines", "--grace", "10m"]);
+    assert!(wait_for(Duration::from_secs(30), || {
+        server.requests.load(Ordering::SeqCst) >= 1
+    }));
+    daemon.signal();
+    assert!(wait_for(Duration::from_secs(30), || {
+        daemon.log_text().contains("shutting down")
+    }));
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, Some(0));
+    let runs = history(dir.path());
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].status, "cancelled");
+    assert!(walk(&dir.path().join("out/kpi_values")).is_empty());
 }
 
 /// Every file under `dir`.
