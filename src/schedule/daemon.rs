@@ -582,8 +582,16 @@ async fn run_once(ctx: &Arc<Ctx>, job: &Job, trigger: Trigger) -> Ended {
     metrics.started(&pipeline.name);
     let clock = Instant::now();
     let mut cancel = ctx.cancel.subscribe();
+    // A panic inside a run fails that run, not the daemon.
+    let guarded = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(crate::run(
+        pipeline, &options,
+    )));
     let result = tokio::select! {
-        r = crate::run(pipeline, &options) => Some(r),
+        r = guarded => Some(r.unwrap_or_else(|_| {
+            let error = "the run panicked (a bug in kpiforge; please report it)";
+            record_ended(pipeline, &run_id, as_of, trigger, started_at, "failed", error);
+            Err(Error::Usage(error.into()))
+        })),
         _ = until_true(&mut cancel) => None,
     };
     let mut finished = Finished {
@@ -596,7 +604,15 @@ async fn run_once(ctx: &Arc<Ctx>, job: &Job, trigger: Trigger) -> Ended {
     };
     let ended = match &result {
         None => {
-            record_cancelled(pipeline, &run_id, as_of, trigger, started_at);
+            record_ended(
+                pipeline,
+                &run_id,
+                as_of,
+                trigger,
+                started_at,
+                "cancelled",
+                "cancelled: the scheduler shut down and the grace period ended",
+            );
             tracing::warn!(pipeline = %pipeline.name, %run_id, "run cancelled: the grace period ended; nothing of it was published");
             Ended::Cancelled
         }
@@ -624,30 +640,38 @@ async fn run_once(ctx: &Arc<Ctx>, job: &Job, trigger: Trigger) -> Ended {
     ended
 }
 
-/// Records a dropped run as `cancelled` under its run id.
-fn record_cancelled(
+/// Records a run the scheduler ended (dropped: `cancelled`; panicked:
+/// `failed`) under its run id.
+fn record_ended(
     pipeline: &Pipeline,
     run_id: &str,
     as_of: chrono::NaiveDate,
     trigger: Trigger,
     started_at: DateTime<Utc>,
+    status: &str,
+    error: &str,
 ) {
     let result = StateStore::open(&pipeline.state).and_then(|store| {
-        let mut entry = store
+        let recorded = store
             .runs(&RunFilter {
                 pipeline: Some(pipeline.name.clone()),
-                status: Some("running".into()),
-                limit: None,
+                status: None,
+                limit: Some(1000),
             })?
             .into_iter()
-            .find(|r| r.run_id == run_id)
-            .unwrap_or_else(|| RunEntry::started(pipeline, run_id, as_of, trigger, started_at));
-        entry.status = "cancelled".into();
+            .find(|r| r.run_id == run_id);
+        let mut entry = match recorded {
+            // It ended on its own after all.
+            Some(r) if r.status != "running" => return Ok(()),
+            Some(r) => r,
+            None => RunEntry::started(pipeline, run_id, as_of, trigger, started_at),
+        };
+        entry.status = status.into();
         entry.finished_at = Some(Utc::now().to_rfc3339());
-        entry.error = Some("cancelled: the scheduler shut down and the grace period ended".into());
+        entry.error = Some(error.into());
         store.record_run(&entry)
     });
     if let Err(e) = result {
-        tracing::error!(pipeline = %pipeline.name, %run_id, error = %e, "the cancelled run could not be recorded");
+        tracing::error!(pipeline = %pipeline.name, %run_id, error = %e, "the run's end could not be recorded");
     }
 }
