@@ -327,8 +327,8 @@ fn describe(p: &Pipeline, file: &Path, reload: bool) {
                 file = %file.display(),
                 schedule = %cron,
                 timezone = %p.timezone,
-                overlap = ?p.scheduling.overlap,
-                catch_up = ?p.scheduling.catch_up,
+                overlap = overlap_name(p.scheduling.overlap),
+                catch_up = catch_up_name(p.scheduling.catch_up),
                 next = %next,
                 "{verb}: scheduled"
             )
@@ -338,6 +338,21 @@ fn describe(p: &Pipeline, file: &Path, reload: bool) {
             file = %file.display(),
             "{verb}: not scheduled (no `schedule:`)"
         ),
+    }
+}
+
+fn overlap_name(o: Overlap) -> &'static str {
+    match o {
+        Overlap::Skip => "skip",
+        Overlap::Queue => "queue",
+    }
+}
+
+fn catch_up_name(c: crate::config::CatchUp) -> &'static str {
+    match c {
+        crate::config::CatchUp::None => "none",
+        crate::config::CatchUp::Latest => "latest",
+        crate::config::CatchUp::All => "all",
     }
 }
 
@@ -432,7 +447,7 @@ fn catch_up(
     tracing::info!(
         pipeline = %pipeline.name,
         missed = missed.len(),
-        policy = ?pipeline.scheduling.catch_up,
+        policy = catch_up_name(pipeline.scheduling.catch_up),
         "catching up on fires missed while the scheduler was down"
     );
     let mut jobs: VecDeque<Job> = missed
@@ -464,7 +479,7 @@ fn fire(ctx: &Arc<Ctx>, slot: &Arc<Slot>, job: Job) {
         return;
     }
     let name = job.pipeline.name.clone();
-    let fire = job.fire.to_rfc3339();
+    let fire = job.fire.with_timezone(&job.pipeline.timezone).to_rfc3339();
     let mut st = lock(&slot.state);
     if !st.busy {
         st.busy = true;
@@ -573,7 +588,7 @@ async fn run_once(ctx: &Arc<Ctx>, job: &Job, trigger: Trigger) -> Ended {
     tracing::info!(
         pipeline = %pipeline.name,
         %run_id,
-        fire = %job.fire.to_rfc3339(),
+        fire = %job.fire.with_timezone(&pipeline.timezone).to_rfc3339(),
         trigger = trigger.as_str(),
         %as_of,
         "fired"

@@ -225,6 +225,19 @@ mod tests {
     }
 
     #[test]
+    fn as_of_is_the_fire_date_in_the_time_zone() {
+        let tz: Tz = "Europe/Amsterdam".parse().unwrap();
+        let fire = utc("2026-03-28T23:30:00Z");
+        assert_eq!(as_of(fire, tz).to_string(), "2026-03-29");
+        assert_eq!(as_of(fire, Tz::UTC).to_string(), "2026-03-28");
+        let tz: Tz = "America/Los_Angeles".parse().unwrap();
+        assert_eq!(
+            as_of(utc("2026-01-01T05:00:00Z"), tz).to_string(),
+            "2025-12-31"
+        );
+    }
+
+    #[test]
     fn backoff_doubles() {
         let d = Duration::from_secs(1);
         assert_eq!(backoff(d, 1), Duration::from_secs(1));
