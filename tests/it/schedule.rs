@@ -852,8 +852,25 @@ fn soak_many_pipelines() {
         total_runs += fired.len();
         total_skipped += skipped.len();
     }
+    // How late runs started after their fire (a figure, not an assertion).
+    let mut lags: Vec<i64> = logs
+        .iter()
+        .filter(|l| message(l) == "fired")
+        .filter_map(|l| {
+            let at = time(l["timestamp"].as_str()?);
+            Some((at - time(field(l, "fire"))).num_milliseconds())
+        })
+        .collect();
+    lags.sort();
+    let per_pipeline: Vec<usize> = (0..PIPELINES)
+        .map(|i| fires.get(&format!("p{i:02}")).map_or(0, Vec::len))
+        .collect();
     println!(
-        "soak: {PIPELINES} pipelines x */1 s for 15 s: {total_runs} runs, {total_skipped} fires skipped (overlap), 0 doubled, 0 missed"
+        "soak: {PIPELINES} pipelines x */1 s for 15 s: {total_runs} runs ({}..{} per pipeline), {total_skipped} fires skipped (overlap), 0 doubled, 0 missed; start lag after the fire: median {} ms, max {} ms",
+        per_pipeline.iter().min().unwrap_or(&0),
+        per_pipeline.iter().max().unwrap_or(&0),
+        lags.get(lags.len() / 2).unwrap_or(&0),
+        lags.last().unwrap_or(&0),
     );
     assert!(total_runs >= PIPELINES * 5, "{total_runs}");
 }
