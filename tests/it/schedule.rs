@@ -307,7 +307,12 @@ fn assert_no_overlap(runs: &[RunEntry]) {
 
 #[test]
 fn one_run_per_fire() {
-    let yaml = pipeline("p", "schedule: \"*/1 * * * * *\"", None);
+    // UTC+14: the as-of (today there) is often not today in UTC.
+    let yaml = pipeline(
+        "p",
+        "schedule: \"*/1 * * * * *\"\ntimezone: Pacific/Kiritimati",
+        None,
+    );
     let dir = scheduled_project(&[("p.yaml".into(), yaml)]);
     let daemon = Daemon::start(dir.path(), &["pipelines"]);
     std::thread::sleep(Duration::from_secs(5));
@@ -331,9 +336,15 @@ fn one_run_per_fire() {
     assert_eq!(runs.len(), fires.len(), "{runs:?}");
     assert!(runs.iter().all(|r| r.trigger == "schedule"));
     assert!(runs.iter().all(|r| r.status == "succeeded"), "{runs:?}");
-    // The as-of of a scheduled run is the fire's date (UTC here).
-    for r in &runs {
-        assert_eq!(r.as_of.len(), 10);
+    // The as-of of a scheduled run is the fire's date in the pipeline's time zone.
+    for l in logs.iter().filter(|l| message(l) == "fired") {
+        let fire = time(field(l, "fire"));
+        let local = fire.with_timezone(&chrono_tz::Pacific::Kiritimati);
+        let run = runs
+            .iter()
+            .find(|r| r.run_id == field(l, "run_id"))
+            .expect("the fired run is in the history");
+        assert_eq!(run.as_of, local.date_naive().to_string());
     }
 }
 
