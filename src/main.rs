@@ -144,7 +144,11 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::RUN_FAILED as u8);
         }
     };
-    match runtime.block_on(execute(cli.command)) {
+    let result = runtime.block_on(execute(cli.command));
+    // A run the scheduler cancelled may leave a blocking task (a file read, a
+    // query) behind: exit without waiting for it indefinitely.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+    match result {
         Ok(code) => ExitCode::from(code as u8),
         Err((context, e)) => {
             match context {
