@@ -536,6 +536,42 @@ fn sigterm_cancels_a_run_after_the_grace_period() {
 }
 
 #[test]
+fn sigterm_cancels_a_cpu_bound_run() {
+    // A KPI over a big cross join: busy for a long while (a minute in a debug
+    // build; the release binary gets a hundred times more rows).
+    let side = if cfg!(debug_assertions) {
+        3_000
+    } else {
+        30_000
+    };
+    let heavy = format!(
+        "SELECT DATE '2026-01-01' AS period, CAST(sum(a.value * b.value) AS DOUBLE) AS value \
+         FROM generate_series(1, {side}) a CROSS JOIN generate_series(1, {side}) b \
+         CROSS JOIN (SELECT count(*) AS n FROM t) c"
+    );
+    let yaml =
+        pipeline("p", "schedule: \"*/1 * * * * *\"", None).replace("sql/k.sql", "sql/heavy.sql");
+    let dir = scheduled_project(&[("p.yaml".into(), yaml)]);
+    std::fs::write(dir.path().join("sql/heavy.sql"), heavy).unwrap();
+    let daemon = Daemon::start(dir.path(), &["pipelines", "--grace", "1s"]);
+    assert!(wait_for(Duration::from_secs(30), || {
+        history(dir.path()).iter().any(|r| r.status == "running")
+    }));
+    std::thread::sleep(Duration::from_millis(500));
+    let stopping = Instant::now();
+    let (code, _) = daemon.terminate();
+    println!(
+        "cpu-bound run: the daemon exited {:.1} s after SIGTERM (grace 1 s)",
+        stopping.elapsed().as_secs_f64()
+    );
+    assert_eq!(code, Some(0));
+    let runs = history(dir.path());
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].status, "cancelled", "{runs:?}");
+    assert!(walk(&dir.path().join("out/kpi_values")).is_empty());
+}
+
+#[test]
 fn a_second_sigterm_cancels_without_waiting_for_the_grace_period() {
     let server = SlowServer::start(Duration::from_secs(30), 0);
     let yaml = pipeline("p", "schedule: \"*/1 * * * * *\"", Some(&server.source()));
