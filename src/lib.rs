@@ -19,6 +19,7 @@ pub mod publish;
 pub mod quality;
 pub mod report;
 pub mod run;
+pub mod schedule;
 pub mod score;
 pub mod source;
 pub mod state;

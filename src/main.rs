@@ -118,6 +118,25 @@ enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Run pipelines on their `schedule:` until SIGTERM/SIGINT (docs/schedule.md).
+    Schedule {
+        /// Pipeline files, or folders whose *.yaml / *.yml files are pipelines.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// How long runs in flight may finish on shutdown before they are cancelled.
+        #[arg(long, default_value = "30s", value_parser = kpiforge::schedule::parse_duration)]
+        grace: std::time::Duration,
+        /// How often pipeline files are checked for changes.
+        #[arg(long, default_value = "1s", value_parser = kpiforge::schedule::parse_duration)]
+        poll: std::time::Duration,
+        /// Serve /healthz, /metrics, /runs and scorecards at this address (e.g. 127.0.0.1:9184).
+        #[arg(long)]
+        http: Option<std::net::SocketAddr>,
+        /// The environment variable holding the bearer token the HTTP endpoints
+        /// require; needed to bind a non-loopback address.
+        #[arg(long)]
+        http_token_env: Option<String>,
+    },
     /// Pull sources, check them, compute KPIs and publish the results.
     Run {
         pipeline: PathBuf,
@@ -145,7 +164,11 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::RUN_FAILED as u8);
         }
     };
-    match runtime.block_on(execute(cli.command)) {
+    let result = runtime.block_on(execute(cli.command));
+    // A run the scheduler cancelled may leave a blocking task (a file read, a
+    // query) behind: exit without waiting for it indefinitely.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+    match result {
         Ok(code) => ExitCode::from(code as u8),
         Err((context, e)) => {
             match context {
@@ -367,6 +390,24 @@ async fn execute(command: Command) -> Result<i32, (Option<String>, Error)> {
             let summary = summary?;
             out!("{}", summary.render().trim_end());
             Ok(summary.exit_code())
+        }
+        Command::Schedule {
+            paths,
+            grace,
+            poll,
+            http,
+            http_token_env,
+        } => {
+            kpiforge::schedule::serve(kpiforge::schedule::ScheduleOptions {
+                paths,
+                grace,
+                poll,
+                http,
+                http_token_env,
+            })
+            .await
+            .map_err(|e| (None, e))?;
+            Ok(exit::SUCCESS)
         }
         Command::Run {
             pipeline,

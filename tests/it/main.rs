@@ -12,5 +12,6 @@ mod postgres;
 mod publish;
 mod quality;
 mod report;
+mod schedule;
 mod scorecard;
 mod util;
