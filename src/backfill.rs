@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use chrono::NaiveDate;
 use tokio::task::JoinSet;
 
-use crate::config::{Grain, Pipeline};
+use crate::config::{CheckKind, Grain, Pipeline};
 use crate::error::{Error, exit};
 use crate::kpi::period;
 use crate::run::{RunOptions, run};
-use crate::state::{StateStore, Trigger};
+use crate::state::Trigger;
 
 /// The exit code of a backfill interrupted (Ctrl-C) before every period started.
 pub const INTERRUPTED: i32 = 130;
@@ -146,13 +146,21 @@ pub async fn backfill(
         )));
     }
     let dates = as_of_dates(pipeline.scorecard.grain, options.from, options.to);
+    // A period is done when its KPI values are in the output this backfill
+    // writes to (`--output` or the pipeline's): the dataset, not the history,
+    // is what a rerun would replace.
+    let output = options.output.as_ref().unwrap_or(&pipeline.output);
     let published: HashSet<String> = if options.force {
         HashSet::new()
     } else {
-        StateStore::open(&pipeline.state)
-            .and_then(|s| s.published_as_of(&pipeline.name))
-            .map_err(|e| Error::Source(e.into()))?
-            .into_iter()
+        dates
+            .iter()
+            .filter(|d| {
+                crate::publish::partition(output, "kpi_values", &pipeline.name, **d)
+                    .join("part-0.parquet")
+                    .is_file()
+            })
+            .map(|d| d.format("%Y-%m-%d").to_string())
             .collect()
     };
     let mut outcomes: Vec<(NaiveDate, PeriodOutcome)> = dates
@@ -174,16 +182,33 @@ pub async fn backfill(
         .collect();
     // Incremental sources pull "since the last run": runs side by side would
     // race on the watermark, so those pipelines backfill one period at a time.
-    let incremental = pipeline.sources.iter().any(|s| s.incremental.is_some());
-    let parallel = if incremental {
-        if options.parallel > 1 {
-            tracing::warn!(
-                "the pipeline has incremental sources: backfilling one period at a time"
-            );
-        }
-        1
+    // Periods side by side must not depend on one another. Incremental sources
+    // pull "since the last run" (they would race on the watermark); `change`
+    // and `anomaly` checks read earlier periods' results; `exports:` write one
+    // file that the latest period must win.
+    let sequential = if pipeline.sources.iter().any(|s| s.incremental.is_some()) {
+        Some("incremental sources")
+    } else if pipeline
+        .sources
+        .iter()
+        .flat_map(|s| &s.checks)
+        .chain(&pipeline.checks)
+        .any(|c| matches!(c.kind, CheckKind::Change { .. } | CheckKind::Anomaly { .. }))
+    {
+        Some("`change` or `anomaly` checks, which compare with earlier periods")
+    } else if !pipeline.exports.is_empty() {
+        Some("`exports:`, which the latest period must write last")
     } else {
-        options.parallel.max(1)
+        None
+    };
+    let parallel = match sequential {
+        Some(why) => {
+            if options.parallel > 1 {
+                tracing::warn!("the pipeline has {why}: backfilling one period at a time");
+            }
+            1
+        }
+        None => options.parallel.max(1),
     };
     tracing::info!(
         pipeline = %pipeline.name,

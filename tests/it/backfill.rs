@@ -130,6 +130,21 @@ fn backfill_rerun_skips_published_periods_unless_forced() {
         values(dir.path(), AS_OF[2]),
         vec![Some(3.0), Some(10.0), Some(100.0)]
     );
+
+    // Another output holds none of them: nothing is skipped there.
+    let elsewhere = dir.path().join("elsewhere");
+    let other = backfill(dir.path(), &["--output", elsewhere.to_str().unwrap()]);
+    assert_eq!(other.status.code(), Some(0), "{}", stderr(&other));
+    assert!(
+        stdout(&other).contains("3 done, 0 checks failed, 0 failed, 0 skipped"),
+        "{}",
+        stdout(&other)
+    );
+    assert!(
+        elsewhere
+            .join("kpi_values/pipeline=p/as_of=2026-03-31/part-0.parquet")
+            .is_file()
+    );
 }
 
 #[test]
