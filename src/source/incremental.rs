@@ -33,7 +33,7 @@ use crate::state::{StateStore, Watermark};
 pub struct Pull {
     pipeline: String,
     source: String,
-    state: PathBuf,
+    state: crate::state::StateLocation,
     /// The staged file and the name it takes on commit; `None` when no rows came.
     staged: Option<(PathBuf, PathBuf)>,
     rows: u64,
@@ -128,7 +128,7 @@ pub async fn register(
                  `cache_parts` of {}",
                 path.display(),
                 dir.display(),
-                pipeline.state.display()
+                pipeline.state
             )));
         }
         files.push(path.to_string_lossy().into_owned());
@@ -160,7 +160,7 @@ pub async fn register(
                 w.column,
                 incremental.column,
                 dir.display(),
-                pipeline.state.display()
+                pipeline.state
             )));
         }
         // Pushed into the database's WHERE clause by its provider. With a key,
