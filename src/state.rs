@@ -58,6 +58,14 @@ impl StateLocation {
         Ok(StateLocation::Sqlite(root.join(trimmed)))
     }
 
+    /// The prefix of its table names: `kpiforge_` in PostgreSQL, none in SQLite.
+    pub fn table_prefix(&self) -> &'static str {
+        match self {
+            StateLocation::Sqlite(_) => "",
+            StateLocation::Postgres { .. } => "kpiforge_",
+        }
+    }
+
     /// Whether there may be a store there already (a file that exists, or a server).
     pub fn exists(&self) -> bool {
         match self {

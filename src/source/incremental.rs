@@ -124,10 +124,12 @@ pub async fn register(
         if !path.is_file() {
             return Err(config(format!(
                 "the cache file {} that the state store lists is missing: restore it, or start over \
-                 by deleting the folder {} and this source's rows in the tables `watermarks` and \
-                 `cache_parts` of {}",
+                 by deleting the folder {} and this source's rows in the tables `{}watermarks` and \
+                 `{}cache_parts` of {}",
                 path.display(),
                 dir.display(),
+                pipeline.state.table_prefix(),
+                pipeline.state.table_prefix(),
                 pipeline.state
             )));
         }
@@ -156,10 +158,12 @@ pub async fn register(
         if w.column != incremental.column {
             return Err(config(format!(
                 "the watermark was kept for column `{}`, not `{}`: start over by deleting the folder \
-                 {} and this source's rows in the tables `watermarks` and `cache_parts` of {}",
+                 {} and this source's rows in the tables `{}watermarks` and `{}cache_parts` of {}",
                 w.column,
                 incremental.column,
                 dir.display(),
+                pipeline.state.table_prefix(),
+                pipeline.state.table_prefix(),
                 pipeline.state
             )));
         }
