@@ -94,9 +94,9 @@ enum Command {
         /// One JSON object per run, one per line.
         #[arg(long)]
         json: bool,
-        /// The state store (a pipeline's `state:`).
+        /// The state store (a pipeline's `state:`): a file, or a postgres:// URL.
         #[arg(long, default_value = ".kpiforge/state.db")]
-        state: PathBuf,
+        state: String,
     },
     /// Run a pipeline once per period (of the scorecard's grain) between two
     /// dates, oldest first; periods already published are skipped.
@@ -289,10 +289,17 @@ async fn execute(command: Command) -> Result<i32, (Option<String>, Error)> {
             json,
             state,
         } => {
-            if !state.is_file() {
+            let cwd = std::path::Path::new("");
+            let state = match kpiforge::state::StateLocation::parse(&state, cwd) {
+                Ok(location) => location,
+                Err(message) => {
+                    err!("error: --state: {message}");
+                    return Ok(exit::CONFIG);
+                }
+            };
+            if !state.exists() {
                 err!(
-                    "error: no state store at {}: runs are recorded there by `kpiforge run` in the project root; pass --state PATH",
-                    state.display()
+                    "error: no state store at {state}: runs are recorded there by `kpiforge run` in the project root; pass --state PATH or a postgres:// URL"
                 );
                 return Ok(exit::CONFIG);
             }

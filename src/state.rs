@@ -3,6 +3,15 @@
 //! the cache files that hold what it pulled, and the run history (`kpiforge
 //! runs`; the scheduler's catch-up and backfill's resume read it).
 //!
+//! `state:` may instead be a `postgres://` (or `postgresql://`) URL, for teams
+//! that already run PostgreSQL: the same three tables, named `kpiforge_watermarks`,
+//! `kpiforge_cache_parts` and `kpiforge_runs`, are created (IF NOT EXISTS) in the
+//! connection's current schema (choose one with `?options=-csearch_path%3Dname`).
+//! The connection is made without TLS. Incremental cache files stay in a local
+//! folder (`.kpiforge/cache/` under the project root). The API stays sync: each
+//! PostgreSQL store owns a small current-thread runtime, driven from a scoped
+//! thread, so it works from inside the binary's runtime and from plain code.
+//!
 //! A pull is recorded in one transaction (its cache file and its new
 //! watermark together), after the run has published: a run that fails leaves
 //! the watermark where it was, so the next run pulls the same rows again.
@@ -12,10 +21,70 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 #[derive(Debug, thiserror::Error)]
-#[error("state store {}: {message}", path.display())]
+#[error("state store {store}: {message}")]
 pub struct StateError {
-    pub path: PathBuf,
+    /// The file, or the URL without its password.
+    pub store: String,
     pub message: String,
+}
+
+/// Where a pipeline's state store lives (its `state:`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StateLocation {
+    /// An SQLite file; incremental caches go in the folder beside it.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`url` already interpolated); `cache` is the local
+    /// folder under which incremental caches go (`cache/<pipeline>/<source>`).
+    Postgres { url: String, cache: PathBuf },
+}
+
+impl StateLocation {
+    /// Reads `state:` (already interpolated): a `postgres://` or
+    /// `postgresql://` URL, or a path relative to `root`.
+    pub fn parse(text: &str, root: &Path) -> Result<StateLocation, String> {
+        let trimmed = text.trim();
+        if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
+            return Ok(StateLocation::Postgres {
+                url: trimmed.to_string(),
+                cache: root.join(".kpiforge"),
+            });
+        }
+        if let Some((scheme, _)) = trimmed.split_once("://") {
+            return Err(format!(
+                "`{}` is a {scheme}:// URL: the state store is a file path (SQLite) or a postgres:// URL",
+                crate::config::strip_password(trimmed)
+            ));
+        }
+        Ok(StateLocation::Sqlite(root.join(trimmed)))
+    }
+
+    /// The prefix of its table names: `kpiforge_` in PostgreSQL, none in SQLite.
+    pub fn table_prefix(&self) -> &'static str {
+        match self {
+            StateLocation::Sqlite(_) => "",
+            StateLocation::Postgres { .. } => "kpiforge_",
+        }
+    }
+
+    /// Whether there may be a store there already (a file that exists, or a server).
+    pub fn exists(&self) -> bool {
+        match self {
+            StateLocation::Sqlite(path) => path.is_file(),
+            StateLocation::Postgres { .. } => true,
+        }
+    }
+}
+
+impl std::fmt::Display for StateLocation {
+    /// The file, or the URL without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateLocation::Sqlite(path) => write!(f, "{}", path.display()),
+            StateLocation::Postgres { url, .. } => {
+                write!(f, "{}", crate::config::strip_password(url))
+            }
+        }
+    }
 }
 
 /// The greatest value of an incremental column seen so far, as text (the
@@ -27,8 +96,13 @@ pub struct Watermark {
 }
 
 pub struct StateStore {
-    path: PathBuf,
-    conn: Connection,
+    location: StateLocation,
+    backend: Backend,
+}
+
+enum Backend {
+    Sqlite(Connection),
+    Postgres(pg::Store),
 }
 
 const SCHEMA: &str = "
@@ -121,61 +195,83 @@ pub struct RunFilter {
 }
 
 impl StateStore {
-    /// Opens (creating if needed) the store at `path`.
-    pub fn open(path: &Path) -> Result<StateStore, StateError> {
+    /// Opens (creating if needed) the store at `location`.
+    pub fn open(location: &StateLocation) -> Result<StateStore, StateError> {
         let fail = |message: String| StateError {
-            path: path.to_path_buf(),
+            store: location.to_string(),
             message,
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| fail(format!("cannot create its folder: {e}")))?;
-        }
-        let conn = Connection::open(path).map_err(|e| fail(e.to_string()))?;
-        // Concurrent runs of different pipelines share the file.
-        conn.busy_timeout(std::time::Duration::from_secs(30))
-            .and_then(|_| conn.pragma_update(None, "journal_mode", "WAL"))
-            .and_then(|_| conn.execute_batch(SCHEMA))
-            .map_err(|e| fail(format!("{e}: delete the file to start afresh")))?;
+        let backend = match location {
+            StateLocation::Sqlite(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| fail(format!("cannot create its folder: {e}")))?;
+                }
+                let conn = Connection::open(path).map_err(|e| fail(e.to_string()))?;
+                // Concurrent runs of different pipelines share the file.
+                conn.busy_timeout(std::time::Duration::from_secs(30))
+                    .and_then(|_| conn.pragma_update(None, "journal_mode", "WAL"))
+                    .and_then(|_| conn.execute_batch(SCHEMA))
+                    .map_err(|e| fail(format!("{e}: delete the file to start afresh")))?;
+                Backend::Sqlite(conn)
+            }
+            StateLocation::Postgres { url, .. } => {
+                Backend::Postgres(pg::Store::open(url).map_err(fail)?)
+            }
+        };
         Ok(StateStore {
-            path: path.to_path_buf(),
-            conn,
+            location: location.clone(),
+            backend,
         })
     }
 
-    fn fail(&self, e: rusqlite::Error) -> StateError {
+    fn fail(&self, e: impl std::fmt::Display) -> StateError {
         StateError {
-            path: self.path.clone(),
-            message: e.to_string(),
+            store: self.location.to_string(),
+            message: crate::config::env::redact(&e.to_string()),
         }
     }
 
-    /// The folder beside the store where incremental sources keep their cache.
+    /// The folder where incremental sources keep their cache: beside the
+    /// SQLite file, or in the local folder of a PostgreSQL store.
     pub fn cache_dir(&self, pipeline: &str, source: &str) -> PathBuf {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let dir = match &self.location {
+            StateLocation::Sqlite(path) => path.parent().unwrap_or(Path::new(".")),
+            StateLocation::Postgres { cache, .. } => cache.as_path(),
+        };
         dir.join("cache").join(pipeline).join(source)
     }
 
     pub fn watermark(&self, pipeline: &str, source: &str) -> Result<Option<Watermark>, StateError> {
-        self.conn
-            .query_row(
-                "SELECT column, value FROM watermarks WHERE pipeline = ?1 AND source = ?2",
-                params![pipeline, source],
-                |r| {
-                    Ok(Watermark {
-                        column: r.get(0)?,
-                        value: r.get(1)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(|e| self.fail(e))
+        match &self.backend {
+            Backend::Sqlite(conn) => conn
+                .query_row(
+                    "SELECT column, value FROM watermarks WHERE pipeline = ?1 AND source = ?2",
+                    params![pipeline, source],
+                    |r| {
+                        Ok(Watermark {
+                            column: r.get(0)?,
+                            value: r.get(1)?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(|e| self.fail(e)),
+            Backend::Postgres(store) => store.watermark(pipeline, source).map_err(|e| self.fail(e)),
+        }
     }
 
     /// The cache files of a source, oldest first (file names within its cache folder).
     pub fn cache_parts(&self, pipeline: &str, source: &str) -> Result<Vec<String>, StateError> {
-        let mut statement = self
-            .conn
+        let conn = match &self.backend {
+            Backend::Sqlite(conn) => conn,
+            Backend::Postgres(store) => {
+                return store
+                    .cache_parts(pipeline, source)
+                    .map_err(|e| self.fail(e));
+            }
+        };
+        let mut statement = conn
             .prepare(
                 "SELECT file FROM cache_parts WHERE pipeline = ?1 AND source = ?2 ORDER BY added_at, file",
             )
@@ -197,10 +293,20 @@ impl StateStore {
         run_id: &str,
     ) -> Result<(), StateError> {
         let now = chrono::Utc::now().to_rfc3339();
-        let tx = self.conn.transaction().map_err(|e| StateError {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })?;
+        let shown = self.location.to_string();
+        let fail = |message: String| StateError {
+            store: shown.clone(),
+            message: crate::config::env::redact(&message),
+        };
+        let conn = match &mut self.backend {
+            Backend::Sqlite(conn) => conn,
+            Backend::Postgres(store) => {
+                return store
+                    .record_pull(pipeline, source, part, watermark, run_id, &now)
+                    .map_err(fail);
+            }
+        };
+        let tx = conn.transaction().map_err(|e| fail(e.to_string()))?;
         let result = (|| {
             if let Some((file, rows)) = part {
                 tx.execute(
@@ -224,10 +330,7 @@ impl StateStore {
             )?;
             tx.commit()
         })();
-        result.map_err(|e| StateError {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })
+        result.map_err(|e| fail(e.to_string()))
     }
 }
 
@@ -283,10 +386,27 @@ impl RunEntry {
 }
 
 impl StateStore {
+    fn sqlite(&self) -> Option<&Connection> {
+        match &self.backend {
+            Backend::Sqlite(conn) => Some(conn),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    fn pg(&self) -> &pg::Store {
+        match &self.backend {
+            Backend::Postgres(store) => store,
+            Backend::Sqlite(_) => unreachable!("checked by sqlite()"),
+        }
+    }
+
     /// Records `entry` (a run starting, finishing, or both), replacing any
     /// earlier record of the same run id.
     pub fn record_run(&self, entry: &RunEntry) -> Result<(), StateError> {
-        self.conn
+        let Some(conn) = self.sqlite() else {
+            return self.pg().record_run(entry).map_err(|e| self.fail(e));
+        };
+        conn
             .execute(
                 "INSERT OR REPLACE INTO runs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 params![
@@ -311,8 +431,10 @@ impl StateStore {
 
     /// Runs, newest first.
     pub fn runs(&self, filter: &RunFilter) -> Result<Vec<RunEntry>, StateError> {
-        let mut statement = self
-            .conn
+        let Some(conn) = self.sqlite() else {
+            return self.pg().runs(filter).map_err(|e| self.fail(e));
+        };
+        let mut statement = conn
             .prepare(
                 "SELECT run_id, pipeline, as_of, trigger, started_at, finished_at, status, rows_read,
                         checks_failed, checks_warned, kpis_published, values_published, error
@@ -347,7 +469,10 @@ impl StateStore {
 
     /// When the scheduler last fired `pipeline` (a scheduled or catch-up run's start).
     pub fn last_fire(&self, pipeline: &str) -> Result<Option<String>, StateError> {
-        self.conn
+        let Some(conn) = self.sqlite() else {
+            return self.pg().last_fire(pipeline).map_err(|e| self.fail(e));
+        };
+        conn
             .query_row(
                 "SELECT max(started_at) FROM runs WHERE pipeline = ?1 AND trigger IN ('schedule', 'catch_up')",
                 params![pipeline],
@@ -359,8 +484,13 @@ impl StateStore {
     /// The as-of dates of `pipeline` with a run that published (succeeded or
     /// quality_failed), for backfill to skip.
     pub fn published_as_of(&self, pipeline: &str) -> Result<Vec<String>, StateError> {
-        let mut statement = self
-            .conn
+        let Some(conn) = self.sqlite() else {
+            return self
+                .pg()
+                .published_as_of(pipeline)
+                .map_err(|e| self.fail(e));
+        };
+        let mut statement = conn
             .prepare(
                 "SELECT DISTINCT as_of FROM runs WHERE pipeline = ?1 AND status IN ('succeeded', 'quality_failed') ORDER BY as_of",
             )
@@ -374,14 +504,23 @@ impl StateStore {
     /// Marks runs still `running` in the history as `cancelled`: after a crash
     /// or a kill, no process is running them any more.
     pub fn abandon_running(&self, pipeline: &str, error: &str) -> Result<usize, StateError> {
-        self.conn
+        let now = chrono::Utc::now().to_rfc3339();
+        let Some(conn) = self.sqlite() else {
+            return self
+                .pg()
+                .abandon_running(pipeline, error, &now)
+                .map_err(|e| self.fail(e));
+        };
+        conn
             .execute(
                 "UPDATE runs SET status = 'cancelled', finished_at = ?2, error = ?3 WHERE pipeline = ?1 AND status = 'running'",
-                params![pipeline, chrono::Utc::now().to_rfc3339(), error],
+                params![pipeline, now, error],
             )
             .map_err(|e| self.fail(e))
     }
 }
+
+mod pg;
 
 #[cfg(test)]
 mod tests {
@@ -391,7 +530,7 @@ mod tests {
     fn a_pull_records_its_part_and_watermark_together() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/state.db");
-        let mut store = StateStore::open(&path).unwrap();
+        let mut store = StateStore::open(&StateLocation::Sqlite(path.clone())).unwrap();
         assert_eq!(store.watermark("p", "s").unwrap(), None);
         let w = Watermark {
             column: "updated_at".into(),
@@ -408,7 +547,7 @@ mod tests {
             .record_pull("p", "s", Some(("part-2.parquet", 3)), &w2, "r2")
             .unwrap();
         drop(store);
-        let store = StateStore::open(&path).unwrap();
+        let store = StateStore::open(&StateLocation::Sqlite(path.clone())).unwrap();
         assert_eq!(store.watermark("p", "s").unwrap(), Some(w2));
         assert_eq!(
             store.cache_parts("p", "s").unwrap(),
@@ -421,7 +560,7 @@ mod tests {
     #[test]
     fn runs_are_listed_newest_first_and_filtered() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(&dir.path().join("state.db")).unwrap();
+        let store = StateStore::open(&StateLocation::Sqlite(dir.path().join("state.db"))).unwrap();
         let entry = |id: &str, pipeline: &str, status: &str, trigger: Trigger, at: &str| RunEntry {
             run_id: id.into(),
             pipeline: pipeline.into(),
@@ -512,5 +651,132 @@ mod tests {
             store.runs(&RunFilter::default()).unwrap()[0].rows_read["orders"],
             3
         );
+    }
+
+    /// Runs SQL on the test server (`KPIFORGE_TEST_POSTGRES_URL`).
+    fn pg_execute(url: &str, sql: &str) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                runtime.block_on(async {
+                    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                        .await
+                        .unwrap();
+                    tokio::spawn(connection);
+                    client.batch_execute(sql).await.unwrap();
+                })
+            })
+            .join()
+            .unwrap()
+        });
+        runtime.shutdown_background();
+    }
+
+    /// The same semantics against PostgreSQL, called from inside a
+    /// current-thread runtime (the store must not block it).
+    #[tokio::test]
+    async fn postgres_store_keeps_pulls_and_runs() {
+        let Ok(url) = std::env::var("KPIFORGE_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: KPIFORGE_TEST_POSTGRES_URL is not set");
+            return;
+        };
+        let schema = format!("kpf_state_unit_{}", std::process::id());
+        pg_execute(
+            &url,
+            &format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"),
+        );
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let location = StateLocation::Postgres {
+            url: format!("{url}{sep}options=-csearch_path%3D{schema}"),
+            cache: PathBuf::from("/tmp/kpf-cache"),
+        };
+        let mut store = StateStore::open(&location).unwrap();
+        assert_eq!(store.watermark("p", "s").unwrap(), None);
+        let w = Watermark {
+            column: "updated_at".into(),
+            value: "2026-11-27T10:00:00".into(),
+        };
+        store
+            .record_pull("p", "s", Some(("part-1.parquet", 10)), &w, "r1")
+            .unwrap();
+        let w2 = Watermark {
+            value: "2026-11-28".into(),
+            ..w.clone()
+        };
+        store.record_pull("p", "s", None, &w2, "r2").unwrap();
+        drop(store);
+        let store = StateStore::open(&location).unwrap();
+        assert_eq!(store.watermark("p", "s").unwrap(), Some(w2));
+        assert_eq!(store.cache_parts("p", "s").unwrap(), ["part-1.parquet"]);
+        assert_eq!(
+            store.cache_dir("p", "s"),
+            PathBuf::from("/tmp/kpf-cache/cache/p/s")
+        );
+        let entry = |id: &str, status: &str, trigger: Trigger, at: &str| RunEntry {
+            run_id: id.into(),
+            pipeline: "p".into(),
+            as_of: "2026-11-27".into(),
+            trigger: trigger.as_str().into(),
+            started_at: at.into(),
+            finished_at: None,
+            status: status.into(),
+            rows_read: serde_json::json!({"orders": 3}),
+            checks_failed: 0,
+            checks_warned: 1,
+            kpis_published: 2,
+            values_published: 4,
+            error: None,
+        };
+        store
+            .record_run(&entry(
+                "r1",
+                "running",
+                Trigger::Schedule,
+                "2026-11-27T01:00:00Z",
+            ))
+            .unwrap();
+        store
+            .record_run(&entry(
+                "r2",
+                "succeeded",
+                Trigger::Manual,
+                "2026-11-27T02:00:00Z",
+            ))
+            .unwrap();
+        store
+            .record_run(&entry(
+                "r2",
+                "failed",
+                Trigger::Manual,
+                "2026-11-27T02:00:00Z",
+            ))
+            .unwrap();
+        let runs = store.runs(&RunFilter::default()).unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(
+            runs[0],
+            entry("r2", "failed", Trigger::Manual, "2026-11-27T02:00:00Z")
+        );
+        let limited = store
+            .runs(&RunFilter {
+                status: Some("running".into()),
+                limit: Some(1),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(limited.len(), 1);
+        assert_eq!(limited[0].run_id, "r1");
+        assert_eq!(
+            store.last_fire("p").unwrap().as_deref(),
+            Some("2026-11-27T01:00:00Z")
+        );
+        assert_eq!(store.last_fire("q").unwrap(), None);
+        assert!(store.published_as_of("p").unwrap().is_empty());
+        assert_eq!(store.abandon_running("p", "killed").unwrap(), 1);
+        drop(store);
+        pg_execute(&url, &format!("DROP SCHEMA {schema} CASCADE;"));
     }
 }

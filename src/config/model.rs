@@ -43,9 +43,10 @@ pub struct Pipeline {
     pub output: PathBuf,
     /// Write the HTML scorecard after each run (`report: true`).
     pub report: bool,
-    /// The embedded state store: source watermarks and the incremental cache
-    /// (`.kpiforge/state.db` under the project root unless `state:` says otherwise).
-    pub state: PathBuf,
+    /// The state store: source watermarks, the incremental cache and the run
+    /// history (`.kpiforge/state.db` under the project root unless `state:`
+    /// names another file or a `postgres://` URL).
+    pub state: crate::state::StateLocation,
     pub sources: Vec<Source>,
     pub views: Vec<View>,
     pub scorecard: Scorecard,
@@ -402,7 +403,10 @@ impl Pipeline {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let state = root.join(raw.state.as_deref().unwrap_or(".kpiforge/state.db"));
+        let state = match raw.state.as_deref() {
+            None => crate::state::StateLocation::Sqlite(root.join(".kpiforge/state.db")),
+            Some(text) => state_location(text, &root)?,
+        };
         let scheduling = Scheduling {
             overlap: raw.overlap.unwrap_or_default(),
             catch_up: raw.catch_up.unwrap_or_default(),
@@ -1252,6 +1256,16 @@ fn identifier_problem(path: &str, name: &str) -> Problem {
     )
 }
 
+/// `state:`: a file path or a `postgres://` URL, `${VAR}` interpolated.
+fn state_location(text: &str, root: &Path) -> Result<crate::state::StateLocation, Vec<Problem>> {
+    let text = interpolate(text, "state").map_err(|p| vec![p])?;
+    crate::state::StateLocation::parse(&text, root).map_err(|message| {
+        vec![Problem::new("state", message).hint(
+            "write a file path such as .kpiforge/state.db, or postgres://user:password@host:5432/database",
+        )]
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1266,6 +1280,50 @@ mod tests {
         assert_eq!(parse_type("date"), Ok(DataType::Date32));
         assert!(parse_type("decimal(40,2)").is_err());
         assert!(parse_type("money").is_err());
+    }
+
+    #[test]
+    fn state_is_a_path_or_a_postgres_url() {
+        use crate::state::StateLocation;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        std::fs::write(dir.path().join("data/s.csv"), "a\n1\n").unwrap();
+        let root = dir.path();
+        let file = root.join("pipelines/p.yaml");
+        let state = |line: &str| {
+            let yaml = format!(
+                "name: p\noutput: out\n{line}sources:\n  s: {{file: data/s.csv}}\nkpis: []\n"
+            );
+            crate::config::parse(&yaml, &file)
+                .map(|p| p.state)
+                .map_err(|(_, problems)| format!("{problems:?}"))
+        };
+        assert_eq!(
+            state(""),
+            Ok(StateLocation::Sqlite(root.join(".kpiforge/state.db")))
+        );
+        assert_eq!(
+            state("state: var/kpf.db\n"),
+            Ok(StateLocation::Sqlite(root.join("var/kpf.db")))
+        );
+        let pg = state("state: \"postgres://kpf:s3cret@db:5432/ops\"\n").unwrap();
+        assert_eq!(
+            pg,
+            StateLocation::Postgres {
+                url: "postgres://kpf:s3cret@db:5432/ops".into(),
+                cache: root.join(".kpiforge"),
+            }
+        );
+        assert_eq!(pg.to_string(), "postgres://kpf@db:5432/ops");
+        assert!(matches!(
+            state("state: postgresql://db/ops\n"),
+            Ok(StateLocation::Postgres { .. })
+        ));
+        let mysql = state("state: \"mysql://root:pw@db/ops\"\n").unwrap_err();
+        assert!(mysql.contains("mysql://root@db/ops"), "{mysql}");
+        assert!(!mysql.contains("pw"), "{mysql}");
+        let unset = state("state: \"${KPF_UNIT_STATE_UNSET_VAR}\"\n").unwrap_err();
+        assert!(unset.contains("KPF_UNIT_STATE_UNSET_VAR"), "{unset}");
     }
 
     #[test]

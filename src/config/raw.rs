@@ -34,7 +34,8 @@ pub struct RawPipeline {
     /// Write the HTML scorecard beside the datasets after each run.
     #[serde(default)]
     pub report: bool,
-    /// The state store's file, relative to the project root (default `.kpiforge/state.db`).
+    /// The state store: a file relative to the project root (default
+    /// `.kpiforge/state.db`) or a `postgres://` URL; `${VAR}` is interpolated.
     #[serde(default)]
     pub state: Option<String>,
     pub sources: BTreeMap<String, RawSource>,

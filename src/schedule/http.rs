@@ -238,16 +238,16 @@ fn runs(
     pipeline: Option<String>,
     limit: usize,
 ) -> Result<Vec<RunEntry>, crate::state::StateError> {
-    let mut stores: Vec<std::path::PathBuf> =
+    let mut stores: Vec<crate::state::StateLocation> =
         shared.pipelines().iter().map(|p| p.state.clone()).collect();
     stores.sort();
     stores.dedup();
     let mut all = Vec::new();
-    for path in stores {
-        if !path.is_file() {
+    for location in stores {
+        if !location.exists() {
             continue;
         }
-        let store = StateStore::open(&path)?;
+        let store = StateStore::open(&location)?;
         all.extend(store.runs(&RunFilter {
             pipeline: pipeline.clone(),
             status: None,

@@ -33,7 +33,7 @@ use crate::state::{StateStore, Watermark};
 pub struct Pull {
     pipeline: String,
     source: String,
-    state: PathBuf,
+    state: crate::state::StateLocation,
     /// The staged file and the name it takes on commit; `None` when no rows came.
     staged: Option<(PathBuf, PathBuf)>,
     rows: u64,
@@ -124,11 +124,13 @@ pub async fn register(
         if !path.is_file() {
             return Err(config(format!(
                 "the cache file {} that the state store lists is missing: restore it, or start over \
-                 by deleting the folder {} and this source's rows in the tables `watermarks` and \
-                 `cache_parts` of {}",
+                 by deleting the folder {} and this source's rows in the tables `{}watermarks` and \
+                 `{}cache_parts` of {}",
                 path.display(),
                 dir.display(),
-                pipeline.state.display()
+                pipeline.state.table_prefix(),
+                pipeline.state.table_prefix(),
+                pipeline.state
             )));
         }
         files.push(path.to_string_lossy().into_owned());
@@ -156,11 +158,13 @@ pub async fn register(
         if w.column != incremental.column {
             return Err(config(format!(
                 "the watermark was kept for column `{}`, not `{}`: start over by deleting the folder \
-                 {} and this source's rows in the tables `watermarks` and `cache_parts` of {}",
+                 {} and this source's rows in the tables `{}watermarks` and `{}cache_parts` of {}",
                 w.column,
                 incremental.column,
                 dir.display(),
-                pipeline.state.display()
+                pipeline.state.table_prefix(),
+                pipeline.state.table_prefix(),
+                pipeline.state
             )));
         }
         // Pushed into the database's WHERE clause by its provider. With a key,

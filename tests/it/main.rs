@@ -14,4 +14,5 @@ mod quality;
 mod report;
 mod schedule;
 mod scorecard;
+mod state;
 mod util;

@@ -174,7 +174,7 @@ fn history(dir: &Path) -> Vec<RunEntry> {
     if !path.is_file() {
         return Vec::new();
     }
-    let mut runs = StateStore::open(&path)
+    let mut runs = StateStore::open(&kpiforge::state::StateLocation::Sqlite(path))
         .unwrap()
         .runs(&RunFilter::default())
         .unwrap();
