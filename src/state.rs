@@ -481,26 +481,6 @@ impl StateStore {
             .map_err(|e| self.fail(e))
     }
 
-    /// The as-of dates of `pipeline` with a run that published (succeeded or
-    /// quality_failed), for backfill to skip.
-    pub fn published_as_of(&self, pipeline: &str) -> Result<Vec<String>, StateError> {
-        let Some(conn) = self.sqlite() else {
-            return self
-                .pg()
-                .published_as_of(pipeline)
-                .map_err(|e| self.fail(e));
-        };
-        let mut statement = conn
-            .prepare(
-                "SELECT DISTINCT as_of FROM runs WHERE pipeline = ?1 AND status IN ('succeeded', 'quality_failed') ORDER BY as_of",
-            )
-            .map_err(|e| self.fail(e))?;
-        statement
-            .query_map(params![pipeline], |r| r.get(0))
-            .and_then(|rows| rows.collect())
-            .map_err(|e| self.fail(e))
-    }
-
     /// Marks runs still `running` in the history as `cancelled`: after a crash
     /// or a kill, no process is running them any more.
     pub fn abandon_running(&self, pipeline: &str, error: &str) -> Result<usize, StateError> {
@@ -638,7 +618,6 @@ mod tests {
             Some("2026-11-27T01:00:00Z")
         );
         assert_eq!(store.last_fire("c").unwrap(), None);
-        assert_eq!(store.published_as_of("b").unwrap(), ["2026-11-27"]);
         assert_eq!(store.abandon_running("a", "killed").unwrap(), 1);
         assert_eq!(
             ids(RunFilter {
@@ -774,7 +753,6 @@ mod tests {
             Some("2026-11-27T01:00:00Z")
         );
         assert_eq!(store.last_fire("q").unwrap(), None);
-        assert!(store.published_as_of("p").unwrap().is_empty());
         assert_eq!(store.abandon_running("p", "killed").unwrap(), 1);
         drop(store);
         pg_execute(&url, &format!("DROP SCHEMA {schema} CASCADE;"));

@@ -294,18 +294,6 @@ impl Store {
         Ok(row.get(0))
     }
 
-    pub(super) fn published_as_of(&self, pipeline: &str) -> Result<Vec<String>, String> {
-        let c = &self.client;
-        let rows = block(self.rt(), async move {
-            c.query(
-                "SELECT DISTINCT as_of FROM kpiforge_runs WHERE pipeline = $1 AND status IN ('succeeded', 'quality_failed') ORDER BY as_of",
-                &[&pipeline],
-            )
-            .await
-        })?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
-    }
-
     pub(super) fn abandon_running(
         &self,
         pipeline: &str,
