@@ -381,12 +381,18 @@ async fn tick(ctx: Arc<Ctx>, slot: Arc<Slot>, mut config: watch::Receiver<Arc<Pi
                 let now = Utc::now();
                 let next = fires::next_fire(&cron, pipeline.timezone, last)?;
                 // Far behind (the machine slept): resume from now.
-                if now - next > chrono::Duration::seconds(60) {
+                let next = if now - next > chrono::Duration::seconds(60) {
                     tracing::warn!(pipeline = %pipeline.name, behind = %next, "fires far in the past dropped");
-                    fires::next_fire(&cron, pipeline.timezone, now)
+                    fires::next_fire(&cron, pipeline.timezone, now.max(last))?
                 } else {
-                    Some(next)
+                    next
+                };
+                // Never a fire at or before the one already fired.
+                if next <= last {
+                    tracing::error!(pipeline = %pipeline.name, next = %next, last = %last, "the cron gave a fire not after the last one; not scheduled until the file changes");
+                    return None;
                 }
+                Some(next)
             });
         let Some(next) = next else {
             // Not scheduled (or never fires again): wait for a new config.
