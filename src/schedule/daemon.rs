@@ -403,7 +403,10 @@ async fn tick(ctx: Arc<Ctx>, slot: Arc<Slot>, mut config: watch::Receiver<Arc<Pi
             continue;
         };
         let wait = (next - Utc::now()).to_std().unwrap_or_default();
+        // Biased, the sleep first: a fire that is due is run even when the
+        // file changed at the same moment (a random pick would lose it).
         tokio::select! {
+            biased;
             _ = tokio::time::sleep(wait) => {
                 last = next;
                 fire(&ctx, &slot, Job { pipeline, fire: next, trigger: Trigger::Schedule });
