@@ -268,7 +268,10 @@ mod tests {
         let locals = local(&fires, tz);
         for t in ["02:00", "02:15", "02:30", "02:45"] {
             assert_eq!(
-                locals.iter().filter(|l| l.contains(&format!("T{t}:00"))).count(),
+                locals
+                    .iter()
+                    .filter(|l| l.contains(&format!("T{t}:00")))
+                    .count(),
                 2,
                 "{t} in {locals:?}"
             );
@@ -280,7 +283,12 @@ mod tests {
         let tz: Tz = "Europe/Amsterdam".parse().unwrap();
         let from = utc("2026-10-25T00:00:00Z");
         let until = utc("2026-10-25T02:00:00Z");
-        for cron in ["0 */15 * * * *", "0 0 * * * *", "0 30 2 * * *", "*/10 * * * * *"] {
+        for cron in [
+            "0 */15 * * * *",
+            "0 0 * * * *",
+            "0 30 2 * * *",
+            "*/10 * * * * *",
+        ] {
             let c = parse_cron(cron).unwrap();
             let mut at = from;
             while at <= until {
@@ -296,6 +304,16 @@ mod tests {
         assert_eq!(
             next_fire(&c, tz, utc("2026-10-25T01:10:00Z")),
             Some(utc("2026-10-26T01:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn a_cron_with_a_far_year_is_accepted() {
+        // The tests' "never fires while they run" schedule.
+        let cron = parse_cron("0 0 0 1 1 * 2099").unwrap();
+        assert_eq!(
+            next_fire(&cron, Tz::UTC, utc("2026-12-31T23:59:59Z")),
+            Some(utc("2099-01-01T00:00:00Z"))
         );
     }
 
