@@ -1082,3 +1082,84 @@ fn soak_many_pipelines() {
     );
     assert!(total_runs >= PIPELINES * RUNS, "{total_runs}");
 }
+
+#[test]
+fn two_files_with_one_name_run_once() {
+    let yaml = pipeline("p", "schedule: \"*/1 * * * * *\"", None);
+    let dir = scheduled_project(&[("a.yaml".into(), yaml.clone()), ("b.yaml".into(), yaml)]);
+    let daemon = Daemon::start(dir.path(), &["pipelines"]);
+    let refused = wait_for(Duration::from_secs(120), || {
+        daemon
+            .log_text()
+            .contains("another pipeline file has the same name")
+    });
+    let ran = wait_for(Duration::from_secs(120), || succeeded(dir.path()) >= 3);
+    let (code, logs) = daemon.terminate();
+    assert!(refused && ran, "{}", dir.path().display());
+    assert_eq!(code, Some(0));
+    let fires = fired(&logs, "schedule").remove("p").unwrap_or_default();
+    let distinct: BTreeSet<&String> = fires.iter().collect();
+    assert_eq!(distinct.len(), fires.len(), "a fire ran twice: {fires:?}");
+    assert_no_overlap(&history(dir.path()));
+    // The first file (sorted) is the one scheduled.
+    let refusal = logs
+        .iter()
+        .find(|l| message(l).starts_with("another pipeline file"))
+        .unwrap();
+    assert!(field(refusal, "file").ends_with("b.yaml"), "{refusal}");
+}
+
+#[test]
+fn a_removed_file_drops_its_retries() {
+    // Always failing, with retries far apart.
+    let server = SlowServer::start(Duration::ZERO, usize::MAX);
+    let yaml = pipeline(
+        "p",
+        "schedule: \"*/1 * * * * *\"\noverlap: skip\nretries: 3\nretry_delay: 20s",
+        Some(&server.source()),
+    );
+    let dir = scheduled_project(&[("p.yaml".into(), yaml)]);
+    let daemon = Daemon::start(dir.path(), &["pipelines", "--poll", "200ms"]);
+    assert!(wait_for(Duration::from_secs(120), || {
+        daemon.log_text().contains("retrying the failed run")
+    }));
+    std::fs::remove_file(dir.path().join("pipelines/p.yaml")).unwrap();
+    let dropped = wait_for(Duration::from_secs(120), || {
+        daemon
+            .log_text()
+            .contains("pipeline file removed: retry not started")
+    });
+    let (code, logs) = daemon.terminate();
+    assert!(dropped, "the retry was not dropped");
+    assert_eq!(code, Some(0));
+    assert!(fired(&logs, "retry").is_empty(), "a retry ran");
+}
+
+#[test]
+fn a_file_removed_and_added_again_does_not_overlap_its_runs() {
+    let server = SlowServer::start(Duration::from_secs(3), 0);
+    let yaml = pipeline(
+        "p",
+        "schedule: \"*/1 * * * * *\"\noverlap: skip",
+        Some(&server.source()),
+    );
+    let dir = scheduled_project(&[("p.yaml".into(), yaml.clone())]);
+    let file = dir.path().join("pipelines/p.yaml");
+    let daemon = Daemon::start(dir.path(), &["pipelines", "--poll", "200ms"]);
+    assert!(wait_for(Duration::from_secs(120), || {
+        history(dir.path()).iter().any(|r| r.status == "running")
+    }));
+    std::fs::remove_file(&file).unwrap();
+    assert!(wait_for(Duration::from_secs(120), || {
+        daemon.log_text().contains("no longer scheduled")
+    }));
+    std::fs::write(&file, &yaml).unwrap();
+    // Added again while the run goes on: its fires are skipped, not run
+    // beside it.
+    let n = succeeded(dir.path());
+    let ran = wait_for(Duration::from_secs(120), || succeeded(dir.path()) >= n + 2);
+    let (code, _) = daemon.terminate();
+    assert!(ran);
+    assert_eq!(code, Some(0));
+    assert_no_overlap(&history(dir.path()));
+}
