@@ -3,10 +3,13 @@
 //! gracefully.
 //!
 //! Per pipeline file there is one *ticker* task (sleeps until the next fire,
-//! hands the fire to the pipeline's slot) and at most one *driver* task at a
-//! time (runs a fire, its retries, then whatever waits in the slot). A reload
-//! sends the new config to the ticker; a run in flight keeps the config it
-//! started with.
+//! hands the fire to the pipeline's slot) and per pipeline name at most one
+//! *driver* task at a time (runs a fire, its retries, then whatever waits in
+//! the slot). Slots are keyed by pipeline name and outlive the file: a file
+//! deleted and added again shares the slot of its earlier runs, so its runs
+//! never overlap. Removing a file drops what waits in its slot and its
+//! pending retries; a run in flight finishes. A reload sends the new config
+//! to the ticker; a run in flight keeps the config it started with.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -68,9 +71,20 @@ struct Job {
 }
 
 /// A pipeline's runs: whether one is going, and what waits for it.
-#[derive(Default)]
 struct Slot {
     state: Mutex<SlotState>,
+    /// Bumped when the pipeline's file is removed: retries of runs started
+    /// before are not made.
+    generation: watch::Sender<u64>,
+}
+
+impl Default for Slot {
+    fn default() -> Slot {
+        Slot {
+            state: Mutex::default(),
+            generation: watch::channel(0).0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -89,9 +103,33 @@ struct Ctx {
     /// Driver tasks alive.
     active: AtomicUsize,
     idle: Notify,
+    /// The slot of every pipeline name seen.
+    slots: Mutex<BTreeMap<String, Arc<Slot>>>,
 }
 
 impl Ctx {
+    /// The slot of pipeline `name` (made on first use, never dropped).
+    fn slot(&self, name: &str) -> Arc<Slot> {
+        lock(&self.slots)
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The file of pipeline `name` is gone: what waits for its slot is
+    /// dropped and its pending retries are not made.
+    fn unschedule(&self, name: &str) {
+        let slot = self.slot(name);
+        let dropped = {
+            let mut st = lock(&slot.state);
+            std::mem::take(&mut st.waiting).len()
+        };
+        slot.generation.send_modify(|g| *g += 1);
+        if dropped > 0 {
+            tracing::info!(pipeline = %name, dropped, "pipeline file removed: waiting fires dropped");
+        }
+    }
+
     fn stopping(&self) -> bool {
         *self.stop.borrow()
     }
@@ -137,6 +175,8 @@ struct Watched {
     stamp: Option<(SystemTime, u64)>,
     /// The scheduler of its last good version.
     entry: Option<Entry>,
+    /// Its last version was refused: another file has its name.
+    refused: bool,
 }
 
 struct Entry {
@@ -194,6 +234,7 @@ pub async fn run(
         cancel,
         active: AtomicUsize::new(0),
         idle: Notify::new(),
+        slots: Mutex::default(),
     });
     let mut watched: BTreeMap<PathBuf, Watched> = BTreeMap::new();
     scan(&ctx, &options.paths, &mut watched, true);
@@ -247,7 +288,9 @@ fn scan(ctx: &Arc<Ctx>, paths: &[PathBuf], watched: &mut BTreeMap<PathBuf, Watch
             && let Some(e) = w.entry
         {
             e.ticker.abort();
-            tracing::info!(file = %file.display(), pipeline = %e.config.borrow().name, "pipeline file removed: no longer scheduled");
+            let name = e.config.borrow().name.clone();
+            tracing::info!(file = %file.display(), pipeline = %name, "pipeline file removed: no longer scheduled");
+            ctx.unschedule(&name);
         }
         ctx.shared.set(&file, None);
     }
@@ -258,11 +301,15 @@ fn scan(ctx: &Arc<Ctx>, paths: &[PathBuf], watched: &mut BTreeMap<PathBuf, Watch
         let w = watched.entry(file.clone()).or_insert(Watched {
             stamp: None,
             entry: None,
+            refused: false,
         });
-        if w.stamp.is_some() && w.stamp == stamp {
+        // A file refused for its name is looked at again each scan (the
+        // other file may have gone).
+        if w.stamp.is_some() && w.stamp == stamp && !w.refused {
             continue;
         }
-        let reload = w.stamp.is_some();
+        let reload = w.stamp.is_some() && !w.refused;
+        let unchanged = w.stamp == stamp;
         w.stamp = stamp;
         let pipeline = match crate::config::load(&file) {
             Ok(p) => Arc::new(p),
@@ -276,14 +323,25 @@ fn scan(ctx: &Arc<Ctx>, paths: &[PathBuf], watched: &mut BTreeMap<PathBuf, Watch
                 continue;
             }
         };
-        describe(&pipeline, &file, reload);
         if let Some(other) = lock(&ctx.shared.pipelines)
             .iter()
             .find(|(f, p)| **f != file && p.name == pipeline.name)
             .map(|(f, _)| f.clone())
         {
-            tracing::warn!(pipeline = %pipeline.name, file = %file.display(), other = %other.display(), "two pipeline files have the same name: their runs share one history and one set of metrics");
+            // Logged once per version of the file.
+            if !(w.refused && unchanged) {
+                let what = if w.entry.is_some() {
+                    "the last good version keeps running"
+                } else {
+                    "not scheduled"
+                };
+                tracing::error!(pipeline = %pipeline.name, file = %file.display(), other = %other.display(), "another pipeline file has the same name: {what}");
+            }
+            w.refused = true;
+            continue;
         }
+        w.refused = false;
+        describe(&pipeline, &file, reload);
         ctx.shared.set(&file, Some(pipeline.clone()));
         ctx.shared.metrics.register(&pipeline.name);
         match &w.entry {
@@ -306,7 +364,7 @@ fn scan(ctx: &Arc<Ctx>, paths: &[PathBuf], watched: &mut BTreeMap<PathBuf, Watch
                     }
                 }
                 let (config, rx) = watch::channel(pipeline);
-                let ticker = tokio::spawn(tick(ctx.clone(), Arc::new(Slot::default()), rx));
+                let ticker = tokio::spawn(tick(ctx.clone(), rx));
                 w.entry = Some(Entry { config, ticker });
             }
         }
@@ -358,7 +416,7 @@ fn catch_up_name(c: crate::config::CatchUp) -> &'static str {
 
 /// The ticker of one pipeline file: catch-up on start, then fire on the cron
 /// of the latest config.
-async fn tick(ctx: Arc<Ctx>, slot: Arc<Slot>, mut config: watch::Receiver<Arc<Pipeline>>) {
+async fn tick(ctx: Arc<Ctx>, mut config: watch::Receiver<Arc<Pipeline>>) {
     let now = Utc::now();
     let pipeline = config.borrow_and_update().clone();
     if let Some(cron) = pipeline
@@ -366,7 +424,7 @@ async fn tick(ctx: Arc<Ctx>, slot: Arc<Slot>, mut config: watch::Receiver<Arc<Pi
         .as_deref()
         .and_then(|c| parse_cron(c).ok())
     {
-        catch_up(&ctx, &slot, &pipeline, &cron, now);
+        catch_up(&ctx, &ctx.slot(&pipeline.name), &pipeline, &cron, now);
     }
     // The fire the next one follows: fires are never skipped because the
     // ticker woke late, only dropped by the overlap policy.
@@ -381,12 +439,18 @@ async fn tick(ctx: Arc<Ctx>, slot: Arc<Slot>, mut config: watch::Receiver<Arc<Pi
                 let now = Utc::now();
                 let next = fires::next_fire(&cron, pipeline.timezone, last)?;
                 // Far behind (the machine slept): resume from now.
-                if now - next > chrono::Duration::seconds(60) {
+                let next = if now - next > chrono::Duration::seconds(60) {
                     tracing::warn!(pipeline = %pipeline.name, behind = %next, "fires far in the past dropped");
-                    fires::next_fire(&cron, pipeline.timezone, now)
+                    fires::next_fire(&cron, pipeline.timezone, now.max(last))?
                 } else {
-                    Some(next)
+                    next
+                };
+                // Never a fire at or before the one already fired.
+                if next <= last {
+                    tracing::error!(pipeline = %pipeline.name, next = %next, last = %last, "the cron gave a fire not after the last one; not scheduled until the file changes");
+                    return None;
                 }
+                Some(next)
             });
         let Some(next) = next else {
             // Not scheduled (or never fires again): wait for a new config.
@@ -397,9 +461,13 @@ async fn tick(ctx: Arc<Ctx>, slot: Arc<Slot>, mut config: watch::Receiver<Arc<Pi
             continue;
         };
         let wait = (next - Utc::now()).to_std().unwrap_or_default();
+        // Biased, the sleep first: a fire that is due is run even when the
+        // file changed at the same moment (a random pick would lose it).
         tokio::select! {
+            biased;
             _ = tokio::time::sleep(wait) => {
                 last = next;
+                let slot = ctx.slot(&pipeline.name);
                 fire(&ctx, &slot, Job { pipeline, fire: next, trigger: Trigger::Schedule });
             }
             changed = config.changed() => {
@@ -515,7 +583,7 @@ fn start(ctx: &Arc<Ctx>, slot: &Arc<Slot>, job: Job) {
 async fn drive(ctx: Arc<Ctx>, slot: Arc<Slot>, job: Job) {
     let mut job = Some(job);
     while let Some(j) = job {
-        with_retries(&ctx, &j).await;
+        with_retries(&ctx, &slot, &j).await;
         job = {
             let mut st = lock(&slot.state);
             if ctx.stopping() {
@@ -542,9 +610,11 @@ enum Ended {
     Cancelled,
 }
 
-async fn with_retries(ctx: &Arc<Ctx>, job: &Job) {
+async fn with_retries(ctx: &Arc<Ctx>, slot: &Slot, job: &Job) {
     let scheduling = &job.pipeline.scheduling;
     let mut stop = ctx.stop.subscribe();
+    let mut generation = slot.generation.subscribe();
+    let started = *generation.borrow_and_update();
     for attempt in 0..=scheduling.retries {
         let trigger = if attempt == 0 {
             job.trigger
@@ -554,6 +624,11 @@ async fn with_retries(ctx: &Arc<Ctx>, job: &Job) {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = until_true(&mut stop) => {}
+                _ = generation.changed() => {}
+            }
+            if *slot.generation.borrow() != started {
+                tracing::info!(pipeline = %job.pipeline.name, "pipeline file removed: retry not started");
+                return;
             }
             Trigger::Retry
         };

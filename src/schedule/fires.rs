@@ -16,12 +16,59 @@ pub const MAX_CATCH_UP: usize = 1000;
 /// The first fire strictly after `after`, evaluated in `tz` (so a daily 02:30
 /// follows the local clock across daylight-saving changes). `None` when the
 /// cron never fires again.
+///
+/// croner searches local wall-clock time, which repeats in the autumn fall
+/// back: started in either pass of the repeated hour it can answer the first
+/// pass of a local time (an instant before `after`) or jump over the second
+/// pass. So besides croner's answer (kept only when strictly after `after`;
+/// it handles the spring-forward gap and far fires), the search runs at the
+/// fixed UTC offset in force at `after` and a few hours later, keeping a
+/// match only where `tz` really has that offset. Interval crons (a wildcard or
+/// stepped second, minute or hour) thus fire in both passes of the repeated
+/// hour; fixed-time crons (one second, minute and hour) fire in the first only.
 pub fn next_fire(cron: &croner::Cron, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    use chrono::{Offset, TimeZone};
     // Whole seconds: croner keeps a fraction of the start.
-    let after = after.trunc_subsecs(0);
-    cron.find_next_occurrence(&after.with_timezone(&tz), false)
-        .ok()
+    let start = after.trunc_subsecs(0);
+    let mut best = cron
+        .iter_after(start.with_timezone(&tz))
+        .take(8)
         .map(|t| t.with_timezone(&Utc))
+        .find(|t| *t > after);
+    let fixed_time = matches!(cron.determine_job_type(), croner::JobType::FixedTime);
+    let offset_at = |t: DateTime<Utc>| tz.offset_from_utc_datetime(&t.naive_utc()).fix();
+    let mut offsets = vec![offset_at(start)];
+    for hours in [1, 2, 3] {
+        let o = offset_at(start + chrono::Duration::hours(hours));
+        if !offsets.contains(&o) {
+            offsets.push(o);
+        }
+    }
+    for o in offsets {
+        let Some(t) = cron
+            .iter_after(start.with_timezone(&o))
+            .take(8)
+            .map(|t| t.with_timezone(&Utc))
+            .find(|t| *t > after)
+        else {
+            continue;
+        };
+        if offset_at(t) != o || best.is_some_and(|b| b <= t) {
+            continue;
+        }
+        // The second pass of a repeated local time: fixed-time crons fired
+        // in the first.
+        let naive = t.with_timezone(&o).naive_local();
+        let second_pass = tz
+            .from_local_datetime(&naive)
+            .earliest()
+            .is_some_and(|first| first.with_timezone(&Utc) < t);
+        if fixed_time && second_pass {
+            continue;
+        }
+        best = Some(t);
+    }
+    best
 }
 
 /// The fires in `(after, until]`, oldest first, at most `limit` of them (the
@@ -161,6 +208,113 @@ mod tests {
         );
         // The day of the fall back lasts 25 hours.
         assert_eq!((fires[2] - fires[1]).num_hours(), 25);
+    }
+
+    /// Every fire of `cron` in `(from, until]` by repeated `next_fire`.
+    fn walk(cron: &str, tz: Tz, from: &str, until: &str) -> Vec<DateTime<Utc>> {
+        let cron = parse_cron(cron).unwrap();
+        let (from, until) = (utc(from), utc(until));
+        let mut out = Vec::new();
+        let mut at = from;
+        while let Some(next) = next_fire(&cron, tz, at) {
+            assert!(next > at, "{next} is not after {at}");
+            if next > until {
+                break;
+            }
+            out.push(next);
+            at = next;
+            assert!(out.len() < 10_000);
+        }
+        out
+    }
+
+    #[test]
+    fn hourly_across_the_fall_back_fires_every_hour() {
+        // 2026-10-25 in Amsterdam: 01:00 UTC is 02:00 CEST -> 02:00 CET.
+        let tz: Tz = "Europe/Amsterdam".parse().unwrap();
+        let fires = walk(
+            "0 0 * * * *",
+            tz,
+            "2026-10-24T22:30:00Z",
+            "2026-10-25T03:30:00Z",
+        );
+        assert_eq!(
+            fires,
+            [
+                utc("2026-10-24T23:00:00Z"),
+                utc("2026-10-25T00:00:00Z"),
+                utc("2026-10-25T01:00:00Z"),
+                utc("2026-10-25T02:00:00Z"),
+                utc("2026-10-25T03:00:00Z"),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_15_minutes_across_the_fall_back_fires_the_repeated_hour_twice() {
+        let tz: Tz = "Europe/Amsterdam".parse().unwrap();
+        let fires = walk(
+            "0 */15 * * * *",
+            tz,
+            "2026-10-24T23:59:00Z",
+            "2026-10-25T02:59:00Z",
+        );
+        // 00:00 to 02:45 UTC every 15 minutes: 12 fires, none dropped, none twice.
+        let expected: Vec<_> = (0..12)
+            .map(|i| utc("2026-10-25T00:00:00Z") + chrono::Duration::minutes(15 * i))
+            .collect();
+        assert_eq!(fires, expected);
+        // Local 02:00, 02:15, 02:30, 02:45 each happen twice.
+        let locals = local(&fires, tz);
+        for t in ["02:00", "02:15", "02:30", "02:45"] {
+            assert_eq!(
+                locals
+                    .iter()
+                    .filter(|l| l.contains(&format!("T{t}:00")))
+                    .count(),
+                2,
+                "{t} in {locals:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn next_fire_is_after_its_start_through_the_fall_back() {
+        let tz: Tz = "Europe/Amsterdam".parse().unwrap();
+        let from = utc("2026-10-25T00:00:00Z");
+        let until = utc("2026-10-25T02:00:00Z");
+        for cron in [
+            "0 */15 * * * *",
+            "0 0 * * * *",
+            "0 30 2 * * *",
+            "*/10 * * * * *",
+        ] {
+            let c = parse_cron(cron).unwrap();
+            let mut at = from;
+            while at <= until {
+                let next = next_fire(&c, tz, at).unwrap();
+                assert!(next > at, "{cron}: next_fire({at}) = {next}");
+                at += chrono::Duration::seconds(7);
+            }
+        }
+        // Started in the second 02:00-02:30 (CET), a daily 02:30 (which
+        // fires once on that day, at 02:30 CEST, already past) is next due
+        // the day after, never the past 02:30 CEST.
+        let c = parse_cron("0 30 2 * * *").unwrap();
+        assert_eq!(
+            next_fire(&c, tz, utc("2026-10-25T01:10:00Z")),
+            Some(utc("2026-10-26T01:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn a_cron_with_a_far_year_is_accepted() {
+        // The tests' "never fires while they run" schedule.
+        let cron = parse_cron("0 0 0 1 1 * 2099").unwrap();
+        assert_eq!(
+            next_fire(&cron, Tz::UTC, utc("2026-12-31T23:59:59Z")),
+            Some(utc("2099-01-01T00:00:00Z"))
+        );
     }
 
     #[test]

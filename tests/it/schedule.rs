@@ -49,18 +49,49 @@ fn scheduled_project(pipelines: &[(String, String)]) -> tempfile::TempDir {
     project(&files)
 }
 
-/// A free port on 127.0.0.1.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// The port the daemon (started with `--http 127.0.0.1:0`) logged it serves on.
+fn served_port(daemon: &Daemon) -> u16 {
+    let mut port = None;
+    assert!(
+        wait_for(Duration::from_secs(120), || {
+            port = daemon.logs().iter().find_map(|l| {
+                field(l, "address")
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .filter(|p| *p != 0)
+            });
+            port.is_some()
+        }),
+        "the daemon never logged its HTTP address"
+    );
+    port.unwrap()
+}
+
+/// `--grace` as passed (`30s`, `10m`, `500ms`); the daemon's default, 30 s,
+/// otherwise.
+fn grace_of(args: &[&str]) -> Duration {
+    let Some(text) = args
+        .iter()
+        .position(|a| *a == "--grace")
+        .and_then(|i| args.get(i + 1))
+    else {
+        return Duration::from_secs(30);
+    };
+    let digits: String = text.chars().take_while(char::is_ascii_digit).collect();
+    let n: u64 = digits.parse().unwrap_or(30);
+    match &text[digits.len()..] {
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(60 * n),
+        "h" => Duration::from_secs(3600 * n),
+        _ => Duration::from_secs(n),
+    }
 }
 
 /// A running `kpiforge schedule`, JSON logs into a file; killed on drop.
 struct Daemon {
     child: Child,
     log: PathBuf,
+    grace: Duration,
 }
 
 impl Daemon {
@@ -84,7 +115,11 @@ impl Daemon {
             command.env(k, v);
         }
         let child = command.spawn().expect("kpiforge schedule starts");
-        Daemon { child, log }
+        Daemon {
+            child,
+            log,
+            grace: grace_of(args),
+        }
     }
 
     /// Sends SIGTERM.
@@ -102,8 +137,10 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status.code();
             }
+            // A cap against a hung daemon, far above grace + the 30 s
+            // cancellation wait, not a bound on how fast it stops.
             assert!(
-                started.elapsed() < Duration::from_secs(120),
+                started.elapsed() < self.grace + Duration::from_secs(180),
                 "the daemon did not exit after SIGTERM"
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -182,6 +219,13 @@ fn history(dir: &Path) -> Vec<RunEntry> {
     runs
 }
 
+fn succeeded(dir: &Path) -> usize {
+    history(dir)
+        .iter()
+        .filter(|r| r.status == "succeeded")
+        .count()
+}
+
 fn time(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text)
         .unwrap_or_else(|e| panic!("`{text}`: {e}"))
@@ -224,7 +268,7 @@ fn get(port: u16, path: &str, auth: Option<&str>) -> (u16, String) {
 /// Waits until the daemon answers /healthz.
 fn wait_http(port: u16) {
     assert!(
-        wait_for(Duration::from_secs(30), || {
+        wait_for(Duration::from_secs(120), || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         }),
         "the HTTP server did not come up"
@@ -315,8 +359,13 @@ fn one_run_per_fire() {
     );
     let dir = scheduled_project(&[("p.yaml".into(), yaml)]);
     let daemon = Daemon::start(dir.path(), &["pipelines"]);
-    std::thread::sleep(Duration::from_secs(5));
+    let enough = wait_for(Duration::from_secs(120), || succeeded(dir.path()) >= 3);
     let (code, logs) = daemon.terminate();
+    assert!(
+        enough,
+        "fewer than 3 runs succeeded: {:?}",
+        history(dir.path())
+    );
     assert_eq!(code, Some(0));
     let fires = fired(&logs, "schedule").remove("p").unwrap_or_default();
     let skips = skipped(&logs).remove("p").unwrap_or_default();
@@ -358,8 +407,11 @@ fn overlap_skip_under_a_slow_run() {
     );
     let dir = scheduled_project(&[("p.yaml".into(), yaml)]);
     let daemon = Daemon::start(dir.path(), &["pipelines", "--grace", "30s"]);
-    std::thread::sleep(Duration::from_secs(6));
+    let enough = wait_for(Duration::from_secs(120), || {
+        skipped(&daemon.logs()).get("p").map_or(0, Vec::len) >= 2 && succeeded(dir.path()) >= 1
+    });
     let (code, logs) = daemon.terminate();
+    assert!(enough, "no 2 skips and a run: {}", dir.path().display());
     assert_eq!(code, Some(0));
     let runs = history(dir.path());
     let skips = skipped(&logs).remove("p").unwrap_or_default();
@@ -427,7 +479,12 @@ fn catch_up_after_a_restart() {
         .iter()
         .map(|(_, d)| Daemon::start(d.path(), &["pipelines"]))
         .collect();
-    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        wait_for(Duration::from_secs(120), || projects
+            .iter()
+            .all(|(_, d)| succeeded(d.path()) >= 1)),
+        "no run before the restart"
+    );
     for d in daemons {
         assert_eq!(d.terminate().0, Some(0));
     }
@@ -442,10 +499,35 @@ fn catch_up_after_a_restart() {
         .iter()
         .map(|(_, d)| Daemon::start(d.path(), &["pipelines"]))
         .collect();
-    std::thread::sleep(Duration::from_secs(3));
+    // Until each has caught up and run a scheduled fire after the restart
+    // (so `none` cannot pass without having started at all).
+    let restarted = Utc::now();
+    let caught_up = |policy: &str, dir: &Path| {
+        let runs = history(dir);
+        let done = |trigger: &str| {
+            runs.iter()
+                .filter(|r| r.trigger == trigger && r.status == "succeeded")
+                .count()
+        };
+        let scheduled_after = runs
+            .iter()
+            .filter(|r| r.trigger == "schedule" && r.status == "succeeded")
+            .filter(|r| time(&r.started_at) >= restarted)
+            .count();
+        let wanted = match policy {
+            "none" => 0,
+            "latest" => 1,
+            _ => 3,
+        };
+        done("catch_up") >= wanted && scheduled_after >= 1
+    };
+    let done = wait_for(Duration::from_secs(120), || {
+        projects.iter().all(|(p, d)| caught_up(p, d.path()))
+    });
     for d in daemons {
         assert_eq!(d.terminate().0, Some(0));
     }
+    assert!(done, "catch-up never completed");
     for (policy, dir) in &projects {
         let runs = history(dir.path());
         let caught: Vec<&RunEntry> = runs.iter().filter(|r| r.trigger == "catch_up").collect();
@@ -509,7 +591,7 @@ fn sigterm_cancels_a_run_after_the_grace_period() {
     let yaml = pipeline("p", "schedule: \"*/1 * * * * *\"", Some(&server.source()));
     let dir = scheduled_project(&[("p.yaml".into(), yaml)]);
     let daemon = Daemon::start(dir.path(), &["pipelines", "--grace", "1s"]);
-    assert!(wait_for(Duration::from_secs(30), || {
+    assert!(wait_for(Duration::from_secs(120), || {
         server.requests.load(Ordering::SeqCst) >= 1
     }));
     let (code, logs) = daemon.terminate();
@@ -537,13 +619,9 @@ fn sigterm_cancels_a_run_after_the_grace_period() {
 
 #[test]
 fn sigterm_cancels_a_cpu_bound_run() {
-    // A KPI over a big cross join: busy for a long while (a minute in a debug
-    // build; the release binary gets a hundred times more rows).
-    let side = if cfg!(debug_assertions) {
-        3_000
-    } else {
-        30_000
-    };
+    // A KPI over a cross join of 10^12 rows: busy far longer than any test
+    // runs, debug or release, so only cancellation ends it.
+    let side = 1_000_000;
     let heavy = format!(
         "SELECT DATE '2026-01-01' AS period, CAST(sum(a.value * b.value) AS DOUBLE) AS value \
          FROM generate_series(1, {side}) a CROSS JOIN generate_series(1, {side}) b \
@@ -554,7 +632,7 @@ fn sigterm_cancels_a_cpu_bound_run() {
     let dir = scheduled_project(&[("p.yaml".into(), yaml)]);
     std::fs::write(dir.path().join("sql/heavy.sql"), heavy).unwrap();
     let daemon = Daemon::start(dir.path(), &["pipelines", "--grace", "1s"]);
-    assert!(wait_for(Duration::from_secs(30), || {
+    assert!(wait_for(Duration::from_secs(120), || {
         history(dir.path()).iter().any(|r| r.status == "running")
     }));
     std::thread::sleep(Duration::from_millis(500));
@@ -577,11 +655,11 @@ fn a_second_sigterm_cancels_without_waiting_for_the_grace_period() {
     let yaml = pipeline("p", "schedule: \"*/1 * * * * *\"", Some(&server.source()));
     let dir = scheduled_project(&[("p.yaml".into(), yaml)]);
     let daemon = Daemon::start(dir.path(), &["pipelines", "--grace", "10m"]);
-    assert!(wait_for(Duration::from_secs(30), || {
+    assert!(wait_for(Duration::from_secs(120), || {
         server.requests.load(Ordering::SeqCst) >= 1
     }));
     daemon.signal();
-    assert!(wait_for(Duration::from_secs(30), || {
+    assert!(wait_for(Duration::from_secs(120), || {
         daemon.log_text().contains("shutting down")
     }));
     let (code, _) = daemon.terminate();
@@ -633,17 +711,68 @@ fn sample(line: &str) -> Option<(String, BTreeMap<String, String>, f64)> {
     Some((name.to_string(), map, value))
 }
 
+/// Every sample has a `# TYPE`; each histogram series has buckets that never
+/// decrease with `le`, and its `+Inf` bucket equals its `_count`.
+fn check_types(
+    types: &BTreeMap<String, String>,
+    samples: &[(String, BTreeMap<String, String>, f64)],
+) {
+    for (name, _, _) in samples {
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|b| types.get(*b).is_some_and(|k| k == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(types.contains_key(base), "no # TYPE for {name}");
+    }
+    let mut histograms = 0;
+    for (base, _) in types.iter().filter(|(_, k)| *k == "histogram") {
+        let bucket = format!("{base}_bucket");
+        let count = format!("{base}_count");
+        let mut series: BTreeMap<BTreeMap<String, String>, Vec<(f64, f64)>> = BTreeMap::new();
+        for (n, labels, v) in samples.iter().filter(|(n, _, _)| *n == bucket) {
+            let mut key = labels.clone();
+            let le = key.remove("le").unwrap_or_else(|| panic!("{n} without le"));
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
+            series.entry(key).or_default().push((le, *v));
+        }
+        for (key, mut buckets) in series {
+            histograms += 1;
+            buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+            assert!(
+                buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+                "{base} {key:?}: buckets decrease: {buckets:?}"
+            );
+            let inf = buckets.last().filter(|b| b.0.is_infinite()).map(|b| b.1);
+            let total = samples
+                .iter()
+                .find(|(n, l, _)| *n == count && *l == key)
+                .map(|(_, _, v)| *v);
+            assert!(
+                inf.is_some() && inf == total,
+                "{base} {key:?}: +Inf {inf:?} != count {total:?}"
+            );
+        }
+    }
+    assert!(histograms >= 1, "no histogram series");
+}
+
 #[test]
 fn metrics_and_endpoints() {
-    let port = free_port();
     let yaml = pipeline("p", "schedule: \"*/2 * * * * *\"", None);
     let unscheduled = pipeline("q", "", None);
     let dir = scheduled_project(&[("p.yaml".into(), yaml), ("q.yaml".into(), unscheduled)]);
-    let address = format!("127.0.0.1:{port}");
-    let daemon = Daemon::start(dir.path(), &["pipelines", "--http", &address]);
+    let daemon = Daemon::start(dir.path(), &["pipelines", "--http", "127.0.0.1:0"]);
+    let port = served_port(&daemon);
     wait_http(port);
     assert_eq!(get(port, "/healthz", None), (200, "ok".to_string()));
-    assert!(wait_for(Duration::from_secs(30), || {
+    assert!(wait_for(Duration::from_secs(120), || {
         history(dir.path())
             .iter()
             .filter(|r| r.status == "succeeded")
@@ -658,7 +787,19 @@ fn metrics_and_endpoints() {
         let after = history(dir.path());
         assert_eq!(status, 200);
         let mut samples = Vec::new();
+        let mut types: BTreeMap<String, String> = BTreeMap::new();
         for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest
+                    .split_once(' ')
+                    .unwrap_or_else(|| panic!("bad TYPE line `{line}`"));
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                    "{line}"
+                );
+                types.insert(name.to_string(), kind.to_string());
+                continue;
+            }
             if line.starts_with('#') || line.is_empty() {
                 continue;
             }
@@ -671,6 +812,7 @@ fn metrics_and_endpoints() {
             .sum();
         let finished = |runs: &[RunEntry]| runs.iter().filter(|r| r.status != "running").count();
         if before == after && finished(&before) as f64 == total {
+            check_types(&types, &samples);
             matched = Some((samples, before));
             break;
         }
@@ -764,7 +906,7 @@ fn metrics_and_endpoints() {
 
 #[test]
 fn http_token_and_non_loopback() {
-    let yaml = pipeline("p", "schedule: \"0 0 0 1 1 *\"", None);
+    let yaml = pipeline("p", "schedule: \"0 0 0 1 1 * 2099\"", None);
     let dir = scheduled_project(&[("p.yaml".into(), yaml)]);
     // A non-loopback address without a token: refused.
     let out = super::util::kpiforge(
@@ -778,19 +920,18 @@ fn http_token_and_non_loopback() {
         "{err}"
     );
     // With a token: requests need it.
-    let port = free_port();
-    let address = format!("127.0.0.1:{port}");
     let daemon = Daemon::start_env(
         dir.path(),
         &[
             "pipelines",
             "--http",
-            &address,
+            "127.0.0.1:0",
             "--http-token-env",
             "SCHED_TOKEN",
         ],
         &[("SCHED_TOKEN", "s3cret")],
     );
+    let port = served_port(&daemon);
     wait_http(port);
     assert_eq!(get(port, "/healthz", None).0, 401);
     assert_eq!(get(port, "/healthz", Some("wrong")).0, 401);
@@ -801,7 +942,7 @@ fn http_token_and_non_loopback() {
 #[test]
 fn config_reload() {
     // Rarely firing at first.
-    let yaml = pipeline("p", "schedule: \"0 0 0 1 1 *\"", None);
+    let yaml = pipeline("p", "schedule: \"0 0 0 1 1 * 2099\"", None);
     let dir = scheduled_project(&[("p.yaml".into(), yaml)]);
     let daemon = Daemon::start(dir.path(), &["pipelines", "--poll", "200ms"]);
     std::thread::sleep(Duration::from_secs(2));
@@ -809,18 +950,18 @@ fn config_reload() {
     // The new schedule takes effect.
     let file = dir.path().join("pipelines/p.yaml");
     std::fs::write(&file, pipeline("p", "schedule: \"*/1 * * * * *\"", None)).unwrap();
-    assert!(wait_for(Duration::from_secs(30), || history(dir.path())
+    assert!(wait_for(Duration::from_secs(120), || history(dir.path())
         .len()
         >= 2));
     // A broken edit is reported; the last good version keeps running.
     std::fs::write(&file, "name: p\nschedule: [not, a, cron\n").unwrap();
-    assert!(wait_for(Duration::from_secs(30), || {
+    assert!(wait_for(Duration::from_secs(120), || {
         daemon
             .log_text()
             .contains("the last good version keeps running")
     }));
     let n = history(dir.path()).len();
-    assert!(wait_for(Duration::from_secs(30), || history(dir.path())
+    assert!(wait_for(Duration::from_secs(120), || history(dir.path())
         .len()
         >= n + 2));
     // A new file in the watched folder is picked up; a deleted one stops.
@@ -829,25 +970,31 @@ fn config_reload() {
         pipeline("q", "schedule: \"*/1 * * * * *\"", None),
     )
     .unwrap();
-    assert!(wait_for(Duration::from_secs(30), || {
+    assert!(wait_for(Duration::from_secs(120), || {
         history(dir.path()).iter().any(|r| r.pipeline == "q")
     }));
     std::fs::remove_file(&file).unwrap();
-    assert!(wait_for(Duration::from_secs(30), || {
+    assert!(wait_for(Duration::from_secs(120), || {
         daemon.log_text().contains("no longer scheduled")
     }));
-    std::thread::sleep(Duration::from_millis(1500));
-    let p_runs = history(dir.path())
+    // Let `q` run a few more fires, then: no fire of `p` after the removal.
+    let q_runs = |dir: &Path| history(dir).iter().filter(|r| r.pipeline == "q").count();
+    let n = q_runs(dir.path());
+    assert!(wait_for(Duration::from_secs(120), || q_runs(dir.path()) >= n + 3));
+    let (code, logs) = daemon.terminate();
+    assert_eq!(code, Some(0));
+    let removed = logs
         .iter()
-        .filter(|r| r.pipeline == "p")
-        .count();
-    std::thread::sleep(Duration::from_secs(2));
-    let later = history(dir.path())
-        .iter()
-        .filter(|r| r.pipeline == "p")
-        .count();
-    assert_eq!(p_runs, later, "a deleted pipeline kept running");
-    assert_eq!(daemon.terminate().0, Some(0));
+        .find(|l| message(l).contains("no longer scheduled"))
+        .map(|l| time(l["timestamp"].as_str().unwrap()))
+        .expect("the removal is logged");
+    let late: Vec<String> = fired(&logs, "schedule")
+        .remove("p")
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| time(f) > removed)
+        .collect();
+    assert!(late.is_empty(), "a deleted pipeline kept firing: {late:?}");
 }
 
 #[test]
@@ -866,9 +1013,22 @@ fn soak_many_pipelines() {
         })
         .collect();
     let dir = scheduled_project(&files);
+    const RUNS: usize = 15;
     let daemon = Daemon::start(dir.path(), &["pipelines", "--grace", "60s"]);
-    std::thread::sleep(Duration::from_secs(15));
+    let started = Instant::now();
+    let enough = wait_for(Duration::from_secs(300), || {
+        let runs = history(dir.path());
+        (0..PIPELINES).all(|i| {
+            let name = format!("p{i:02}");
+            runs.iter()
+                .filter(|r| r.pipeline == name && r.status == "succeeded")
+                .count()
+                >= RUNS
+        })
+    });
+    let took = started.elapsed();
     let (code, logs) = daemon.terminate();
+    assert!(enough, "not every pipeline ran {RUNS} times in 300 s");
     assert_eq!(code, Some(0));
     let fires = fired(&logs, "schedule");
     let skips = skipped(&logs);
@@ -913,11 +1073,93 @@ fn soak_many_pipelines() {
         .map(|i| fires.get(&format!("p{i:02}")).map_or(0, Vec::len))
         .collect();
     println!(
-        "soak: {PIPELINES} pipelines x */1 s for 15 s: {total_runs} runs ({}..{} per pipeline), {total_skipped} fires skipped (overlap), 0 doubled, 0 missed; start lag after the fire: median {} ms, max {} ms",
+        "soak: {PIPELINES} pipelines x */1 s until each ran {RUNS} times ({:.1} s): {total_runs} runs ({}..{} per pipeline), {total_skipped} fires skipped (overlap), 0 doubled, 0 missed; start lag after the fire: median {} ms, max {} ms",
+        took.as_secs_f64(),
         per_pipeline.iter().min().unwrap_or(&0),
         per_pipeline.iter().max().unwrap_or(&0),
         lags.get(lags.len() / 2).unwrap_or(&0),
         lags.last().unwrap_or(&0),
     );
-    assert!(total_runs >= PIPELINES * 5, "{total_runs}");
+    assert!(total_runs >= PIPELINES * RUNS, "{total_runs}");
+}
+
+#[test]
+fn two_files_with_one_name_run_once() {
+    let yaml = pipeline("p", "schedule: \"*/1 * * * * *\"", None);
+    let dir = scheduled_project(&[("a.yaml".into(), yaml.clone()), ("b.yaml".into(), yaml)]);
+    let daemon = Daemon::start(dir.path(), &["pipelines"]);
+    let refused = wait_for(Duration::from_secs(120), || {
+        daemon
+            .log_text()
+            .contains("another pipeline file has the same name")
+    });
+    let ran = wait_for(Duration::from_secs(120), || succeeded(dir.path()) >= 3);
+    let (code, logs) = daemon.terminate();
+    assert!(refused && ran, "{}", dir.path().display());
+    assert_eq!(code, Some(0));
+    let fires = fired(&logs, "schedule").remove("p").unwrap_or_default();
+    let distinct: BTreeSet<&String> = fires.iter().collect();
+    assert_eq!(distinct.len(), fires.len(), "a fire ran twice: {fires:?}");
+    assert_no_overlap(&history(dir.path()));
+    // The first file (sorted) is the one scheduled.
+    let refusal = logs
+        .iter()
+        .find(|l| message(l).starts_with("another pipeline file"))
+        .unwrap();
+    assert!(field(refusal, "file").ends_with("b.yaml"), "{refusal}");
+}
+
+#[test]
+fn a_removed_file_drops_its_retries() {
+    // Always failing, with retries far apart.
+    let server = SlowServer::start(Duration::ZERO, usize::MAX);
+    let yaml = pipeline(
+        "p",
+        "schedule: \"*/1 * * * * *\"\noverlap: skip\nretries: 3\nretry_delay: 20s",
+        Some(&server.source()),
+    );
+    let dir = scheduled_project(&[("p.yaml".into(), yaml)]);
+    let daemon = Daemon::start(dir.path(), &["pipelines", "--poll", "200ms"]);
+    assert!(wait_for(Duration::from_secs(120), || {
+        daemon.log_text().contains("retrying the failed run")
+    }));
+    std::fs::remove_file(dir.path().join("pipelines/p.yaml")).unwrap();
+    let dropped = wait_for(Duration::from_secs(120), || {
+        daemon
+            .log_text()
+            .contains("pipeline file removed: retry not started")
+    });
+    let (code, logs) = daemon.terminate();
+    assert!(dropped, "the retry was not dropped");
+    assert_eq!(code, Some(0));
+    assert!(fired(&logs, "retry").is_empty(), "a retry ran");
+}
+
+#[test]
+fn a_file_removed_and_added_again_does_not_overlap_its_runs() {
+    let server = SlowServer::start(Duration::from_secs(3), 0);
+    let yaml = pipeline(
+        "p",
+        "schedule: \"*/1 * * * * *\"\noverlap: skip",
+        Some(&server.source()),
+    );
+    let dir = scheduled_project(&[("p.yaml".into(), yaml.clone())]);
+    let file = dir.path().join("pipelines/p.yaml");
+    let daemon = Daemon::start(dir.path(), &["pipelines", "--poll", "200ms"]);
+    assert!(wait_for(Duration::from_secs(120), || {
+        history(dir.path()).iter().any(|r| r.status == "running")
+    }));
+    std::fs::remove_file(&file).unwrap();
+    assert!(wait_for(Duration::from_secs(120), || {
+        daemon.log_text().contains("no longer scheduled")
+    }));
+    std::fs::write(&file, &yaml).unwrap();
+    // Added again while the run goes on: its fires are skipped, not run
+    // beside it.
+    let n = succeeded(dir.path());
+    let ran = wait_for(Duration::from_secs(120), || succeeded(dir.path()) >= n + 2);
+    let (code, _) = daemon.terminate();
+    assert!(ran);
+    assert_eq!(code, Some(0));
+    assert_no_overlap(&history(dir.path()));
 }
