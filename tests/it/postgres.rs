@@ -8,7 +8,7 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::SessionContext;
 use kpiforge::source::Mode;
 
-use super::util::{project, stderr, unique};
+use super::util::{project, stderr, unique, walk};
 
 /// The server URL, or `None` after saying why the test is skipped.
 pub fn url() -> Option<String> {
@@ -351,21 +351,6 @@ fn the_password_never_reaches_logs_errors_or_outputs() {
             );
         }
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// A million-row table streams through a KPI in batches: the process's peak

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use kpiforge::state::{RunEntry, RunFilter, StateStore};
 
-use super::util::project;
+use super::util::{project, walk};
 
 // ---------------------------------------------------------------- helpers
 
@@ -668,22 +668,6 @@ fn a_second_sigterm_cancels_without_waiting_for_the_grace_period() {
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!(runs[0].status, "cancelled");
     assert!(walk(&dir.path().join("out/kpi_values")).is_empty());
-}
-
-/// Every file under `dir`.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// Parses a sample line `name{labels} value` (or `name value`).

@@ -268,3 +268,19 @@ pub fn unique(prefix: &str) -> String {
         .unwrap_or(0);
     format!("kpf_{prefix}_{}_{nanos}", std::process::id())
 }
+
+/// Every file under `dir`, recursively.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
