@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,10 +39,18 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
         .map_err(|e| Error::Usage(format!("--http {addr}: cannot listen: {e}")))
 }
 
+const MAX_CONNECTIONS: usize = 64;
+
 /// Serves until the task is aborted.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, token: Option<String>) {
     let token = Arc::new(token);
+    // At most this many connections at once: a client holding connections
+    // open cannot exhaust the daemon's file descriptors.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -56,6 +63,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, token: Option<Str
                 handle(stream, &shared, token.as_deref()),
             )
             .await;
+            drop(slot);
         });
     }
 }
@@ -286,24 +294,13 @@ fn index(shared: &Shared) -> String {
     )
 }
 
-static REPORTS: AtomicU64 = AtomicU64::new(0);
-
-/// The HTML scorecard of a pipeline's latest published run, rendered to a
-/// temporary file and read back.
+/// The HTML scorecard of a pipeline's latest published run, rendered in memory.
 fn report(shared: &Shared, name: &str) -> Response {
     let Some(pipeline) = shared.pipelines().into_iter().find(|p| p.name == name) else {
         return text(404, format!("no pipeline `{name}` is loaded\n"));
     };
-    let tmp = std::env::temp_dir().join(format!(
-        "kpiforge-report-{}-{}.html",
-        std::process::id(),
-        REPORTS.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = crate::report::write_html(&pipeline.output, Some(name), None, Some(&tmp))
-        .and_then(|path| {
-            std::fs::read(&path).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))
-        });
-    let _ = std::fs::remove_file(&tmp);
+    let result = crate::report::snapshot::load(&pipeline.output, Some(name), None)
+        .map(|snapshot| crate::report::html::render(&snapshot).into_bytes());
     match result {
         Ok(body) => Response {
             status: 200,
