@@ -21,6 +21,7 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod score;
+pub mod session;
 pub mod source;
 pub mod state;
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use datafusion::arrow::array::RecordBatch;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::SessionContext;
 
 use crate::config::Pipeline;
 use crate::error::Error;
@@ -77,23 +77,7 @@ pub struct Validation {
     pub lints: Vec<Lint>,
 }
 
-/// The DataFusion session a run uses: one per run, all tables registered in it.
-///
-/// DataFusion's settings can be tuned through its `DATAFUSION_*` environment
-/// variables (e.g. `DATAFUSION_EXECUTION_TARGET_PARTITIONS=16`). By default a
-/// query is split into four partitions per core, at least eight: on a 2-core
-/// machine that measured faster than one per core (more row groups in flight
-/// while others decode; see BENCHMARKS.md).
-pub fn session() -> SessionContext {
-    let mut config = SessionConfig::from_env()
-        .unwrap_or_default()
-        .with_information_schema(true);
-    if std::env::var_os("DATAFUSION_EXECUTION_TARGET_PARTITIONS").is_none() {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        config = config.with_target_partitions((cores * 4).max(8));
-    }
-    SessionContext::new_with_config(config)
-}
+pub use crate::session::session;
 
 /// Today in the pipeline's time zone: the default run date.
 pub fn today(pipeline: &Pipeline) -> NaiveDate {

@@ -222,7 +222,8 @@ pub async fn compute(
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             let sql_error = |source| KpiError::Sql { kpi: p.kpi.id.clone(), file: p.kpi.sql_file.clone(), source };
-            let batches = ctx.execute_logical_plan(p.plan).await.map_err(sql_error)?.collect().await.map_err(sql_error)?;
+            let frame = ctx.execute_logical_plan(p.plan).await.map_err(sql_error)?;
+            let batches = crate::session::collect(frame, &p.kpi.id).await.map_err(sql_error)?;
             let rows = contract::rows(&p.kpi, p.measure, &batches).map_err(sql_error)?;
             let values = series(&p.kpi, rows, as_of)?;
             tracing::info!(kpi = %p.kpi.id, rows = values.len(), ms = started.elapsed().as_millis() as u64, "KPI computed");

@@ -158,14 +158,14 @@ pub async fn share(
             return internal_err!("shared sub-plans read each other in a cycle");
         }
         let computed = try_join_all(ready.into_iter().map(|p| compute(ctx, p))).await?;
-        for (p, table, rows) in computed {
+        for (p, table, rows, ms) in computed {
             for plan in plans
                 .iter_mut()
                 .chain(waiting.iter_mut().map(|w| &mut w.plan))
             {
                 *plan = swap_source(plan.clone(), &p.table, &table)?;
             }
-            tracing::info!(table = %p.table, kind = p.kind, users = p.users, rows, "shared work computed once");
+            tracing::info!(table = %p.table, kind = p.kind, users = p.users, rows, ms, "shared work computed once");
             report.push(SharedPlan {
                 table: p.table,
                 kind: p.kind,
@@ -514,14 +514,15 @@ fn reads_table(plan: &LogicalPlan, tables: &[String]) -> bool {
 async fn compute(
     ctx: &SessionContext,
     p: Pending,
-) -> Result<(Pending, Arc<dyn TableProvider>, usize), DataFusionError> {
+) -> Result<(Pending, Arc<dyn TableProvider>, usize, u64), DataFusionError> {
+    let started = std::time::Instant::now();
     tracing::debug!(table = %p.table, plan = %p.plan.display_indent(), "computing shared work");
     let frame = ctx.execute_logical_plan(p.plan.clone()).await?;
     let schema = Arc::new(frame.schema().as_arrow().clone());
-    let partitions = frame.collect_partitioned().await?;
+    let partitions = crate::session::collect_partitioned(frame, &p.table).await?;
     let rows = partitions.iter().flatten().map(|b| b.num_rows()).sum();
     let table: Arc<dyn TableProvider> = Arc::new(MemTable::try_new(schema, partitions)?);
-    Ok((p, table, rows))
+    Ok((p, table, rows, started.elapsed().as_millis() as u64))
 }
 
 /// `plan` with the scans of `table` reading `provider` instead of its placeholder.

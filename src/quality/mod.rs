@@ -272,7 +272,7 @@ async fn run_queries(
                 let result = match fast {
                     Some(result) => result,
                     None => match ctx.sql(&sql).await {
-                        Ok(df) => df.collect().await,
+                        Ok(df) => crate::session::collect(df, &sql).await,
                         Err(e) => Err(e),
                     },
                 };

@@ -1,0 +1,86 @@
+//! The DataFusion session every query of a run executes in: its settings, tuned
+//! for KPI work, and kpiforge's own optimizer rule.
+
+mod dates;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::error::DataFusionError;
+use datafusion::physical_plan::{self, ExecutionPlan, display::DisplayableExecutionPlan};
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+
+pub use dates::{TruncDate, TruncateDates, Unit};
+
+/// Build sides of hash joins up to this many rows are hashed once and shared by
+/// every partition of the probe side (DataFusion's `CollectLeft`), rather than
+/// both sides being re-partitioned by key. Re-partitioning the 6 M-row side of
+/// the TPC-H join cost more than hashing its 1.5 M-row side in one thread.
+const SHARED_BUILD_ROWS: usize = 4_000_000;
+/// ... and up to this many bytes.
+const SHARED_BUILD_BYTES: usize = 256 << 20;
+
+/// A new session for one run.
+///
+/// DataFusion's settings can be tuned through its `DATAFUSION_*` environment
+/// variables (e.g. `DATAFUSION_EXECUTION_TARGET_PARTITIONS=16`); kpiforge's
+/// defaults below apply only where none is set. By default a query is split
+/// into four partitions per core, at least eight: on a 2-core machine that
+/// measured faster than one per core (more row groups in flight while others
+/// decode; see BENCHMARKS.md).
+pub fn session() -> SessionContext {
+    let mut config = SessionConfig::from_env()
+        .unwrap_or_default()
+        .with_information_schema(true);
+    let unset = |name: &str| std::env::var_os(name).is_none();
+    if unset("DATAFUSION_EXECUTION_TARGET_PARTITIONS") {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        config = config.with_target_partitions((cores * 4).max(8));
+    }
+    let optimizer = &mut config.options_mut().optimizer;
+    if unset("DATAFUSION_OPTIMIZER_HASH_JOIN_SINGLE_PARTITION_THRESHOLD_ROWS") {
+        optimizer.hash_join_single_partition_threshold_rows = SHARED_BUILD_ROWS;
+    }
+    if unset("DATAFUSION_OPTIMIZER_HASH_JOIN_SINGLE_PARTITION_THRESHOLD") {
+        optimizer.hash_join_single_partition_threshold = SHARED_BUILD_BYTES;
+    }
+    let ctx = SessionContext::new_with_config(config);
+    ctx.add_optimizer_rule(Arc::new(TruncateDates));
+    ctx
+}
+
+/// Runs `frame` and returns its batches, one `Vec` per output partition.
+///
+/// The query profile: at `KPIFORGE_LOG=kpiforge::profile=trace` (or `-vv`), each
+/// query's time and its executed plan with DataFusion's metrics (what `EXPLAIN
+/// ANALYZE` shows: rows, time and memory per operator) are logged under `what`.
+pub async fn collect_partitioned(
+    frame: DataFrame,
+    what: &str,
+) -> Result<Vec<Vec<RecordBatch>>, DataFusionError> {
+    let started = Instant::now();
+    let task = Arc::new(frame.task_ctx());
+    let plan = frame.create_physical_plan().await?;
+    let partitions = physical_plan::collect_partitioned(plan.clone(), task).await?;
+    profile(what, started, &plan);
+    Ok(partitions)
+}
+
+/// [`collect_partitioned`] into one list of batches.
+pub async fn collect(frame: DataFrame, what: &str) -> Result<Vec<RecordBatch>, DataFusionError> {
+    let started = Instant::now();
+    let task = Arc::new(frame.task_ctx());
+    let plan = frame.create_physical_plan().await?;
+    let batches = physical_plan::collect(plan.clone(), task).await?;
+    profile(what, started, &plan);
+    Ok(batches)
+}
+
+fn profile(what: &str, started: Instant, plan: &Arc<dyn ExecutionPlan>) {
+    if tracing::enabled!(target: "kpiforge::profile", tracing::Level::TRACE) {
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let metrics = DisplayableExecutionPlan::with_metrics(plan.as_ref()).indent(true);
+        tracing::trace!(target: "kpiforge::profile", query = what, ms, "query profile\n{metrics}");
+    }
+}
