@@ -138,7 +138,9 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
     let progress = &options.progress;
     let result = async {
         let ctx = session();
-        sources = source::register_all_with(&ctx, pipeline, Mode::Load, progress).await?;
+        sources = source::prepare_all(&ctx, pipeline, progress).await?;
+        let columns = columns_read(&ctx, pipeline, &sources, as_of).await;
+        source::parse_text(&ctx, pipeline, &mut sources, columns.as_ref(), progress).await?;
         kpi::views::register_all(&ctx, pipeline, Mode::Load).await?;
         let planned = kpi::plan_all(&ctx, pipeline, as_of).await?;
         score::check(&ctx, pipeline, &planned).await?;
@@ -300,6 +302,85 @@ pub async fn check(pipeline: &Pipeline, options: &RunOptions) -> Result<QualityR
     kpi::views::register_all(&ctx, pipeline, Mode::Plan).await?;
     let checks = compile_checks(&ctx, pipeline).await?;
     Ok(quality::run(&ctx, pipeline, &checks, as_of, &output).await)
+}
+
+/// The columns of each source that the run's KPIs, views and checks read, found
+/// by planning them against the lazily registered sources. `None` if any of them
+/// does not plan: the run's own planning then reports why, and text sources are
+/// parsed whole.
+async fn columns_read(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    sources: &[SourceTable],
+    as_of: NaiveDate,
+) -> Option<source::ColumnsRead> {
+    if !sources
+        .iter()
+        .any(|s| matches!(s.kind, "csv" | "json" | "ndjson"))
+    {
+        return None;
+    }
+    match plan_reads(ctx, pipeline, sources, as_of).await {
+        Ok(read) => Some(read),
+        Err(e) => {
+            tracing::debug!(error = %e, "text sources parsed whole: not every query plans yet");
+            None
+        }
+    }
+}
+
+async fn plan_reads(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    sources: &[SourceTable],
+    as_of: NaiveDate,
+) -> Result<source::ColumnsRead, Box<dyn std::error::Error>> {
+    kpi::views::register_all(ctx, pipeline, Mode::Plan).await?;
+    let mut plans = Vec::new();
+    for kpi in kpi::plan_all(ctx, pipeline, as_of).await? {
+        plans.push(kpi.plan().clone());
+    }
+    let checks = quality::compile::compile(ctx, pipeline)
+        .await
+        .map_err(|problems| format!("{} check problems", problems.len()))?;
+    // After compiling: the state is a snapshot, and checks register functions.
+    let state = ctx.state();
+    for view in &pipeline.views {
+        plans.push(state.create_logical_plan(&view.sql).await?);
+    }
+    for query in &checks.queries {
+        plans.push(state.create_logical_plan(&query.sql).await?);
+    }
+    let mut read = source::ColumnsRead::default();
+    let names: Vec<&str> = pipeline.sources.iter().map(|s| s.name.as_str()).collect();
+    for plan in plans {
+        read.add_plan(&state.optimize(&plan)?, &names);
+    }
+    // What checks name (their samples show it) and keys; and whole tables for
+    // what reads whole rows: targets tables and quarantined sources.
+    for (source, checks) in quality::all_checks(pipeline) {
+        for check in checks {
+            for column in check.kind.columns() {
+                read.add(source.unwrap_or_default(), column);
+            }
+            if let crate::config::CheckKind::Relationship { from, to } = &check.kind {
+                read.add(&from.0, &from.1);
+                read.add(&to.0, &to.1);
+            }
+        }
+    }
+    for (s, table) in pipeline.sources.iter().zip(sources) {
+        let targets = pipeline
+            .kpis
+            .iter()
+            .any(|k| k.targets.as_ref() == Some(&s.name));
+        let whole = s.quarantine || targets;
+        let columns = table.schema.fields().iter().map(|f| f.name());
+        for column in columns.filter(|c| whole || s.key.contains(c)) {
+            read.add(&s.name, column);
+        }
+    }
+    Ok(read)
 }
 
 /// Compiles the checks; problems are configuration errors with file positions.

@@ -85,6 +85,13 @@ pub struct PlannedKpi {
     plan: LogicalPlan,
 }
 
+impl PlannedKpi {
+    /// The KPI's query, as planned (not yet optimised).
+    pub fn plan(&self) -> &LogicalPlan {
+        &self.plan
+    }
+}
+
 /// The computed rows of one KPI, with comparisons, ready to score and publish.
 #[derive(Debug, Clone)]
 pub struct KpiSeries {

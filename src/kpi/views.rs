@@ -29,6 +29,9 @@ pub async fn register_all(
             source,
         };
         let frame = ctx.sql(&view.sql).await.map_err(fail)?;
+        // A run plans its views lazily once (to learn what they read) before
+        // materialising them: the second registration replaces the first.
+        ctx.deregister_table(view.name.as_str()).map_err(fail)?;
         match mode {
             Mode::Plan => {
                 ctx.register_table(view.name.as_str(), frame.into_view())
@@ -36,7 +39,9 @@ pub async fn register_all(
             }
             Mode::Load => {
                 let schema = Arc::new(frame.schema().as_arrow().clone());
-                let partitions = frame.collect_partitioned().await.map_err(fail)?;
+                let partitions = crate::session::collect_partitioned(frame, &view.name)
+                    .await
+                    .map_err(fail)?;
                 let rows: usize = partitions.iter().flatten().map(|b| b.num_rows()).sum();
                 let table = MemTable::try_new(schema, partitions).map_err(fail)?;
                 ctx.register_table(view.name.as_str(), Arc::new(table))

@@ -5,6 +5,7 @@
 //! alone, one reader per file from its start, so the message names the file and
 //! its true line rather than a line within a parallel chunk.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use datafusion::arrow::csv::reader::Format;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::json::ReaderBuilder as JsonReaderBuilder;
 use datafusion::arrow::json::reader::infer_json_schema;
+use datafusion::catalog::TableProvider;
 use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
@@ -22,6 +24,7 @@ use datafusion::prelude::{
     CsvReadOptions, DataFrame, JsonReadOptions, ParquetReadOptions, SessionContext,
 };
 
+use super::parsed::ParsedTable;
 use super::{Mode, SourceError, SourceTable};
 use crate::config::{CsvOptions, FileFormat, FileSource};
 
@@ -34,6 +37,99 @@ pub async fn register(
     cfg: &FileSource,
     mode: Mode,
 ) -> Result<SourceTable, SourceError> {
+    if mode == Mode::Load && cfg.format != FileFormat::Parquet {
+        return load(ctx, name, cfg, None).await;
+    }
+    let engine = |source: DataFusionError| SourceError::Engine {
+        name: name.to_string(),
+        source,
+    };
+    let (kind, frame) = frame(ctx, name, cfg).await?;
+    let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+    let rows = match mode {
+        Mode::Plan => None,
+        // Scanned in place with projection pushdown; the row count comes from
+        // the files' metadata.
+        Mode::Load => Some(count_rows(frame.clone()).await.map_err(engine)?),
+    };
+    ctx.register_table(name, frame.into_view())
+        .map_err(engine)?;
+    Ok(SourceTable {
+        name: name.to_string(),
+        kind,
+        schema,
+        rows,
+        in_memory: false,
+        pull: None,
+    })
+}
+
+/// Parses a text source once, into memory: only `columns`, when given (the
+/// others are read from the file if a query asks for them; `parsed.rs`).
+pub async fn load(
+    ctx: &SessionContext,
+    name: &str,
+    cfg: &FileSource,
+    columns: Option<&BTreeSet<String>>,
+) -> Result<SourceTable, SourceError> {
+    let engine = |source: DataFusionError| SourceError::Engine {
+        name: name.to_string(),
+        source,
+    };
+    let (kind, frame) = frame(ctx, name, cfg).await?;
+    let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+    let mut keep: Vec<&str> = schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .filter(|c| columns.is_none_or(|wanted| wanted.contains(*c)))
+        .collect();
+    if keep.is_empty() {
+        // Row counts still need rows: keep the narrowest thing there is, one column.
+        keep.extend(schema.fields().first().map(|f| f.name().as_str()));
+    }
+    let whole = keep.len() == schema.fields().len();
+    let parse = if whole {
+        frame.clone()
+    } else {
+        frame.clone().select_columns(&keep).map_err(engine)?
+    };
+    let parsed_schema = Arc::new(parse.schema().as_arrow().clone());
+    let partitions = match parse.collect_partitioned().await {
+        Ok(p) => p,
+        Err(e) => return Err(diagnose(name, cfg, Some(&schema), e)),
+    };
+    let rows = partitions
+        .iter()
+        .flatten()
+        .map(|b| b.num_rows() as u64)
+        .sum();
+    let memory = MemTable::try_new(parsed_schema, partitions).map_err(engine)?;
+    let table: Arc<dyn TableProvider> = if whole {
+        Arc::new(memory)
+    } else {
+        Arc::new(ParsedTable::new(name, frame.into_view(), memory))
+    };
+    // Replaces the lazy registration of a run's first pass, if there was one.
+    ctx.deregister_table(name).map_err(engine)?;
+    ctx.register_table(name, table).map_err(engine)?;
+    Ok(SourceTable {
+        name: name.to_string(),
+        kind,
+        schema,
+        rows: Some(rows),
+        in_memory: true,
+        pull: None,
+    })
+}
+
+/// The source as a lazy DataFrame over its files, typed as declared, and its
+/// format's name.
+async fn frame(
+    ctx: &SessionContext,
+    name: &str,
+    cfg: &FileSource,
+) -> Result<(&'static str, DataFrame), SourceError> {
     let engine = |source: DataFusionError| SourceError::Engine {
         name: name.to_string(),
         source,
@@ -45,7 +141,7 @@ pub async fn register(
         .collect();
     let extension = common_extension(&cfg.paths);
 
-    let (kind, frame) = match cfg.format {
+    Ok(match cfg.format {
         FileFormat::Parquet => {
             let opts = ParquetReadOptions::default().file_extension(&extension);
             (
@@ -120,46 +216,6 @@ pub async fn register(
                     .map_err(engine)?,
             )
         }
-    };
-
-    let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-    let text = cfg.format != FileFormat::Parquet;
-    let (rows, in_memory) = match mode {
-        Mode::Plan => {
-            ctx.register_table(name, frame.into_view())
-                .map_err(engine)?;
-            (None, false)
-        }
-        Mode::Load if text => {
-            let partitions = match frame.collect_partitioned().await {
-                Ok(p) => p,
-                Err(e) => return Err(diagnose(name, cfg, Some(&schema), e)),
-            };
-            let rows = partitions
-                .iter()
-                .flatten()
-                .map(|b| b.num_rows() as u64)
-                .sum();
-            let table = MemTable::try_new(schema.clone(), partitions).map_err(engine)?;
-            ctx.register_table(name, Arc::new(table)).map_err(engine)?;
-            (Some(rows), true)
-        }
-        Mode::Load => {
-            // Scanned in place with projection pushdown; the row count comes from
-            // the files' metadata.
-            let rows = count_rows(frame.clone()).await.map_err(engine)?;
-            ctx.register_table(name, frame.into_view())
-                .map_err(engine)?;
-            (Some(rows), false)
-        }
-    };
-    Ok(SourceTable {
-        name: name.to_string(),
-        kind,
-        schema,
-        rows,
-        in_memory,
-        pull: None,
     })
 }
 

@@ -3,23 +3,28 @@
 //! new kind does not compile until it is handled here.
 //!
 //! Text formats are parsed once per run into memory ([`Mode::Load`]); checks and
-//! KPIs then read Arrow data. Columnar files are scanned in place.
+//! KPIs then read Arrow data. A run parses only the columns its queries read
+//! ([`prepare_all`], [`parse_text`]). Columnar files are scanned in place.
 
 mod file;
 mod http;
 pub mod incremental;
 mod mysql;
+mod parsed;
 mod postgres;
 mod sql;
 mod sqlite;
 
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::catalog::TableProvider;
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use futures::FutureExt;
 use futures::future::try_join_all;
@@ -27,7 +32,9 @@ use tracing::Instrument;
 
 use datafusion::datasource::MemTable;
 
-use crate::config::{DatabaseKind, DatabaseSource, HttpSource, Pipeline, Source, SourceKind};
+use crate::config::{
+    DatabaseKind, DatabaseSource, FileFormat, FileSource, HttpSource, Pipeline, Source, SourceKind,
+};
 
 /// How much work registering a source may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,8 +109,35 @@ pub async fn register_all_with(
     mode: Mode,
     progress: &crate::progress::Hook,
 ) -> Result<Vec<SourceTable>, SourceError> {
+    register_each(ctx, pipeline, mode, false, progress).await
+}
+
+/// Registers every source for a run: as [`Mode::Load`] does, except text files,
+/// which are registered lazily (as in [`Mode::Plan`]) for [`parse_text`] to
+/// parse once the run knows which of their columns it reads.
+pub async fn prepare_all(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    progress: &crate::progress::Hook,
+) -> Result<Vec<SourceTable>, SourceError> {
+    register_each(ctx, pipeline, Mode::Load, true, progress).await
+}
+
+async fn register_each(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    mode: Mode,
+    defer_text: bool,
+    progress: &crate::progress::Hook,
+) -> Result<Vec<SourceTable>, SourceError> {
     use crate::progress::Stage;
     try_join_all(pipeline.sources.iter().map(|s| async move {
+        if let Some(cfg) = text_file(s).filter(|_| defer_text) {
+            // Reported (progress, log) by `parse_text`, which reads it.
+            return file::register(ctx, &s.name, cfg, Mode::Plan)
+                .await
+                .map_err(|error| locate(error, pipeline, &s.name));
+        }
         // Ends as failed if this source fails, or is dropped when another does.
         let reading = progress.stage(Stage::Source, &s.name);
         let table = match (&s.incremental, mode) {
@@ -117,6 +151,123 @@ pub async fn register_all_with(
         table
     }))
     .await
+}
+
+/// A source's file settings, if it is a text file (parsed rather than scanned).
+fn text_file(source: &Source) -> Option<&FileSource> {
+    match &source.kind {
+        SourceKind::File(cfg) if cfg.format != FileFormat::Parquet => Some(cfg),
+        _ => None,
+    }
+}
+
+/// Parses the text sources [`prepare_all`] registered lazily, each once and
+/// concurrently: only `columns[source]` where given, else every column.
+pub async fn parse_text(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    sources: &mut [SourceTable],
+    columns: Option<&ColumnsRead>,
+    progress: &crate::progress::Hook,
+) -> Result<(), SourceError> {
+    use crate::progress::Stage;
+    let text = pipeline
+        .sources
+        .iter()
+        .filter_map(|s| text_file(s).map(|cfg| (s, cfg)));
+    let parsed = try_join_all(text.map(|(s, cfg)| async move {
+        let reading = progress.stage(Stage::Source, &s.name);
+        let started = std::time::Instant::now();
+        let wanted = columns.map(|c| c.of(&s.name));
+        let table = file::load(ctx, &s.name, cfg, wanted.as_ref())
+            .instrument(tracing::info_span!("source", name = %s.name))
+            .await
+            .map_err(|error| locate(error, pipeline, &s.name))?;
+        tracing::info!(
+            source = %table.name,
+            kind = table.kind,
+            rows = table.rows,
+            in_memory = table.in_memory,
+            columns = wanted.as_ref().map_or(table.schema.fields().len(), |w| w.len()),
+            ms = started.elapsed().as_millis() as u64,
+            "source ready"
+        );
+        reading.done();
+        Ok::<_, SourceError>(table)
+    }))
+    .await?;
+    for table in parsed {
+        if let Some(slot) = sources.iter_mut().find(|s| s.name == table.name) {
+            *slot = table;
+        }
+    }
+    Ok(())
+}
+
+/// The columns a run's queries read, per table.
+#[derive(Debug, Default, Clone)]
+pub struct ColumnsRead(HashMap<String, BTreeSet<String>>);
+
+impl ColumnsRead {
+    /// Adds what the scans of `plan` (optimised, so scans carry their
+    /// projections) and of its subqueries read. A source registered as a view
+    /// is inlined by the optimiser as an unnamed scan under an alias with the
+    /// source's name: such scans are counted for the nearest of `sources`
+    /// they are under.
+    pub fn add_plan(&mut self, plan: &LogicalPlan, sources: &[&str]) {
+        self.walk(plan, sources, None);
+    }
+
+    fn walk(&mut self, plan: &LogicalPlan, sources: &[&str], within: Option<&str>) {
+        let within = match plan {
+            LogicalPlan::SubqueryAlias(a) => sources
+                .iter()
+                .find(|s| s.eq_ignore_ascii_case(a.alias.table()))
+                .copied()
+                .or(within),
+            _ => within,
+        };
+        if let LogicalPlan::TableScan(scan) = plan {
+            let table = within.unwrap_or(scan.table_name.table());
+            let read = self.0.entry(table.to_string()).or_default();
+            read.extend(
+                scan.projected_schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone()),
+            );
+            for filter in &scan.filters {
+                read.extend(filter.column_refs().into_iter().map(|c| c.name.clone()));
+            }
+        }
+        for input in plan.inputs() {
+            self.walk(input, sources, within);
+        }
+        let _ = plan.apply_subqueries(|subquery| {
+            self.walk(subquery, sources, None);
+            Ok(TreeNodeRecursion::Continue)
+        });
+    }
+
+    /// Adds `column` of `table`.
+    pub fn add(&mut self, table: &str, column: &str) {
+        self.0
+            .entry(table.to_string())
+            .or_default()
+            .insert(column.to_string());
+    }
+
+    /// What is read of `table`, whose name DataFusion may have lower-cased.
+    pub fn of(&self, table: &str) -> BTreeSet<String> {
+        let by_name = self.0.get(table);
+        let lower = self.0.get(&table.to_lowercase());
+        by_name
+            .into_iter()
+            .chain(lower)
+            .flatten()
+            .cloned()
+            .collect()
+    }
 }
 
 /// Adds the source's place in the pipeline file to an error about it.

@@ -273,3 +273,45 @@ fn as_of_parameter_and_future_periods() {
     // January in full; February holds only rows up to the as-of date (none); March is in the future.
     assert_eq!(values, vec![Some(1.0)]);
 }
+
+/// A text source is parsed once, and only in the columns the run's queries read;
+/// what reads other columns (a failing check's sample of whole rows) still sees
+/// them, read from the file again.
+#[test]
+fn text_sources_parse_only_the_columns_queries_read() {
+    let yaml = "name: p\noutput: out\nsources:\n  t:\n    file: data/t.csv\n    checks:\n      \
+                - expression: {name: positive, sql: amount > 0}\n\
+                kpis:\n  - id: total\n    sql: sql/k.sql\n    grain: month\n";
+    let csv = "d,amount,note,wide\n2026-01-05,10,a,xxxxxxxx\n2026-01-20,-2,b,yyyyyyyy\n2026-02-03,5,c,zzzzzzzz\n";
+    let dir = project(&[
+        ("pipelines/p.yaml", yaml),
+        ("sql/k.sql", KPI_SQL),
+        ("data/t.csv", csv),
+    ]);
+    let out = kpiforge(
+        dir.path(),
+        &["-v", "run", "pipelines/p.yaml", "--as-of", "2026-02-28"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let log = stderr(&out);
+    // d and amount (the KPI's), not note and wide.
+    let ready = log
+        .lines()
+        .find(|l| l.contains("source ready") && l.contains("source=t"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(ready.contains("columns=2"), "{ready}");
+    assert!(log.contains("reading the file again"), "{log}");
+    assert_eq!(
+        published_values(
+            &dir.path()
+                .join("out/kpi_values/pipeline=p/as_of=2026-02-28/part-0.parquet")
+        ),
+        vec![Some(8.0), Some(5.0)]
+    );
+    // The sample shows the whole failing row, columns not parsed included.
+    let shown = super::util::stdout(&out);
+    assert!(
+        shown.contains("d=2026-01-20, amount=-2, note=b, wide=yyyyyyyy"),
+        "{shown}"
+    );
+}
