@@ -139,7 +139,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
     let result = async {
         let ctx = session();
         sources = source::prepare_all(&ctx, pipeline, progress).await?;
-        let columns = columns_read(&ctx, pipeline, &sources, as_of).await;
+        let columns = columns_read(&ctx, pipeline, &sources, Some(as_of)).await;
         source::parse_text(&ctx, pipeline, &mut sources, columns.as_ref(), progress).await?;
         kpi::views::register_all(&ctx, pipeline, Mode::Load).await?;
         let planned = kpi::plan_all(&ctx, pipeline, as_of).await?;
@@ -297,22 +297,25 @@ pub async fn check(pipeline: &Pipeline, options: &RunOptions) -> Result<QualityR
         .clone()
         .unwrap_or_else(|| pipeline.output.clone());
     let ctx = session();
-    source::register_all(&ctx, pipeline, Mode::Load).await?;
+    let progress = &options.progress;
+    let mut sources = source::prepare_all(&ctx, pipeline, progress).await?;
+    let columns = columns_read(&ctx, pipeline, &sources, None).await;
+    source::parse_text(&ctx, pipeline, &mut sources, columns.as_ref(), progress).await?;
     // Views stay lazy: only a reconciliation's SQL may read them.
     kpi::views::register_all(&ctx, pipeline, Mode::Plan).await?;
     let checks = compile_checks(&ctx, pipeline).await?;
     Ok(quality::run(&ctx, pipeline, &checks, as_of, &output).await)
 }
 
-/// The columns of each source that the run's KPIs, views and checks read, found
-/// by planning them against the lazily registered sources. `None` if any of them
-/// does not plan: the run's own planning then reports why, and text sources are
-/// parsed whole.
+/// The columns of each source that the run's KPIs (as of `kpis_as_of`; none
+/// without it), views and checks read, found by planning them against the
+/// lazily registered sources. `None` if any of them does not plan: the run's own
+/// planning then reports why, and text sources are parsed whole.
 async fn columns_read(
     ctx: &SessionContext,
     pipeline: &Pipeline,
     sources: &[SourceTable],
-    as_of: NaiveDate,
+    kpis_as_of: Option<NaiveDate>,
 ) -> Option<source::ColumnsRead> {
     if !sources
         .iter()
@@ -320,7 +323,7 @@ async fn columns_read(
     {
         return None;
     }
-    match plan_reads(ctx, pipeline, sources, as_of).await {
+    match plan_reads(ctx, pipeline, sources, kpis_as_of).await {
         Ok(read) => Some(read),
         Err(e) => {
             tracing::debug!(error = %e, "text sources parsed whole: not every query plans yet");
@@ -333,12 +336,14 @@ async fn plan_reads(
     ctx: &SessionContext,
     pipeline: &Pipeline,
     sources: &[SourceTable],
-    as_of: NaiveDate,
+    kpis_as_of: Option<NaiveDate>,
 ) -> Result<source::ColumnsRead, Box<dyn std::error::Error>> {
     kpi::views::register_all(ctx, pipeline, Mode::Plan).await?;
     let mut plans = Vec::new();
-    for kpi in kpi::plan_all(ctx, pipeline, as_of).await? {
-        plans.push(kpi.plan().clone());
+    if let Some(as_of) = kpis_as_of {
+        for kpi in kpi::plan_all(ctx, pipeline, as_of).await? {
+            plans.push(kpi.plan().clone());
+        }
     }
     let checks = quality::compile::compile(ctx, pipeline)
         .await

@@ -314,4 +314,15 @@ fn text_sources_parse_only_the_columns_queries_read() {
         shown.contains("d=2026-01-20, amount=-2, note=b, wide=yyyyyyyy"),
         "{shown}"
     );
+    // `check` parses what the checks read: `amount`.
+    let out = kpiforge(
+        dir.path(),
+        &["-v", "check", "pipelines/p.yaml", "--as-of", "2026-02-28"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(
+        log.contains("source=t kind=\"csv\" rows=3 in_memory=true columns=1"),
+        "{log}"
+    );
 }
