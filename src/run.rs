@@ -317,9 +317,10 @@ async fn columns_read(
     sources: &[SourceTable],
     kpis_as_of: Option<NaiveDate>,
 ) -> Option<source::ColumnsRead> {
-    if !sources
+    if !pipeline
+        .sources
         .iter()
-        .any(|s| matches!(s.kind, "csv" | "json" | "ndjson"))
+        .any(|s| source::text_file(s).is_some())
     {
         return None;
     }

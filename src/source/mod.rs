@@ -154,7 +154,7 @@ async fn register_each(
 }
 
 /// A source's file settings, if it is a text file (parsed rather than scanned).
-fn text_file(source: &Source) -> Option<&FileSource> {
+pub fn text_file(source: &Source) -> Option<&FileSource> {
     match &source.kind {
         SourceKind::File(cfg) if cfg.format != FileFormat::Parquet => Some(cfg),
         _ => None,
