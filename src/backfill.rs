@@ -188,6 +188,8 @@ pub async fn backfill(
     // file that the latest period must win.
     let sequential = if pipeline.sources.iter().any(|s| s.incremental.is_some()) {
         Some("incremental sources")
+    } else if pipeline.incremental {
+        Some("`incremental: true`, whose kept aggregates each run updates")
     } else if pipeline
         .sources
         .iter()

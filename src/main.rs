@@ -146,6 +146,10 @@ enum Command {
         /// Write results here instead of the pipeline's `output:`.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// With `incremental: true`, recompute every aggregate from all the files
+        /// and keep the results as the new state.
+        #[arg(long)]
+        full: bool,
     },
 }
 
@@ -420,6 +424,7 @@ async fn execute(command: Command) -> Result<i32, (Option<String>, Error)> {
             pipeline,
             as_of,
             output,
+            full,
         } => {
             let (pipeline, name) = load(&pipeline)?;
             let multi = kpiforge::progress::multi();
@@ -435,6 +440,7 @@ async fn execute(command: Command) -> Result<i32, (Option<String>, Error)> {
                     as_of,
                     output,
                     progress,
+                    full,
                     ..RunOptions::default()
                 },
             )

@@ -33,6 +33,8 @@ pub struct RunOptions {
     pub run_id: Option<String>,
     /// Progress shown as the run goes (a terminal's bars); none by default.
     pub progress: crate::progress::Hook,
+    /// With `incremental: true`: rebuild the kept aggregates from all the files.
+    pub full: bool,
 }
 
 /// What a successful run did.
@@ -155,7 +157,8 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
                 report
             },
             async {
-                let computed = kpi::compute(&ctx, planned, as_of).await;
+                let incremental = kpi::Incremental::new(pipeline, options.full);
+                let computed = kpi::compute(&ctx, planned, as_of, incremental.as_ref()).await;
                 progress.end(Stage::Kpis, "", computed.is_ok());
                 computed
             }
@@ -206,6 +209,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
             file.commit()?;
         }
         source::commit_pulls(&sources, &run_id)?;
+        std::mem::take(&mut computed.kept).commit()?;
         publishing.done();
         let failed_sources: Vec<String> = gate
             .failed_sources()
@@ -256,7 +260,8 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
     if let Err(e) = &recorded {
         tracing::error!(error = %e, "the run could not be recorded in the runs dataset");
     }
-    let (Computed { series, shared }, scorecard, quality, quality_failed_sources, tables) = result?;
+    let (Computed { series, shared, .. }, scorecard, quality, quality_failed_sources, tables) =
+        result?;
     recorded?;
     let lints = score::lint::check_stale(pipeline, &series, as_of);
     let report = if pipeline.report {

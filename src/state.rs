@@ -39,6 +39,15 @@ pub enum StateLocation {
 }
 
 impl StateLocation {
+    /// The local folder for what a pipeline keeps on disk (incremental caches
+    /// and aggregate states): beside the SQLite file, or a PostgreSQL store's `cache`.
+    pub fn local_dir(&self) -> &Path {
+        match self {
+            StateLocation::Sqlite(path) => path.parent().unwrap_or(Path::new(".")),
+            StateLocation::Postgres { cache, .. } => cache.as_path(),
+        }
+    }
+
     /// Reads `state:` (already interpolated): a `postgres://` or
     /// `postgresql://` URL, or a path relative to `root`.
     pub fn parse(text: &str, root: &Path) -> Result<StateLocation, String> {
@@ -235,11 +244,11 @@ impl StateStore {
     /// The folder where incremental sources keep their cache: beside the
     /// SQLite file, or in the local folder of a PostgreSQL store.
     pub fn cache_dir(&self, pipeline: &str, source: &str) -> PathBuf {
-        let dir = match &self.location {
-            StateLocation::Sqlite(path) => path.parent().unwrap_or(Path::new(".")),
-            StateLocation::Postgres { cache, .. } => cache.as_path(),
-        };
-        dir.join("cache").join(pipeline).join(source)
+        self.location
+            .local_dir()
+            .join("cache")
+            .join(pipeline)
+            .join(source)
     }
 
     pub fn watermark(&self, pipeline: &str, source: &str) -> Result<Option<Watermark>, StateError> {

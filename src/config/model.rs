@@ -43,6 +43,9 @@ pub struct Pipeline {
     pub output: PathBuf,
     /// Write the HTML scorecard after each run (`report: true`).
     pub report: bool,
+    /// Keep KPI aggregates between runs and update them with the files appended
+    /// since (`incremental: true`; `kpi/incremental.rs`).
+    pub incremental: bool,
     /// The state store: source watermarks, the incremental cache and the run
     /// history (`.kpiforge/state.db` under the project root unless `state:`
     /// names another file or a `postgres://` URL).
@@ -442,6 +445,7 @@ impl Pipeline {
             root,
             output,
             report: raw.report,
+            incremental: raw.incremental,
             state,
             sources,
             views,

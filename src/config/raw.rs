@@ -34,6 +34,10 @@ pub struct RawPipeline {
     /// Write the HTML scorecard beside the datasets after each run.
     #[serde(default)]
     pub report: bool,
+    /// Keep KPI aggregates between runs and bring them up to date with the
+    /// Parquet files appended since, instead of recomputing them.
+    #[serde(default)]
+    pub incremental: bool,
     /// The state store: a file relative to the project root (default
     /// `.kpiforge/state.db`) or a `postgres://` URL; `${VAR}` is interpolated.
     #[serde(default)]

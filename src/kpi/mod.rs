@@ -4,6 +4,7 @@
 
 mod compare;
 pub mod contract;
+pub mod incremental;
 pub mod period;
 mod share;
 pub mod views;
@@ -18,6 +19,7 @@ use datafusion::prelude::SessionContext;
 use futures::future::try_join_all;
 
 pub use contract::{KpiRow, Measure};
+pub use incremental::Incremental;
 pub use share::SharedPlan;
 
 use crate::config::{Kpi, Pipeline};
@@ -103,10 +105,12 @@ pub struct KpiSeries {
 }
 
 /// The KPIs' results, and the sub-plans they shared.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Computed {
     pub series: Vec<KpiSeries>,
     pub shared: Vec<SharedPlan>,
+    /// New aggregate states (`incremental: true`), to commit once the run publishes.
+    pub kept: incremental::Pending,
 }
 
 /// One KPI value for one period and segment.
@@ -222,7 +226,12 @@ pub async fn compute(
     ctx: &SessionContext,
     planned: Vec<PlannedKpi>,
     as_of: NaiveDate,
+    incremental: Option<&Incremental>,
 ) -> Result<Computed, KpiError> {
+    let (planned, kept) = match incremental {
+        Some(inc) => maintain(ctx, inc, planned).await,
+        None => (planned, incremental::Pending::default()),
+    };
     let (planned, shared) = share_work(ctx, planned).await;
     let tasks = planned.into_iter().map(|p| {
         let ctx = ctx.clone();
@@ -241,7 +250,36 @@ pub async fn compute(
         .await
         .map_err(|e| KpiError::Internal(e.to_string()))?;
     let series = joined.into_iter().collect::<Result<_, _>>()?;
-    Ok(Computed { series, shared })
+    Ok(Computed {
+        series,
+        shared,
+        kept,
+    })
+}
+
+/// Rewrites the KPIs' plans to read their aggregates brought up to date from
+/// the kept states (`incremental.rs`). That only saves work: if it fails, the
+/// KPIs are computed in full.
+async fn maintain(
+    ctx: &SessionContext,
+    incremental: &Incremental,
+    planned: Vec<PlannedKpi>,
+) -> (Vec<PlannedKpi>, incremental::Pending) {
+    let plans = planned.iter().map(|p| p.plan.clone()).collect();
+    match incremental.maintain(ctx, plans).await {
+        Ok((plans, kept)) => {
+            let planned = planned
+                .into_iter()
+                .zip(plans)
+                .map(|(p, plan)| PlannedKpi { plan, ..p })
+                .collect();
+            (planned, kept)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not bring the kept aggregates up to date; computing the KPIs in full");
+            (planned, incremental::Pending::default())
+        }
+    }
 }
 
 /// Rewrites the KPIs' plans so that work they share is computed once

@@ -30,7 +30,7 @@ use datafusion::common::{Column, DFSchemaRef, internal_err};
 use datafusion::datasource::empty::EmptyTable;
 use datafusion::datasource::{MemTable, provider_as_source};
 use datafusion::error::DataFusionError;
-use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{
     Expr, LogicalPlan, LogicalPlanBuilder, SubqueryAlias, TableScanBuilder,
 };
@@ -59,7 +59,7 @@ struct Pending {
 
 /// What identifies a unit of shared work: its row source (scans widened to all
 /// columns) and, for an aggregate, its grouping expressions.
-type Key = (LogicalPlan, Vec<Expr>);
+pub(super) type Key = (LogicalPlan, Vec<Expr>);
 
 /// A shared unit's table, the union of what its users need, and the table's
 /// source (a placeholder until it is computed).
@@ -67,9 +67,9 @@ type SharedTable = (String, Vec<Expr>, Arc<dyn TableProvider>);
 
 /// A shareable node, normalised: `key` identifies the work, `exprs` are what
 /// this use needs of it, `schema` is what the use must still output.
-struct Unit {
-    key: Key,
-    exprs: Vec<Expr>,
+pub(super) struct Unit {
+    pub(super) key: Key,
+    pub(super) exprs: Vec<Expr>,
     schema: DFSchemaRef,
 }
 
@@ -79,18 +79,7 @@ pub async fn share(
     ctx: &SessionContext,
     plans: Vec<LogicalPlan>,
 ) -> Result<(Vec<LogicalPlan>, Vec<SharedPlan>), DataFusionError> {
-    // Analyse plans with `count(DISTINCT x)` left as it is: the rule that rewrites
-    // it into a two-level GROUP BY would give each such KPI a grouping of its own.
-    let state = ctx.state();
-    let rules = state
-        .optimizers()
-        .iter()
-        .filter(|r| r.name() != "single_distinct_aggregation_to_group_by")
-        .cloned()
-        .collect();
-    let analysis = SessionStateBuilder::new_from_existing(state)
-        .with_optimizer_rules(rules)
-        .build();
+    let analysis = analysis_state(ctx);
     let mut plans: Vec<LogicalPlan> = plans
         .iter()
         .map(|p| analysis.optimize(p))
@@ -179,6 +168,30 @@ pub async fn share(
         tracing::debug!(plan = i, rewritten = %plan.display_indent(), "KPI plan after sharing");
     }
     Ok((plans, report))
+}
+
+/// The session's optimiser for analysing plans that are rewritten and then
+/// optimised again, without two rules:
+/// - the one that rewrites `count(DISTINCT x)` into a two-level GROUP BY: it would
+///   give each such KPI a grouping of its own, and hide the count from `incremental`;
+/// - common subexpression elimination: run again on its own output, it names a new
+///   common expression `__common_expr_1` beside the one already there, and the two mix.
+pub fn analysis_state(ctx: &SessionContext) -> SessionState {
+    let state = ctx.state();
+    let rules = state
+        .optimizers()
+        .iter()
+        .filter(|r| {
+            !matches!(
+                r.name(),
+                "single_distinct_aggregation_to_group_by" | "common_sub_expression_eliminate"
+            )
+        })
+        .cloned()
+        .collect();
+    SessionStateBuilder::new_from_existing(state)
+        .with_optimizer_rules(rules)
+        .build()
 }
 
 /// Finds the units of `kind` used more than once in `plans` (at any depth),
@@ -331,7 +344,7 @@ fn rewrite(
 
 /// An aggregate, with the projections and aliases under it folded into its
 /// expressions, keyed by its row source and grouping.
-fn aggregate_unit(node: &LogicalPlan) -> Result<Option<Unit>, DataFusionError> {
+pub(super) fn aggregate_unit(node: &LogicalPlan) -> Result<Option<Unit>, DataFusionError> {
     let LogicalPlan::Aggregate(agg) = node else {
         return Ok(None);
     };

@@ -61,14 +61,28 @@ pub fn stage_parquet(
     batch: &RecordBatch,
     tag: &str,
 ) -> Result<Staged, PublishError> {
+    stage_parquet_grouped(dir, name, batch, tag, None)
+}
+
+/// [`stage_parquet`] with row groups of at most `rows` rows: small groups of
+/// sorted rows let a filtered read skip most of them.
+pub fn stage_parquet_grouped(
+    dir: &Path,
+    name: &str,
+    batch: &RecordBatch,
+    tag: &str,
+    rows: Option<usize>,
+) -> Result<Staged, PublishError> {
     stage(dir, name, tag, |file, target| {
         let parquet = |source| PublishError::Parquet {
             path: target.to_path_buf(),
             source,
         };
-        let props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .build();
+        let mut props = WriterProperties::builder().set_compression(Compression::SNAPPY);
+        if rows.is_some() {
+            props = props.set_max_row_group_row_count(rows);
+        }
+        let props = props.build();
         let mut writer =
             ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(parquet)?;
         writer.write(batch).map_err(parquet)?;

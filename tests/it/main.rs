@@ -8,6 +8,7 @@ mod demo;
 mod files;
 mod http;
 mod incremental;
+mod maintained;
 mod postgres;
 mod publish;
 mod quality;

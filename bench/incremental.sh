@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Times a nightly incremental run against a full one on the TPC-H KPI workload
+# (bench/tpch.sh): one new day of orders and their lines appended to the history.
+#
+# usage: bench/incremental.sh DATA_DIR [ROUNDS]
+#   DATA_DIR holds lineitem, orders and customer .parquet (../shared/bench/gen_data.sh).
+#   Needs python3 with duckdb (the bench venv: ../shared/bench/setup_venv.sh) to
+#   write the new day, and the release binary.
+#
+# The new day is the last day's orders (and their lines) again, one day later,
+# under new order keys past the last one, as an order system appends them. Each
+# round prints three wall times, all with the history plus the new day:
+#   full        `incremental: false`, everything computed;
+#   incremental `incremental: true`, states kept from a run over the history alone;
+#   rebuild     `incremental: true` with `--full`: a first run, which builds the states.
+# and at the end the medians, and whether the two outputs are equal.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+DATA=$(cd "$1" && pwd)
+ROUNDS=${2:-5}
+PY=${PYTHON:-python3}
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+
+mkdir -p "$T/history" "$T/day"
+for t in lineitem orders customer; do ln -s "$DATA/$t.parquet" "$T/history/$t.parquet"; done
+"$PY" - "$DATA" "$T/day" <<'PY'
+import sys, duckdb
+data, day = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+con.execute(f"CREATE VIEW o AS SELECT * FROM '{data}/orders.parquet'")
+con.execute(f"CREATE VIEW l AS SELECT * FROM '{data}/lineitem.parquet'")
+last, top = con.execute("SELECT max(o_orderdate), max(o_orderkey) FROM o").fetchone()
+con.execute(f"""CREATE TABLE keys AS SELECT o_orderkey AS old, {top} + row_number() OVER (ORDER BY o_orderkey) AS new
+                FROM o WHERE o_orderdate = DATE '{last}'""")
+con.execute(f"""COPY (SELECT * REPLACE (k.new AS o_orderkey, o_orderdate + 1 AS o_orderdate)
+                FROM o JOIN keys k ON o.o_orderkey = k.old ORDER BY o_orderkey)
+                TO '{day}/orders_day.parquet' (FORMAT parquet)""")
+con.execute(f"""COPY (SELECT * REPLACE (k.new AS l_orderkey, l_shipdate + 1 AS l_shipdate,
+                l_commitdate + 1 AS l_commitdate, l_receiptdate + 1 AS l_receiptdate)
+                FROM l JOIN keys k ON l.l_orderkey = k.old ORDER BY l_orderkey)
+                TO '{day}/lineitem_day.parquet' (FORMAT parquet)""")
+n_o = con.execute(f"SELECT count(*) FROM '{day}/orders_day.parquet'").fetchone()[0]
+n_l = con.execute(f"SELECT count(*) FROM '{day}/lineitem_day.parquet'").fetchone()[0]
+print(f"new day {last} + 1: {n_o} orders, {n_l} lines", file=sys.stderr)
+PY
+
+timed() { # label, then the command; prints seconds
+  local start end
+  start=$(date +%s.%N)
+  "$@" >/dev/null
+  end=$(date +%s.%N)
+  echo "$end - $start" | bc
+}
+median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+
+# The state as kept after a nightly run over the history alone.
+KPIFORGE_WORK=$T/primed KPIFORGE_INCREMENTAL=true "$HERE/bench/tpch.sh" "$T/history" "$T/primed.parquet" >/dev/null
+cp "$T/day/"*.parquet "$T/history/"
+
+: > "$T/full.txt"; : > "$T/incremental.txt"; : > "$T/rebuild.txt"
+for round in $(seq "$ROUNDS"); do
+  rm -rf "$T/inc"; cp -r "$T/primed" "$T/inc"
+  full=$(timed "$HERE/bench/tpch.sh" "$T/history" "$T/full.parquet")
+  inc=$(KPIFORGE_WORK=$T/inc KPIFORGE_INCREMENTAL=true timed "$HERE/bench/tpch.sh" "$T/history" "$T/inc.parquet")
+  rebuild=$(KPIFORGE_WORK=$T/inc KPIFORGE_INCREMENTAL=true KPIFORGE_RUN_FLAGS=--full timed "$HERE/bench/tpch.sh" "$T/history" "$T/rebuild.parquet")
+  echo "round $round: full ${full}s incremental ${inc}s rebuild ${rebuild}s"
+  echo "$full" >> "$T/full.txt"; echo "$inc" >> "$T/incremental.txt"; echo "$rebuild" >> "$T/rebuild.txt"
+done
+f=$(median < "$T/full.txt"); i=$(median < "$T/incremental.txt"); r=$(median < "$T/rebuild.txt")
+echo "median: full ${f}s incremental ${i}s ($(echo "scale=1; 100 * $i / $f" | bc)% of full) rebuild ${r}s"
+"$PY" - "$T/full.parquet" "$T/inc.parquet" <<'PY'
+import sys, duckdb
+a, b = sys.argv[1], sys.argv[2]
+diff = duckdb.sql(f"""SELECT count(*) AS rows, max(abs(x.value - y.value) / greatest(abs(x.value), 1)) AS worst
+    FROM '{a}' x FULL JOIN '{b}' y USING (kpi, month)""").fetchall()[0]
+missing = duckdb.sql(f"SELECT count(*) FROM '{a}' x FULL JOIN '{b}' y USING (kpi, month) WHERE (x.value IS NULL) <> (y.value IS NULL)").fetchall()[0][0]
+print(f"outputs: {diff[0]} values, worst relative difference {diff[1] or 0:.2e}, {missing} missing on one side")
+PY
