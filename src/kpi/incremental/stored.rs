@@ -76,10 +76,6 @@ impl Store {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The kept manifest of `key`, if there is one for this very plan.
     pub fn manifest(&self, key: &str, plan: &str) -> Option<Manifest> {
         let path = self.dir.join(key).join("manifest.json");
