@@ -169,8 +169,9 @@ impl Incremental {
             }
         }
 
+        let lock = self.store.lock().map_err(DataFusionError::Execution)?;
         let results = try_join_all(fused.iter().map(|(m, _)| self.update(ctx, m))).await?;
-        let mut pending = Pending::default();
+        let mut pending = Pending::locked(lock);
         let mut reads: HashMap<LogicalPlan, LogicalPlan> = HashMap::new();
         for ((m, uses), (table, staged)) in fused.iter().zip(results) {
             for u in uses {

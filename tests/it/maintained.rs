@@ -208,7 +208,9 @@ fn appended_files_update_the_kept_aggregates_to_the_full_result() {
     assert_same_as_full(d);
     let manifests: Vec<String> = std::fs::read_dir(d.join(".kpiforge/incremental/p"))
         .unwrap()
-        .map(|e| std::fs::read_to_string(e.unwrap().path().join("manifest.json")).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .map(|p| std::fs::read_to_string(p.join("manifest.json")).unwrap())
         .collect();
     assert_eq!(manifests.len(), kept);
     assert!(
@@ -255,4 +257,18 @@ fn appended_files_update_the_kept_aggregates_to_the_full_result() {
     let log = run(d, &["--full"]);
     assert_eq!(modes(&log, "incremental"), 0, "{log}");
     assert_same_as_full(d);
+
+    // While another run holds the kept states, a run computes in full and leaves them alone.
+    let lock = std::fs::File::create(d.join(".kpiforge/incremental/p/.lock")).unwrap();
+    lock.try_lock().unwrap();
+    let log = run(d, &[]);
+    assert!(
+        log.contains("another run of this pipeline is updating its kept aggregates"),
+        "{log}"
+    );
+    assert_eq!(modes(&log, "incremental") + modes(&log, "full"), 0, "{log}");
+    assert_same_as_full(d);
+    drop(lock);
+    let log = run(d, &[]);
+    assert_eq!(modes(&log, "incremental"), kept, "{log}");
 }

@@ -6,6 +6,7 @@
 //! state whole; files no manifest names are removed by the next commit.
 
 use std::collections::BTreeMap;
+use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
@@ -76,12 +77,41 @@ impl Store {
         }
     }
 
-    /// The kept manifest of `key`, if there is one for this very plan.
+    /// Takes the pipeline's lock on its kept states, held until the run's new
+    /// states are committed or dropped: one run at a time updates them.
+    pub fn lock(&self) -> Result<File, String> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+        let path = self.dir.join(".lock");
+        let file =
+            File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(TryLockError::WouldBlock) => Err(format!(
+                "another run of this pipeline is updating its kept aggregates (it holds {})",
+                path.display()
+            )),
+            Err(TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+        }
+    }
+
+    /// The kept manifest of `key`, if there is one for this very plan and
+    /// every file it names is there.
     pub fn manifest(&self, key: &str, plan: &str) -> Option<Manifest> {
         let path = self.dir.join(key).join("manifest.json");
         let text = std::fs::read_to_string(&path).ok()?;
         match serde_json::from_str::<Manifest>(&text) {
-            Ok(m) if m.plan == plan => Some(m),
+            Ok(m) if m.plan == plan => {
+                let files = m.groups.values().chain(m.pairs.iter().flatten());
+                if let Some(lost) = files
+                    .into_iter()
+                    .find(|f| !self.dir.join(key).join(f).exists())
+                {
+                    tracing::warn!(file = %self.dir.join(key).join(lost).display(), "a file of a kept aggregate is missing: rebuilding it");
+                    return None;
+                }
+                Some(m)
+            }
             Ok(_) => None,
             Err(e) => {
                 tracing::warn!(file = %path.display(), error = %e, "unreadable aggregate state: rebuilding it");
@@ -137,9 +167,18 @@ impl Store {
 pub struct Pending {
     /// Per aggregate, its new files, the manifest last.
     states: Vec<Vec<Staged>>,
+    /// The lock on the kept states ([`Store::lock`]), released when this goes.
+    lock: Option<File>,
 }
 
 impl Pending {
+    pub fn locked(lock: File) -> Pending {
+        Pending {
+            states: Vec::new(),
+            lock: Some(lock),
+        }
+    }
+
     pub fn add(&mut self, staged: Vec<Staged>) {
         if !staged.is_empty() {
             self.states.push(staged);
@@ -148,6 +187,7 @@ impl Pending {
 
     /// Puts every new state in place, then removes the files no manifest names.
     pub fn commit(self) -> Result<(), crate::publish::PublishError> {
+        let _lock = self.lock;
         for state in self.states {
             let mut dir = None;
             for file in state {
