@@ -121,21 +121,9 @@ impl Incremental {
             }
         }
         for ((rows, groups), nodes) in by_rows {
-            let mut union: Vec<Expr> = Vec::new();
-            for e in nodes.iter().flat_map(|(_, exprs)| exprs) {
-                if !union.contains(e) {
-                    union.push(e.clone());
-                }
-            }
-            let named = |prefix: &str, exprs: &[Expr]| -> Vec<Expr> {
-                exprs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| e.clone().alias(format!("{prefix}{i}")))
-                    .collect()
-            };
+            let union = share::union_of(nodes.iter().flat_map(|(_, exprs)| exprs));
             let node = LogicalPlanBuilder::from(rows)
-                .aggregate(named("g", &groups), named("c", &union))?
+                .aggregate(share::named("g", &groups), share::named("c", &union))?
                 .build()?;
             let LogicalPlan::Aggregate(agg) = &node else {
                 unreachable!("an aggregate was built")

@@ -213,13 +213,6 @@ fn share_units(
                 groups: &[Expr],
                 union: &[Expr]|
      -> Result<LogicalPlan, DataFusionError> {
-        let named = |prefix: &str, exprs: &[Expr]| -> Vec<Expr> {
-            exprs
-                .iter()
-                .enumerate()
-                .map(|(i, e)| e.clone().alias(format!("{prefix}{i}")))
-                .collect()
-        };
         let builder = LogicalPlanBuilder::from(base.clone());
         let builder = if kind == "aggregate" {
             builder.aggregate(named("g", groups), named("c", union))?
@@ -230,12 +223,7 @@ fn share_units(
     };
     let mut shared: HashMap<Key, SharedTable> = HashMap::new();
     for (key, users) in uses.into_iter().filter(|(_, u)| u.len() > 1) {
-        let mut union: Vec<Expr> = Vec::new();
-        for e in users.iter().flatten() {
-            if !union.contains(e) {
-                union.push(e.clone());
-            }
-        }
+        let union = union_of(users.iter().flatten());
         let table = format!("__kpiforge_shared_{}", numbered_from + shared.len());
         let schema = work(&key.0, &key.1, &union)?.schema().as_arrow().clone();
         let placeholder: Arc<dyn TableProvider> = Arc::new(EmptyTable::new(Arc::new(schema)));
@@ -263,6 +251,26 @@ fn share_units(
         *plan = rewrite(kind, plan.clone(), &shared)?;
     }
     Ok(found)
+}
+
+/// `exprs` named `{prefix}0`, `{prefix}1`, ...: the columns of shared work.
+pub(super) fn named(prefix: &str, exprs: &[Expr]) -> Vec<Expr> {
+    exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| e.clone().alias(format!("{prefix}{i}")))
+        .collect()
+}
+
+/// The distinct expressions of `exprs`, in first-seen order.
+pub(super) fn union_of<'a>(exprs: impl Iterator<Item = &'a Expr>) -> Vec<Expr> {
+    let mut union: Vec<Expr> = Vec::new();
+    for e in exprs {
+        if !union.contains(e) {
+            union.push(e.clone());
+        }
+    }
+    union
 }
 
 /// The shareable unit of `kind` at `node`, if it is one.

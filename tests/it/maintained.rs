@@ -26,11 +26,12 @@ const KPIS: &[(&str, &str)] = &[
         "SELECT CAST(date_trunc('month', o.o_orderdate) AS DATE) AS period, CAST(sum(l.l_price * (1 - CAST(l.l_discount AS DECIMAL(4, 2)))) AS DOUBLE) AS value \
         FROM lines l JOIN orders o ON l.l_orderkey = o.o_orderkey GROUP BY 1",
     ),
-    // avg, count, min and max of a column with NULLs
+    // avg, count, min and max of a column with NULLs, and a FILTER
     (
         "qty_spread",
         "SELECT CAST(date_trunc('month', o.o_orderdate) AS DATE) AS period, \
-        CAST(avg(l.l_discount) + count(l.l_qty) + max(l.l_qty) - min(l.l_qty) + sum(l.l_qty) AS DOUBLE) AS value \
+        CAST(avg(l.l_discount) + count(l.l_qty) + max(l.l_qty) - min(l.l_qty) + sum(l.l_qty) \
+        + 1000 * count(*) FILTER (WHERE o.o_priority = '1-URGENT') AS DOUBLE) AS value \
         FROM lines l JOIN orders o ON l.l_orderkey = o.o_orderkey GROUP BY 1",
     ),
     // count(DISTINCT) beside a sum
@@ -222,6 +223,12 @@ fn appended_files_update_the_kept_aggregates_to_the_full_result() {
         manifests
             .iter()
             .any(|m| m.contains("\"partitioned\": false"))
+    );
+    // The FILTER aggregate is kept, with the other aggregates over the join.
+    assert!(
+        manifests
+            .iter()
+            .any(|m| m.contains("FILTER") && m.contains("l_qty"))
     );
 
     // A day appended: new orders in the last month and the next, their lines,

@@ -413,12 +413,16 @@ impl Partial {
         let Expr::AggregateFunction(AggregateFunction { func, params }) = e else {
             return Err(format!("`{e}` is not an aggregate function"));
         };
-        if params.filter.is_some() || !params.order_by.is_empty() || params.args.len() != 1 {
-            return Err(format!(
-                "`{e}` has a FILTER, an ORDER BY or several arguments"
-            ));
+        if !params.order_by.is_empty() || params.args.len() != 1 {
+            return Err(format!("`{e}` has an ORDER BY or several arguments"));
         }
-        let x = params.args[0].clone();
+        // These aggregates skip NULLs: `f(x) FILTER (WHERE c)` is `f(CASE WHEN c THEN x END)`.
+        let x = match &params.filter {
+            None => params.args[0].clone(),
+            Some(c) => when(c.as_ref().clone(), params.args[0].clone())
+                .end()
+                .map_err(|e| e.to_string())?,
+        };
         if x.is_volatile() {
             return Err(format!("`{e}` is volatile"));
         }
