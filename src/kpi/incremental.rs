@@ -132,14 +132,20 @@ impl Incremental {
                 Ok(m) => {
                     let uses = nodes
                         .into_iter()
-                        .map(|(node, exprs)| Use {
-                            node,
-                            aggregates: exprs
+                        .map(|(node, exprs)| {
+                            let aggregates = exprs
                                 .iter()
-                                .map(|e| union.iter().position(|u| u == e).unwrap_or(0))
-                                .collect(),
+                                .map(|e| union.iter().position(|u| u == e))
+                                .collect::<Option<Vec<_>>>()
+                                .ok_or_else(|| {
+                                    DataFusionError::Internal(
+                                        "a fused aggregate lacks one of its uses' aggregates"
+                                            .into(),
+                                    )
+                                })?;
+                            Ok::<_, DataFusionError>(Use { node, aggregates })
                         })
-                        .collect();
+                        .collect::<Result<_, _>>()?;
                     fused.push((m, uses));
                 }
                 // Each on its own, as found.

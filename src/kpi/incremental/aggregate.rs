@@ -69,6 +69,9 @@ impl Maintained {
         {
             return Err("GROUPING SETS".into());
         }
+        if agg.group_expr.iter().any(Expr::is_volatile) {
+            return Err("a volatile grouping".into());
+        }
         let input_schema = agg.input.schema();
         let aggs = agg
             .aggr_expr
