@@ -28,6 +28,21 @@ pub struct StateError {
     pub message: String,
 }
 
+/// Takes the lock file `.lock` in `dir` without waiting; when another run
+/// holds it, says so, as `another run {busy} (it holds ...)`.
+pub fn lock_dir(dir: &Path, busy: &str) -> Result<std::fs::File, String> {
+    let path = dir.join(".lock");
+    let file = std::fs::File::create(&path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(format!("another run {busy} (it holds {})", path.display()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
 /// Where a pipeline's state store lives (its `state:`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum StateLocation {

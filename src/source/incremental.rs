@@ -114,7 +114,8 @@ pub async fn register(
             dir.display()
         ))
     })?;
-    let lock = lock(&dir).map_err(config)?;
+    let lock = crate::state::lock_dir(&dir, "is pulling this source now: wait for it to finish")
+        .map_err(config)?;
     let parts = store.cache_parts(&pipeline.name, name)?;
     // Safe under the lock: no other run is pulling this source.
     remove_strays(&dir, &parts);
@@ -377,20 +378,6 @@ fn orderable(t: &DataType) -> bool {
                 | DataType::Date64
                 | DataType::Timestamp(..)
         )
-}
-
-/// Takes the source's lock, or says which run holds it.
-fn lock(dir: &Path) -> Result<File, String> {
-    let path = dir.join(".lock");
-    let file = File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
-            "another run is pulling this source now (it holds {}): wait for it to finish",
-            path.display()
-        )),
-        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
-    }
 }
 
 /// Makes a rename durable: the folder's entry is written out too.

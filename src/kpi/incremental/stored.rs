@@ -6,7 +6,7 @@
 //! state whole; files no manifest names are removed by the next commit.
 
 use std::collections::BTreeMap;
-use std::fs::{File, TryLockError};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
@@ -82,17 +82,10 @@ impl Store {
     pub fn lock(&self) -> Result<File, String> {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
-        let path = self.dir.join(".lock");
-        let file =
-            File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => Ok(file),
-            Err(TryLockError::WouldBlock) => Err(format!(
-                "another run of this pipeline is updating its kept aggregates (it holds {})",
-                path.display()
-            )),
-            Err(TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
-        }
+        crate::state::lock_dir(
+            &self.dir,
+            "of this pipeline is updating its kept aggregates",
+        )
     }
 
     /// The kept manifest of `key`, if there is one for this very plan and
