@@ -1,6 +1,7 @@
 //! The DataFusion session every query of a run executes in: its settings, tuned
-//! for KPI work, and kpiforge's own optimizer rule.
+//! for KPI work, and kpiforge's own optimizer rules.
 
+mod count_distinct;
 mod dates;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use datafusion::error::DataFusionError;
 use datafusion::physical_plan::{self, ExecutionPlan, display::DisplayableExecutionPlan};
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 
+pub use count_distinct::{CountDistinct, CountKeys};
 pub use dates::{TruncDate, TruncateDates, Unit};
 
 /// Build sides of hash joins up to this many rows are hashed once and shared by
@@ -48,6 +50,7 @@ pub fn session() -> SessionContext {
     }
     let ctx = SessionContext::new_with_config(config);
     ctx.add_optimizer_rule(Arc::new(TruncateDates));
+    ctx.add_optimizer_rule(Arc::new(CountKeys));
     ctx
 }
 

@@ -171,11 +171,13 @@ pub async fn share(
 }
 
 /// The session's optimiser for analysing plans that are rewritten and then
-/// optimised again, without two rules:
+/// optimised again, without three rules:
 /// - the one that rewrites `count(DISTINCT x)` into a two-level GROUP BY: it would
 ///   give each such KPI a grouping of its own, and hide the count from `incremental`;
 /// - common subexpression elimination: run again on its own output, it names a new
-///   common expression `__common_expr_1` beside the one already there, and the two mix.
+///   common expression `__common_expr_1` beside the one already there, and the two mix;
+/// - kpiforge's own swap of that count for its bitmap count (`session::CountKeys`),
+///   for the same reason as the first: it runs when the rewritten plans execute.
 pub fn analysis_state(ctx: &SessionContext) -> SessionState {
     let state = ctx.state();
     let rules = state
@@ -184,7 +186,9 @@ pub fn analysis_state(ctx: &SessionContext) -> SessionState {
         .filter(|r| {
             !matches!(
                 r.name(),
-                "single_distinct_aggregation_to_group_by" | "common_sub_expression_eliminate"
+                "single_distinct_aggregation_to_group_by"
+                    | "common_sub_expression_eliminate"
+                    | "kpiforge_count_distinct_keys"
             )
         })
         .cloned()

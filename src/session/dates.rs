@@ -7,7 +7,7 @@
 //! replaces that pattern, on dates, by [`TruncDate`]: the same result from integer
 //! calendar arithmetic on the day numbers (a few nanoseconds a row).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{DataType, Date32Type};
@@ -57,6 +57,32 @@ impl Unit {
         }
     }
 
+    /// [`Unit::start`] by table for the days of 1900–2099, where nearly all
+    /// business dates fall: the calendar arithmetic's divisions cost about 10 ns a
+    /// row (0.1 s of CPU in the TPC-H workload), a look-up in a table of 73,049
+    /// offsets (143 KiB per unit, built on first use) about one.
+    fn start_fast(self, days: i32) -> i32 {
+        static TABLES: [OnceLock<Box<[u16]>>; 3] =
+            [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+        let table = match self {
+            Unit::Day => return days,
+            Unit::Week => return self.start(days),
+            Unit::Month => &TABLES[0],
+            Unit::Quarter => &TABLES[1],
+            Unit::Year => &TABLES[2],
+        };
+        let table = table.get_or_init(|| {
+            // An offset is at most 365 days (the last day of a leap year).
+            (TABLE_FIRST..TABLE_END)
+                .map(|d| (d - self.start(d)) as u16)
+                .collect()
+        });
+        match table.get(days.wrapping_sub(TABLE_FIRST) as u32 as usize) {
+            Some(&offset) => days - i32::from(offset),
+            None => self.start(days),
+        }
+    }
+
     /// The first day of the unit holding `days` (days since 1970-01-01, Arrow's
     /// `Date32`), as `date_trunc` defines it: weeks start on Monday.
     pub fn start(self, days: i32) -> i32 {
@@ -80,6 +106,10 @@ impl Unit {
         start as i32
     }
 }
+
+/// 1900-01-01 and 2100-01-01: the days [`Unit::start_fast`] looks up.
+const TABLE_FIRST: i32 = -25_567;
+const TABLE_END: i32 = 47_482;
 
 // Gregorian calendar arithmetic on day numbers, after Howard Hinnant's
 // "chrono-Compatible Low-Level Date Algorithms" (years counted from March, so the
@@ -149,7 +179,7 @@ impl ScalarUDFImpl for TruncDate {
             [ColumnarValue::Array(a)] if a.data_type() == &DataType::Date32 => {
                 let dates = a.as_primitive::<Date32Type>();
                 Ok(ColumnarValue::Array(Arc::new(
-                    dates.unary::<_, Date32Type>(|d| unit.start(d)),
+                    dates.unary::<_, Date32Type>(|d| unit.start_fast(d)),
                 )))
             }
             [ColumnarValue::Scalar(ScalarValue::Date32(d))] => Ok(ColumnarValue::Scalar(
@@ -284,6 +314,28 @@ mod tests {
         for days in -800_000..800_000 {
             let (y, m, d) = civil_from_days(days);
             assert_eq!(days_from_civil(y, m, d), days);
+        }
+        assert_eq!(days_from_civil(1900, 1, 1), i64::from(TABLE_FIRST));
+        assert_eq!(days_from_civil(2100, 1, 1), i64::from(TABLE_END));
+        for unit in [
+            Unit::Day,
+            Unit::Week,
+            Unit::Month,
+            Unit::Quarter,
+            Unit::Year,
+        ] {
+            for days in TABLE_FIRST - 800..TABLE_END + 800 {
+                assert_eq!(unit.start_fast(days), unit.start(days), "{unit:?} {days}");
+            }
+            for days in [
+                i32::MIN,
+                i32::MIN + 1,
+                -1_000_000,
+                1_000_000,
+                i32::MAX - 400,
+            ] {
+                assert_eq!(unit.start_fast(days), unit.start(days), "{unit:?} {days}");
+            }
         }
         // 2024-02-29 (a leap day) is in the month of 2024-02-01, quarter 2024-01-01.
         let day = days_from_civil(2024, 2, 29) as i32;
