@@ -150,9 +150,11 @@ impl Distinct {
             return;
         }
         let now = *words as u128;
-        // A side that grows at least doubles, so that keys arriving in order
-        // (ascending or descending) lay the bits out a few times, not every batch.
-        let slack = |add: u128| if add > 0 { add.max(now) } else { 0 };
+        // A side that grows takes a quarter more room than it needs, so that keys
+        // arriving in order (ascending or descending) lay the bits out a few dozen
+        // times, not every batch, while a range that is nearly all there at the
+        // first batch (keys in no order) is not doubled for one key past its end.
+        let slack = |add: u128| if add > 0 { add.max(now / 4) } else { 0 };
         let (left, right) = if fits(now + slack(add_left) + slack(add_right)) {
             (slack(add_left), slack(add_right))
         } else if fits(now + add_left + add_right) {
