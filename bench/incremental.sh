@@ -70,10 +70,12 @@ done
 f=$(median < "$T/full.txt"); i=$(median < "$T/incremental.txt"); r=$(median < "$T/rebuild.txt")
 echo "median: full ${f}s incremental ${i}s ($(echo "scale=1; 100 * $i / $f" | bc)% of full) rebuild ${r}s"
 "$PY" - "$T/full.parquet" "$T/inc.parquet" <<'PY'
-import sys, duckdb
+import json, sys, duckdb
 a, b = sys.argv[1], sys.argv[2]
 diff = duckdb.sql(f"""SELECT count(*) AS rows, max(abs(x.value - y.value) / greatest(abs(x.value), 1)) AS worst
     FROM '{a}' x FULL JOIN '{b}' y USING (kpi, month)""").fetchall()[0]
 missing = duckdb.sql(f"SELECT count(*) FROM '{a}' x FULL JOIN '{b}' y USING (kpi, month) WHERE (x.value IS NULL) <> (y.value IS NULL)").fetchall()[0][0]
 print(f"outputs: {diff[0]} values, worst relative difference {diff[1] or 0:.2e}, {missing} missing on one side")
+checks = [json.load(open(f"{p}.checks.json")) for p in (a, b)]
+print(f"checks: {len(checks[0])} results, {'the same' if checks[0] == checks[1] else 'DIFFERENT'}")
 PY

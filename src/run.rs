@@ -150,20 +150,31 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
         // Checks and KPIs run side by side; the gate applies once both are done.
         progress.begin(Stage::Checks, "");
         progress.begin(Stage::Kpis, "");
-        let (report, computed) = tokio::join!(
+        // Kept states (`incremental: true`) are updated under one lock, held
+        // until they are committed with the run's outputs.
+        let incremental = kpi::Incremental::new(pipeline, options.full);
+        let ((report, kept_checks), computed) = tokio::join!(
             async {
-                let report = quality::run(&ctx, pipeline, &checks, as_of, &output).await;
-                progress.end(Stage::Checks, "", !report.failed());
-                report
+                let checked = quality::run(
+                    &ctx,
+                    pipeline,
+                    &checks,
+                    as_of,
+                    &output,
+                    incremental.as_ref(),
+                )
+                .await;
+                progress.end(Stage::Checks, "", !checked.0.failed());
+                checked
             },
             async {
-                let incremental = kpi::Incremental::new(pipeline, options.full);
                 let computed = kpi::compute(&ctx, planned, as_of, incremental.as_ref()).await;
                 progress.end(Stage::Kpis, "", computed.is_ok());
                 computed
             }
         );
         let mut computed = computed?;
+        computed.kept.extend(kept_checks);
         let targets = score::load_targets(&ctx, pipeline).await?;
         score::score_values(&mut computed.series, &targets);
         let gate = quality::Gate::new(&ctx, pipeline, &report);
@@ -309,7 +320,9 @@ pub async fn check(pipeline: &Pipeline, options: &RunOptions) -> Result<QualityR
     // Views stay lazy: only a reconciliation's SQL may read them.
     kpi::views::register_all(&ctx, pipeline, Mode::Plan).await?;
     let checks = compile_checks(&ctx, pipeline).await?;
-    Ok(quality::run(&ctx, pipeline, &checks, as_of, &output).await)
+    Ok(quality::run(&ctx, pipeline, &checks, as_of, &output, None)
+        .await
+        .0)
 }
 
 /// The columns of each source that the run's KPIs (as of `kpis_as_of`; none

@@ -21,6 +21,7 @@
 //! are computed in full every run, as without `incremental:`.
 
 mod aggregate;
+mod counts;
 mod rows;
 mod stored;
 
@@ -42,8 +43,12 @@ use super::share;
 use crate::config::{FileFormat, Pipeline, SourceKind};
 use crate::publish::Staged;
 use aggregate::Maintained;
+pub use counts::{Files, row};
 pub use stored::Pending;
 use stored::{Manifest, Stamp, Store};
+
+/// Per source, the files a kept state covers and the files new since.
+type Split = BTreeMap<String, (Vec<Stamp>, Vec<Stamp>)>;
 
 /// States with at least this many groups are kept in one file per partition.
 const PARTITIONED_ROWS: usize = 100_000;
@@ -57,6 +62,9 @@ pub struct Incremental {
     files: HashMap<String, Vec<Stamp>>,
     /// Ignore kept states (`kpiforge run --full`): rebuild them all.
     full: bool,
+    /// The lock on the kept states, once taken: the KPIs and the checks of a
+    /// run update theirs under one lock, released when the run is done.
+    lock: std::sync::Mutex<Option<Arc<std::fs::File>>>,
 }
 
 impl Incremental {
@@ -84,7 +92,36 @@ impl Incremental {
             store: Store::new(pipeline),
             files,
             full,
+            lock: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Takes the pipeline's lock on its kept states, or the one this run holds.
+    fn lock(&self) -> Result<Arc<std::fs::File>, String> {
+        let mut held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(lock) = held.as_ref() {
+            return Ok(lock.clone());
+        }
+        let lock = Arc::new(self.store.lock()?);
+        *held = Some(lock.clone());
+        Ok(lock)
+    }
+
+    /// The files `manifest` covers and the new ones, per source; `None` when a
+    /// covered file is gone or changed (the state must be rebuilt).
+    fn delta(&self, manifest: &Manifest, sources: &[String]) -> Option<Split> {
+        let mut delta = BTreeMap::new();
+        for source in sources {
+            let now = &self.files[source];
+            let then = manifest.sources.get(source)?;
+            if let Some(lost) = then.iter().find(|s| !now.contains(s)) {
+                tracing::info!(%source, file = %lost.path, "a file the kept state covers is gone or changed: rebuilding it");
+                return None;
+            }
+            let new: Vec<Stamp> = now.iter().filter(|s| !then.contains(s)).cloned().collect();
+            delta.insert(source.clone(), (then.clone(), new));
+        }
+        Some(delta)
     }
 
     /// Rewrites `plans` so that every maintainable aggregate in them reads its
@@ -163,7 +200,7 @@ impl Incremental {
             }
         }
 
-        let lock = self.store.lock().map_err(DataFusionError::Execution)?;
+        let lock = self.lock().map_err(DataFusionError::Execution)?;
         let results = try_join_all(fused.iter().map(|(m, _)| self.update(ctx, m))).await?;
         let mut pending = Pending::locked(lock);
         let mut reads: HashMap<LogicalPlan, LogicalPlan> = HashMap::new();
@@ -221,20 +258,9 @@ impl Incremental {
             self.store.manifest(&key, &m.fingerprint)
         };
         // The new files of each source, or why the kept state cannot be used.
-        let delta = kept.as_ref().and_then(|manifest| {
-            let mut delta = BTreeMap::new();
-            for source in m.sources.iter() {
-                let now = &self.files[source];
-                let then = manifest.sources.get(source)?;
-                if let Some(lost) = then.iter().find(|s| !now.contains(s)) {
-                    tracing::info!(%source, file = %lost.path, "a file the kept state covers is gone or changed: rebuilding it");
-                    return None;
-                }
-                let new: Vec<Stamp> = now.iter().filter(|s| !then.contains(s)).cloned().collect();
-                delta.insert(source.clone(), (then.clone(), new));
-            }
-            Some(delta)
-        });
+        let delta = kept
+            .as_ref()
+            .and_then(|manifest| self.delta(manifest, &m.sources));
         let mode = if delta.is_some() {
             "incremental"
         } else {
@@ -357,6 +383,7 @@ impl Incremental {
                 groups,
                 partitioned: layout.is_some(),
                 pairs: pair_files,
+                counts: Vec::new(),
             };
             staged.push(self.store.stage_manifest(&key, &manifest)?);
         }

@@ -14,6 +14,7 @@ use datafusion::prelude::SessionContext;
 use super::keys::{FastKeys, in_keys, in_keys_name};
 use crate::config::checks::column_hint;
 use crate::config::{Check, CheckKind, Literal, Pipeline, Problem};
+use crate::kpi::incremental::Files;
 
 /// Which check a result belongs to: `(Some(source), index)` for a source's
 /// checks, `(None, index)` for the pipeline's checks across sources.
@@ -42,6 +43,9 @@ pub struct Query {
     parts: Option<(Vec<String>, String)>,
     /// Integer keys this query can be answered from with bitmaps (`keys.rs`).
     pub fast: Option<FastKeys>,
+    /// How its counts follow appended files (`incremental:`), for the checks
+    /// whose counts are not one aggregate over one source's rows.
+    pub delta: Option<Delta>,
 }
 
 impl Query {
@@ -59,6 +63,7 @@ impl Query {
             slots,
             parts: None,
             fast: None,
+            delta: None,
         }
     }
 
@@ -72,7 +77,14 @@ impl Query {
             slots: select.slots,
             parts: Some((select.exprs, rest)),
             fast: None,
+            delta: None,
         }
+    }
+
+    /// Whether it is one aggregate over one source's rows (a fused query), whose
+    /// results an incremental run can keep and merge like a KPI's aggregate.
+    pub fn fused_scan(&self) -> bool {
+        self.parts.is_some()
     }
 
     /// The checks this query serves, in order.
@@ -473,6 +485,11 @@ pub async fn compile(ctx: &SessionContext, pipeline: &Pipeline) -> Result<Compil
                     Vec::new(),
                     vec![("m0".into(), at.clone(), Slot::Bad)],
                 );
+                query.delta = Some(Delta::Relationship {
+                    from: from.clone(),
+                    to: to.clone(),
+                    checked: checked.clone(),
+                });
                 let integer = |(s, c): &(String, String)| {
                     schemas
                         .get(s)
@@ -620,7 +637,7 @@ fn unique_query(source: &crate::config::Source, index: usize, check: &Check) -> 
             }
         }
     }
-    Query::single(
+    let mut query = Query::single(
         Some(source.name.clone()),
         format!(
             "SELECT {}\nFROM (SELECT {}, count(*) AS n FROM {} WHERE {} GROUP BY {}) AS keys",
@@ -632,7 +649,14 @@ fn unique_query(source: &crate::config::Source, index: usize, check: &Check) -> 
         ),
         Vec::new(),
         slots,
-    )
+    );
+    query.delta = Some(Delta::Unique {
+        source: source.name.clone(),
+        keys: columns.clone(),
+        rows: unique_rows(check),
+        extra: outer[2..].to_vec(),
+    });
+    query
 }
 
 /// The rows a unique check judges: its `where:`, without rows whose key columns
@@ -702,5 +726,126 @@ pub fn same_type(actual: &DataType, declared: &DataType) -> bool {
         // `timestamp` matches any unit; with or without a zone must agree.
         (DataType::Timestamp(_, a), DataType::Timestamp(_, b)) => a.is_some() == b.is_some(),
         (a, b) => a == b,
+    }
+}
+
+/// How the counts of a check that reads more than one source's new rows at a
+/// time follow appended files: a query over the old and the new files whose
+/// results, added to the kept counts, give the counts over all files. Exact;
+/// cheap when new keys fall outside the old files' key ranges (appended
+/// surrogate keys), because the joins' key filters then prune the old files.
+#[derive(Debug, Clone)]
+pub enum Delta {
+    /// `unique`: each new key's rows, old and new, before and after.
+    Unique {
+        source: String,
+        keys: Vec<String>,
+        /// The rows judged (`unique_rows`).
+        rows: String,
+        /// Accepted values measured by the same query (`m2`...), over `n`.
+        extra: Vec<String>,
+    },
+    /// `relationship`: orphans among the new `from` rows, less the old orphans
+    /// whose keys arrived in the new `to` rows.
+    Relationship {
+        from: (String, String),
+        to: (String, String),
+        /// The `from` rows judged.
+        checked: String,
+    },
+}
+
+impl Delta {
+    /// The sources whose new files the delta reads.
+    pub fn sources(&self) -> Vec<String> {
+        match self {
+            Delta::Unique { source, .. } => vec![source.clone()],
+            Delta::Relationship { from, to, .. } => vec![from.0.clone(), to.0.clone()],
+        }
+    }
+
+    /// The query giving, in `m0`..., what the new files add to the `kept` counts.
+    /// `table` names a source's files; each is read under the source's name, so
+    /// the check's own SQL (`where:`) applies unchanged.
+    pub fn sql(&self, table: &dyn Fn(&str, Files) -> String, kept: &[i64]) -> String {
+        match self {
+            Delta::Unique {
+                source,
+                keys,
+                rows,
+                extra,
+            } => {
+                let list = keys.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ");
+                let on = |a: &str, b: &str| {
+                    keys.iter()
+                        .map(|k| {
+                            // A single key has no NULLs here (`unique_rows`).
+                            let op = if keys.len() == 1 {
+                                "="
+                            } else {
+                                "IS NOT DISTINCT FROM"
+                            };
+                            format!("({a}.{k} {op} {b}.{k})", k = ident(k))
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" AND ")
+                };
+                let judged = |files: Files| {
+                    format!(
+                        "(SELECT {list} FROM {} AS {} WHERE {rows})",
+                        table(source, files),
+                        ident(source)
+                    )
+                };
+                let d_keys: String = keys.iter().map(|k| format!("d.{}, ", ident(k))).collect();
+                let o_keys: Vec<String> = keys.iter().map(|k| format!("t.{}", ident(k))).collect();
+                let mut outer = vec![
+                    "CAST(COALESCE(sum(CASE WHEN n + o > 1 THEN n + o ELSE 0 END) - sum(CASE WHEN o > 1 THEN o ELSE 0 END), 0) AS BIGINT) AS m0".to_string(),
+                    "CAST(COALESCE(sum(CASE WHEN n + o > 1 THEN 1 ELSE 0 END) - sum(CASE WHEN o > 1 THEN 1 ELSE 0 END), 0) AS BIGINT) AS m1".to_string(),
+                ];
+                outer.extend(extra.iter().cloned());
+                format!(
+                    "SELECT {outer}\nFROM (SELECT {d_keys}d.n, COALESCE(old.o, 0) AS o\n  \
+                     FROM (SELECT {list}, count(*) AS n FROM {new} AS j GROUP BY {list}) AS d\n  \
+                     LEFT JOIN (SELECT {o_list}, count(*) AS o FROM {old} AS t\n    \
+                     JOIN (SELECT DISTINCT {list} FROM {new} AS j) AS k ON {tk}\n    \
+                     GROUP BY {o_list}) AS old ON {dold}) AS keys",
+                    outer = outer.join(", "),
+                    new = judged(Files::New),
+                    old = judged(Files::Old),
+                    o_list = o_keys.join(", "),
+                    tk = on("t", "k"),
+                    dold = on("d", "old"),
+                )
+            }
+            Delta::Relationship { from, to, checked } => {
+                let (f, t) = (ident(&from.1), ident(&to.1));
+                let orphans = format!(
+                    "SELECT count(*) FROM {} AS {} WHERE {checked} AND NOT EXISTS \
+                     (SELECT 1 FROM {} AS t WHERE t.{t} = {}.{f})",
+                    table(&from.0, Files::New),
+                    ident(&from.0),
+                    table(&to.0, Files::All),
+                    ident(&from.0),
+                );
+                // Old orphans can only be resolved if there are any.
+                if kept.first().is_none_or(|&n| n == 0) {
+                    return format!("SELECT CAST(({orphans}) AS BIGINT) AS m0");
+                }
+                let arrived = format!(
+                    "SELECT n.{t} FROM {} AS n WHERE n.{t} IS NOT NULL AND NOT EXISTS \
+                     (SELECT 1 FROM {} AS o WHERE o.{t} = n.{t})",
+                    table(&to.0, Files::New),
+                    table(&to.0, Files::Old),
+                );
+                let resolved = format!(
+                    "SELECT count(*) FROM {} AS {} WHERE {checked} AND {}.{f} IN ({arrived})",
+                    table(&from.0, Files::Old),
+                    ident(&from.0),
+                    ident(&from.0),
+                );
+                format!("SELECT CAST(({orphans}) - ({resolved}) AS BIGINT) AS m0")
+            }
+        }
     }
 }

@@ -27,6 +27,8 @@ pub use compile::{CheckRef, Compiled};
 pub use gate::{Gate, QualityStatus, apply as apply_gate};
 
 use crate::config::{Check, CheckKind, Pipeline, Severity};
+use crate::kpi::Incremental;
+use crate::kpi::incremental::Pending;
 use compile::{Query, Slot};
 
 #[derive(Debug, thiserror::Error)]
@@ -117,27 +119,44 @@ pub struct Measured {
 }
 
 /// Runs every compiled query concurrently, judges every check, and samples the
-/// failing rows of the checks that did not pass.
+/// failing rows of the checks that did not pass. With `incremental`, the counts
+/// that add up over rows are kept and brought up to date from the files
+/// appended since (`keep`); the new states are returned, to commit once the
+/// run publishes.
 pub async fn run(
     ctx: &SessionContext,
     pipeline: &Pipeline,
     compiled: &Compiled,
     as_of: NaiveDate,
     output: &Path,
-) -> QualityReport {
+    incremental: Option<&Incremental>,
+) -> (QualityReport, Pending) {
     let started = std::time::Instant::now();
     let ctx = &checks_session(ctx);
-    // Queries that call a relationship's key bitmap wait for it to be built;
-    // the others start at once.
-    let (later, now): (Vec<Query>, Vec<Query>) = compiled
+    let (kept, queries): (Vec<Query>, Vec<Query>) = compiled
         .queries
         .iter()
         .cloned()
+        .partition(|q| incremental.is_some() && (q.fused_scan() || q.delta.is_some()));
+    // Queries that call a relationship's key bitmap wait for it to be built;
+    // the others start at once.
+    let (later, now): (Vec<Query>, Vec<Query>) = queries
+        .into_iter()
         .partition(|q| matches!(q.fast, Some(keys::FastKeys::Relationship { .. })));
-    let (now, later) = tokio::join!(run_queries(ctx, now), async {
-        let later = with_key_sets(ctx, later).await;
-        run_queries(ctx, later).await
-    });
+    let (now, later, (kept, pending)) = tokio::join!(
+        run_queries(ctx, now),
+        async {
+            let later = with_key_sets(ctx, later).await;
+            run_queries(ctx, later).await
+        },
+        async {
+            match incremental {
+                Some(inc) => keep(ctx, inc, kept).await,
+                None => (Vec::new(), Pending::default()),
+            }
+        }
+    );
+    let now: Vec<_> = now.into_iter().chain(kept).collect();
     // (check, segment) -> measurements; segment `None` for whole checks.
     let mut measured: HashMap<(CheckRef, Option<String>), Measured> = HashMap::new();
     let mut retry = Vec::new();
@@ -192,7 +211,105 @@ pub async fn run(
         ms = started.elapsed().as_millis() as u64,
         "checks done"
     );
-    QualityReport { results }
+    (QualityReport { results }, pending)
+}
+
+/// Runs the queries whose results an incremental run keeps. A fused query is
+/// one aggregate over one source's rows: it is maintained as a KPI's
+/// aggregate is (`kpi::incremental`). A uniqueness or relationship count is
+/// kept as numbers and brought up to date by its `Delta` query. Whatever cannot
+/// be kept is measured in full.
+async fn keep(
+    ctx: &SessionContext,
+    inc: &Incremental,
+    queries: Vec<Query>,
+) -> (Vec<(Query, Result<Vec<RecordBatch>, String>)>, Pending) {
+    let (fused, counted): (Vec<Query>, Vec<Query>) =
+        queries.into_iter().partition(Query::fused_scan);
+    let mut pending = Pending::default();
+    let mut results = Vec::new();
+    let mut plans = Vec::new();
+    for q in &fused {
+        match ctx.state().create_logical_plan(&q.sql).await {
+            Ok(plan) => plans.push(plan),
+            Err(_) => break,
+        }
+    }
+    let maintained = if plans.len() == fused.len() && !fused.is_empty() {
+        inc.maintain(ctx, plans)
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "could not bring the checks' kept aggregates up to date; measuring them in full"))
+            .ok()
+    } else {
+        None
+    };
+    match maintained {
+        Some((plans, kept)) => {
+            pending.extend(kept);
+            let runs = fused.iter().zip(plans).map(|(q, plan)| async move {
+                let started = std::time::Instant::now();
+                let result = match ctx.execute_logical_plan(plan).await {
+                    Ok(df) => crate::session::collect(df, &q.sql).await,
+                    Err(e) => Err(e),
+                };
+                tracing::debug!(ms = started.elapsed().as_millis() as u64, sql = %q.sql, "check query (kept)");
+                result.map_err(|e| e.to_string())
+            });
+            let done = join_all(runs).await;
+            results.extend(fused.into_iter().zip(done));
+        }
+        None => results.extend(run_queries(ctx, fused).await),
+    }
+
+    let counts = counted.into_iter().map(|q| async move {
+        let Some(delta) = q.delta.clone() else {
+            return (run_queries(ctx, vec![q]).await, Vec::new());
+        };
+        let full = async || -> Result<Vec<i64>, DataFusionError> {
+            let ready = with_key_sets(ctx, vec![q.clone()]).await;
+            match run_queries(ctx, ready).await.pop() {
+                Some((_, Ok(batches))) => crate::kpi::incremental::row(&batches),
+                Some((_, Err(e))) => Err(DataFusionError::Execution(e)),
+                None => Err(DataFusionError::Internal("no count query ran".into())),
+            }
+        };
+        let fingerprint = format!("check counts\n{}", q.sql);
+        match inc
+            .counts(ctx, &fingerprint, &delta.sources(), full, |table, kept| {
+                delta.sql(table, kept)
+            })
+            .await
+        {
+            Ok((counts, staged)) => {
+                let batch = counts_batch(&counts);
+                (vec![(q, batch.map(|b| vec![b]))], staged)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, sql = %q.sql, "could not keep a check's counts; measuring it in full");
+                let ready = with_key_sets(ctx, vec![q]).await;
+                (run_queries(ctx, ready).await, Vec::new())
+            }
+        }
+    });
+    for (done, staged) in join_all(counts).await {
+        results.extend(done);
+        pending.add(staged);
+    }
+    (results, pending)
+}
+
+/// Counts as a one-row result with columns `m0`, `m1`...
+fn counts_batch(counts: &[i64]) -> Result<RecordBatch, String> {
+    let columns: Vec<(String, ArrayRef)> = counts
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let column: ArrayRef =
+                std::sync::Arc::new(datafusion::arrow::array::Int64Array::from(vec![*n]));
+            (format!("m{i}"), column)
+        })
+        .collect();
+    RecordBatch::try_from_iter(columns).map_err(|e| e.to_string())
 }
 
 /// The session check queries run in: the run's tables and settings, except that

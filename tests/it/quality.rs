@@ -643,7 +643,9 @@ async fn scalar_checks_of_a_source_share_one_scan() {
                 .await
                 .unwrap();
             let as_of = chrono::NaiveDate::from_ymd_opt(2026, 1, 31).unwrap();
-            let report = kpiforge::quality::run(&ctx, &pipeline, &compiled, as_of, &out).await;
+            let report = kpiforge::quality::run(&ctx, &pipeline, &compiled, as_of, &out, None)
+                .await
+                .0;
             (scans.load(Ordering::SeqCst), report)
         }
     };

@@ -1,7 +1,7 @@
 //! A maintained aggregate: how its functions split into mergeable partial
 //! results, and the plans that compute, merge and finish them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use datafusion::arrow::array::{Array, AsArray, Date32Array};
 use datafusion::arrow::compute::kernels::partition::partition;
@@ -15,6 +15,7 @@ use datafusion::logical_expr::{
     Aggregate, Expr, ExprSchemable, LogicalPlan, LogicalPlanBuilder, cast, col, lit, when,
 };
 
+use super::Split;
 use super::rows::{linear, narrowed, substitute};
 use super::stored::{Stamp, hash};
 
@@ -382,10 +383,7 @@ impl Maintained {
     /// its source's new files, scans before it the files the state covers, scans
     /// after it all files. No terms when no source has new files. (Terms are
     /// aggregated one by one: a union would lose the qualifiers of their columns.)
-    pub(super) fn delta_terms(
-        &self,
-        delta: &BTreeMap<String, (Vec<Stamp>, Vec<Stamp>)>,
-    ) -> Result<Vec<LogicalPlan>, DataFusionError> {
+    pub(super) fn delta_terms(&self, delta: &Split) -> Result<Vec<LogicalPlan>, DataFusionError> {
         let mut terms = Vec::new();
         for (i, source) in self.scans.iter().enumerate() {
             if delta[source].1.is_empty() {

@@ -51,22 +51,26 @@ pub(super) fn linear(
     }
     match plan {
         LogicalPlan::TableScan(scan) => {
-            let source = within
-                .map(str::to_lowercase)
-                .filter(|s| files.contains_key(s))
-                .ok_or_else(|| {
-                    format!(
-                        "reads `{}`, which is not a Parquet file source",
-                        scan.table_name
-                    )
-                })?;
             if scan.fetch.is_some() {
                 return Err("a scan with a LIMIT".into());
             }
+            let not_a_source = || {
+                format!(
+                    "reads `{}`, which is not a Parquet file source",
+                    scan.table_name
+                )
+            };
             let provider = source_as_provider(&scan.source).map_err(|e| e.to_string())?;
             let Some(table) = (provider.as_ref() as &dyn Any).downcast_ref::<ListingTable>() else {
-                return Err(format!("source `{source}` is not read from its files"));
+                return Err(not_a_source());
             };
+            // Named by the alias of the source's view, or (where plans were
+            // rewritten without it) found by its files.
+            let source = within
+                .map(str::to_lowercase)
+                .filter(|s| files.contains_key(s))
+                .or_else(|| source_of(table, files))
+                .ok_or_else(not_a_source)?;
             if table.table_paths().len() != files[&source].len()
                 || !table.options().table_partition_cols.is_empty()
             {
@@ -101,6 +105,19 @@ pub(super) fn linear(
         linear(input, within, files, scans)?;
     }
     Ok(())
+}
+
+/// The source whose files `table` lists, one by one.
+fn source_of(table: &ListingTable, files: &HashMap<String, Vec<Stamp>>) -> Option<String> {
+    let paths: Vec<&str> = table.table_paths().iter().map(|u| u.as_str()).collect();
+    files.iter().find_map(|(source, stamps)| {
+        let same = stamps.len() == paths.len()
+            && stamps
+                .iter()
+                .zip(&paths)
+                .all(|(s, p)| ListingTableUrl::parse(&s.path).is_ok_and(|u| u.as_str() == *p));
+        same.then(|| source.clone())
+    })
 }
 
 /// `plan` with each Parquet scan `j` (in visiting order) reading what `pick`

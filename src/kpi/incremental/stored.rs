@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use datafusion::arrow::record_batch::RecordBatch;
@@ -52,6 +53,9 @@ pub struct Manifest {
     pub partitioned: bool,
     /// Per `count(DISTINCT)`, the files of its `(group, value)` pairs.
     pub pairs: Vec<Vec<String>>,
+    /// Kept counts (`counts.rs`), which need no files.
+    #[serde(default)]
+    pub counts: Vec<i64>,
 }
 
 /// The states of one pipeline.
@@ -160,12 +164,13 @@ impl Store {
 pub struct Pending {
     /// Per aggregate, its new files, the manifest last.
     states: Vec<Vec<Staged>>,
-    /// The lock on the kept states ([`Store::lock`]), released when this goes.
-    lock: Option<File>,
+    /// The lock on the kept states ([`Store::lock`]), released when the last
+    /// holder lets it go.
+    lock: Option<Arc<File>>,
 }
 
 impl Pending {
-    pub fn locked(lock: File) -> Pending {
+    pub fn locked(lock: Arc<File>) -> Pending {
         Pending {
             states: Vec::new(),
             lock: Some(lock),
@@ -175,6 +180,14 @@ impl Pending {
     pub fn add(&mut self, staged: Vec<Staged>) {
         if !staged.is_empty() {
             self.states.push(staged);
+        }
+    }
+
+    /// Adds another run part's new states (and its hold on the lock).
+    pub fn extend(&mut self, other: Pending) {
+        self.states.extend(other.states);
+        if self.lock.is_none() {
+            self.lock = other.lock;
         }
     }
 
