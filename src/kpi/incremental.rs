@@ -43,7 +43,7 @@ use super::share;
 use crate::config::{FileFormat, Pipeline, SourceKind};
 use crate::publish::Staged;
 use aggregate::Maintained;
-pub use counts::{Files, row};
+pub use counts::{DeltaInput, Files, row};
 pub use stored::Pending;
 use stored::{Manifest, Stamp, Store};
 
@@ -126,11 +126,14 @@ impl Incremental {
 
     /// Rewrites `plans` so that every maintainable aggregate in them reads its
     /// result, brought up to date from the kept state. What it stages is
-    /// returned, to be committed once the run publishes.
+    /// returned, to be committed once the run publishes. `scope` keeps the
+    /// states of one caller (the KPIs, the checks) apart from another's, which
+    /// may run at the same time over the same aggregate.
     pub async fn maintain(
         &self,
         ctx: &SessionContext,
         plans: Vec<LogicalPlan>,
+        scope: &str,
     ) -> Result<(Vec<LogicalPlan>, Pending), DataFusionError> {
         let analysis = super::share::analysis_state(ctx);
         let plans: Vec<LogicalPlan> = plans
@@ -200,6 +203,9 @@ impl Incremental {
             }
         }
 
+        for (m, _) in &mut fused {
+            m.fingerprint.insert_str(0, scope);
+        }
         let lock = self.lock().map_err(DataFusionError::Execution)?;
         let results = try_join_all(fused.iter().map(|(m, _)| self.update(ctx, m))).await?;
         let mut pending = Pending::locked(lock);

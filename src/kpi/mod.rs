@@ -266,7 +266,7 @@ async fn maintain(
     planned: Vec<PlannedKpi>,
 ) -> (Vec<PlannedKpi>, incremental::Pending) {
     let plans = planned.iter().map(|p| p.plan.clone()).collect();
-    match incremental.maintain(ctx, plans).await {
+    match incremental.maintain(ctx, plans, "").await {
         Ok((plans, kept)) => {
             let planned = planned
                 .into_iter()

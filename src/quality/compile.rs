@@ -14,7 +14,7 @@ use datafusion::prelude::SessionContext;
 use super::keys::{FastKeys, in_keys, in_keys_name};
 use crate::config::checks::column_hint;
 use crate::config::{Check, CheckKind, Literal, Pipeline, Problem};
-use crate::kpi::incremental::Files;
+use crate::kpi::incremental::{DeltaInput, Files};
 
 /// Which check a result belongs to: `(Some(source), index)` for a source's
 /// checks, `(None, index)` for the pipeline's checks across sources.
@@ -489,6 +489,7 @@ pub async fn compile(ctx: &SessionContext, pipeline: &Pipeline) -> Result<Compil
                     from: from.clone(),
                     to: to.clone(),
                     checked: checked.clone(),
+                    filter: check.filter.clone(),
                 });
                 let integer = |(s, c): &(String, String)| {
                     schemas
@@ -655,6 +656,7 @@ fn unique_query(source: &crate::config::Source, index: usize, check: &Check) -> 
         keys: columns.clone(),
         rows: unique_rows(check),
         extra: outer[2..].to_vec(),
+        filter: check.filter.clone(),
     });
     query
 }
@@ -744,6 +746,8 @@ pub enum Delta {
         rows: String,
         /// Accepted values measured by the same query (`m2`...), over `n`.
         extra: Vec<String>,
+        /// The check's `where:`.
+        filter: Option<String>,
     },
     /// `relationship`: orphans among the new `from` rows, less the old orphans
     /// whose keys arrived in the new `to` rows.
@@ -752,6 +756,8 @@ pub enum Delta {
         to: (String, String),
         /// The `from` rows judged.
         checked: String,
+        /// The check's `where:`.
+        filter: Option<String>,
     },
 }
 
@@ -764,16 +770,28 @@ impl Delta {
         }
     }
 
-    /// The query giving, in `m0`..., what the new files add to the `kept` counts.
-    /// `table` names a source's files; each is read under the source's name, so
-    /// the check's own SQL (`where:`) applies unchanged.
-    pub fn sql(&self, table: &dyn Fn(&str, Files) -> String, kept: &[i64]) -> String {
+    /// The check's `where:` and the source it filters: old rows are judged
+    /// once, so it must give the same answer on every run (no subquery, no
+    /// `now()`; the caller checks).
+    pub fn filter(&self) -> Option<(&str, &str)> {
+        match self {
+            Delta::Unique { source, filter, .. } => Some((source.as_str(), filter.as_deref()?)),
+            Delta::Relationship { from, filter, .. } => Some((from.0.as_str(), filter.as_deref()?)),
+        }
+    }
+
+    /// The query giving, in `m0`..., what the new files add to the kept counts.
+    /// Each source's files are read under the alias the check's own query
+    /// gives the source, so its SQL (`where:`) applies unchanged.
+    pub fn sql(&self, input: &DeltaInput) -> String {
+        let table = input.table;
         match self {
             Delta::Unique {
                 source,
                 keys,
                 rows,
                 extra,
+                ..
             } => {
                 let list = keys.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", ");
                 let on = |a: &str, b: &str| {
@@ -792,9 +810,8 @@ impl Delta {
                 };
                 let judged = |files: Files| {
                     format!(
-                        "(SELECT {list} FROM {} AS {} WHERE {rows})",
+                        "(SELECT {list} FROM {} AS {source} WHERE {rows})",
                         table(source, files),
-                        ident(source)
                     )
                 };
                 let d_keys: String = keys.iter().map(|k| format!("d.{}, ", ident(k))).collect();
@@ -818,18 +835,18 @@ impl Delta {
                     dold = on("d", "old"),
                 )
             }
-            Delta::Relationship { from, to, checked } => {
+            Delta::Relationship {
+                from, to, checked, ..
+            } => {
                 let (f, t) = (ident(&from.1), ident(&to.1));
                 let orphans = format!(
-                    "SELECT count(*) FROM {} AS {} WHERE {checked} AND NOT EXISTS \
-                     (SELECT 1 FROM {} AS t WHERE t.{t} = {}.{f})",
+                    "SELECT count(*) FROM {} AS f WHERE {checked} AND NOT EXISTS \
+                     (SELECT 1 FROM {} AS t WHERE t.{t} = f.{f})",
                     table(&from.0, Files::New),
-                    ident(&from.0),
                     table(&to.0, Files::All),
-                    ident(&from.0),
                 );
-                // Old orphans can only be resolved if there are any.
-                if kept.first().is_none_or(|&n| n == 0) {
+                // Old orphans can be resolved only by new `to` rows, if there are any.
+                if input.kept.first().is_none_or(|&n| n == 0) || !(input.grew)(&to.0) {
                     return format!("SELECT CAST(({orphans}) AS BIGINT) AS m0");
                 }
                 let arrived = format!(
@@ -839,10 +856,8 @@ impl Delta {
                     table(&to.0, Files::Old),
                 );
                 let resolved = format!(
-                    "SELECT count(*) FROM {} AS {} WHERE {checked} AND {}.{f} IN ({arrived})",
+                    "SELECT count(*) FROM {} AS f WHERE {checked} AND f.{f} IN ({arrived})",
                     table(&from.0, Files::Old),
-                    ident(&from.0),
-                    ident(&from.0),
                 );
                 format!("SELECT CAST(({orphans}) - ({resolved}) AS BIGINT) AS m0")
             }

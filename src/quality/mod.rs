@@ -19,7 +19,9 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
 use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::common::ScalarValue;
+use datafusion::common::tree_node::TreeNode;
 use datafusion::error::DataFusionError;
+use datafusion::logical_expr::{Expr, Volatility};
 use datafusion::prelude::SessionContext;
 use futures::future::join_all;
 
@@ -29,7 +31,7 @@ pub use gate::{Gate, QualityStatus, apply as apply_gate};
 use crate::config::{Check, CheckKind, Pipeline, Severity};
 use crate::kpi::Incremental;
 use crate::kpi::incremental::Pending;
-use compile::{Query, Slot};
+use compile::{Delta, Query, Slot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QualityError {
@@ -236,7 +238,7 @@ async fn keep(
         }
     }
     let maintained = if plans.len() == fused.len() && !fused.is_empty() {
-        inc.maintain(ctx, plans)
+        inc.maintain(ctx, plans, "checks\n")
             .await
             .inspect_err(|e| tracing::warn!(error = %e, "could not bring the checks' kept aggregates up to date; measuring them in full"))
             .ok()
@@ -246,25 +248,55 @@ async fn keep(
     match maintained {
         Some((plans, kept)) => {
             pending.extend(kept);
-            let runs = fused.iter().zip(plans).map(|(q, plan)| async move {
-                let started = std::time::Instant::now();
-                let result = match ctx.execute_logical_plan(plan).await {
-                    Ok(df) => crate::session::collect(df, &q.sql).await,
-                    Err(e) => Err(e),
-                };
-                tracing::debug!(ms = started.elapsed().as_millis() as u64, sql = %q.sql, "check query (kept)");
-                result.map_err(|e| e.to_string())
+            // Each in a task of its own, as in `run_queries`: a panic is its error.
+            let runs = fused.iter().zip(plans).map(|(q, plan)| {
+                let (ctx, sql) = (ctx.clone(), q.sql.clone());
+                tokio::spawn(async move {
+                    let started = std::time::Instant::now();
+                    let result = match ctx.execute_logical_plan(plan).await {
+                        Ok(df) => crate::session::collect(df, &sql).await,
+                        Err(e) => Err(e),
+                    };
+                    tracing::debug!(ms = started.elapsed().as_millis() as u64, %sql, "check query (kept)");
+                    result.map_err(|e| e.to_string())
+                })
             });
-            let done = join_all(runs).await;
+            let done = join_all(runs).await.into_iter().map(|joined| {
+                joined.unwrap_or_else(|e| Err(format!("the check query stopped: {e}")))
+            });
             results.extend(fused.into_iter().zip(done));
         }
         None => results.extend(run_queries(ctx, fused).await),
     }
 
-    let counts = counted.into_iter().map(|q| async move {
+    // Checks with the same delta (the same check twice, with other thresholds)
+    // share one kept state.
+    let mut by_delta: Vec<(Delta, Vec<Query>)> = Vec::new();
+    for q in counted {
         let Some(delta) = q.delta.clone() else {
-            return (run_queries(ctx, vec![q]).await, Vec::new());
+            results.extend(run_queries(ctx, vec![q]).await);
+            continue;
         };
+        match by_delta
+            .iter_mut()
+            .find(|(d, _)| format!("{d:?}") == format!("{delta:?}"))
+        {
+            Some((_, same)) => same.push(q),
+            None => by_delta.push((delta, vec![q])),
+        }
+    }
+    let counts = by_delta.into_iter().map(|(delta, queries)| async move {
+        let q = &queries[0];
+        let measure_in_full = async || {
+            let ready = with_key_sets(ctx, queries.clone()).await;
+            run_queries(ctx, ready).await
+        };
+        if let Some((source, filter)) = delta.filter()
+            && !stable_filter(ctx, source, filter).await
+        {
+            tracing::debug!(sql = %q.sql, "counted in full: its `where:` may judge old rows differently");
+            return (measure_in_full().await, Vec::new());
+        }
         let full = async || -> Result<Vec<i64>, DataFusionError> {
             let ready = with_key_sets(ctx, vec![q.clone()]).await;
             match run_queries(ctx, ready).await.pop() {
@@ -273,21 +305,22 @@ async fn keep(
                 None => Err(DataFusionError::Internal("no count query ran".into())),
             }
         };
-        let fingerprint = format!("check counts\n{}", q.sql);
+        let what = format!("{delta:?}");
         match inc
-            .counts(ctx, &fingerprint, &delta.sources(), full, |table, kept| {
-                delta.sql(table, kept)
-            })
+            .counts(ctx, &what, &delta.sources(), full, |input| delta.sql(input))
             .await
         {
             Ok((counts, staged)) => {
                 let batch = counts_batch(&counts);
-                (vec![(q, batch.map(|b| vec![b]))], staged)
+                let done = queries
+                    .into_iter()
+                    .map(|q| (q, batch.clone().map(|b| vec![b])))
+                    .collect();
+                (done, staged)
             }
             Err(e) => {
                 tracing::warn!(error = %e, sql = %q.sql, "could not keep a check's counts; measuring it in full");
-                let ready = with_key_sets(ctx, vec![q]).await;
-                (run_queries(ctx, ready).await, Vec::new())
+                (measure_in_full().await, Vec::new())
             }
         }
     });
@@ -296,6 +329,31 @@ async fn keep(
         pending.add(staged);
     }
     (results, pending)
+}
+
+/// Whether `filter` over `source` judges a row the same on every run: no
+/// subquery (another table may change) and only immutable functions (`now()`
+/// and `current_date` are not).
+async fn stable_filter(ctx: &SessionContext, source: &str, filter: &str) -> bool {
+    let sql = format!("SELECT 1 FROM {source} WHERE {filter}");
+    let Ok(plan) = ctx.state().create_logical_plan(&sql).await else {
+        return false;
+    };
+    let changing = plan.exists(|node| {
+        Ok(node.expressions().iter().any(|e| {
+            e.exists(|e| {
+                Ok(match e {
+                    Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) => true,
+                    Expr::ScalarFunction(f) => {
+                        f.func.signature().volatility != Volatility::Immutable
+                    }
+                    _ => false,
+                })
+            })
+            .unwrap_or(true)
+        }))
+    });
+    !changing.unwrap_or(true)
 }
 
 /// Counts as a one-row result with columns `m0`, `m1`...

@@ -281,7 +281,9 @@ fn appended_files_update_the_kept_aggregates_to_the_full_result() {
 }
 
 /// The checks of `check_pipeline`: every kind whose counts an incremental run
-/// keeps, with a `where:`, a `group_by:` and keys duplicated across files.
+/// keeps, with a `where:`, a `group_by:` and keys duplicated across files; a
+/// check twice (one kept state), and one whose `where:` changes with the day
+/// (measured in full).
 const CHECKS: &str = "  orders:
     file: data/orders/*.parquet
     checks:
@@ -289,6 +291,8 @@ const CHECKS: &str = "  orders:
       - not_null: {column: o_custkey, name: custkey_present}
       - unique: {column: o_orderkey, severity: warn}
       - unique: {column: o_orderkey, where: \"o_priority = '1-URGENT'\", name: urgent_unique, severity: warn}
+      - unique: {column: o_orderkey, name: pk_again, mostly: 0.99}
+      - unique: {column: o_orderkey, where: \"o_orderdate <= current_date\", name: until_today, severity: warn}
       - accepted_values: {column: o_priority, values: ['1-URGENT', '3-MEDIUM'], group_by: [o_priority], name: priorities}
       - freshness: {column: o_orderdate, max_age: 400d}
       - metric: {sql: avg(o_custkey), min: 0, name: mean_customer}
@@ -355,7 +359,7 @@ fn checks_as_full(dir: &Path) -> String {
         assert_eq!(got.get(check), Some(w), "{check:?}\n{log}");
     }
     assert_eq!(got.len(), want.len());
-    assert_eq!(want.len(), 12, "{want:?}");
+    assert_eq!(want.len(), 14, "{want:?}");
     log
 }
 

@@ -13,7 +13,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::view::ViewTable;
 use datafusion::datasource::provider_as_source;
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::LogicalPlanBuilder;
+use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder};
 use datafusion::prelude::SessionContext;
 
 use super::rows::{linear, narrowed, substitute};
@@ -32,49 +32,74 @@ pub enum Files {
     All,
 }
 
+/// What a delta query is given: the name under which a source's files are
+/// read, whether a source has new files, and the kept counts.
+pub struct DeltaInput<'a> {
+    pub table: &'a dyn Fn(&str, Files) -> String,
+    pub grew: &'a dyn Fn(&str) -> bool,
+    pub kept: &'a [i64],
+}
+
 impl Incremental {
-    /// The counts `fingerprint` names, over all files of `sources` now: the kept
-    /// ones plus what `delta` measures of the new files (its SQL gets the names
-    /// of each source's old and new files, and the kept counts), or `full()`
-    /// when nothing usable is kept. Returns the counts and the new state to
-    /// commit; sources that are not Parquet files are always counted in full.
+    /// The counts `what` names, over all files of `sources` now: the kept ones
+    /// plus what the query `delta` writes measures of the new files, or
+    /// `full()` when nothing usable is kept. `what` must name everything the
+    /// counts depend on besides the sources' rows; the sources' definitions
+    /// (their views' plans) are added to it here. Returns the counts and the new
+    /// state to commit; sources that are not Parquet files are always counted
+    /// in full.
     pub async fn counts(
         &self,
         ctx: &SessionContext,
-        fingerprint: &str,
+        what: &str,
         sources: &[String],
         full: impl AsyncFnOnce() -> Result<Vec<i64>, DataFusionError>,
-        delta: impl FnOnce(&dyn Fn(&str, Files) -> String, &[i64]) -> String,
+        delta: impl FnOnce(&DeltaInput) -> String,
     ) -> Result<(Vec<i64>, Vec<Staged>), DataFusionError> {
         let started = std::time::Instant::now();
         let mut sources: Vec<String> = sources.iter().map(|s| s.to_lowercase()).collect();
         sources.sort();
         sources.dedup();
-        if let Some(s) = sources.iter().find(|s| !self.files.contains_key(*s)) {
-            tracing::debug!(source = %s, "counted in full: not a Parquet file source");
-            return Ok((full().await?, Vec::new()));
+        let mut plans = BTreeMap::new();
+        for source in &sources {
+            match self.source_plan(ctx, source).await {
+                Ok(plan) => plans.insert(source.clone(), plan),
+                Err(why) => {
+                    tracing::debug!(%source, %why, "counted in full");
+                    return Ok((full().await?, Vec::new()));
+                }
+            };
         }
+        let fingerprint = plans
+            .values()
+            .fold(format!("check counts\n{what}"), |f, p| {
+                format!("{f}\n{}", p.display_indent())
+            });
         let _lock = self.lock().map_err(DataFusionError::Execution)?;
-        let key = hash(fingerprint);
+        let key = hash(&fingerprint);
         let kept = if self.full {
             None
         } else {
-            self.store.manifest(&key, fingerprint)
+            self.store.manifest(&key, &fingerprint)
         };
         let split = kept.as_ref().and_then(|m| self.delta(m, &sources));
         let (mode, counts) = match (kept, split) {
-            (Some(m), Some(split)) if split.values().all(|(_, new)| new.is_empty()) => {
+            (Some(m), Some(split))
+                if split.values().all(|(_, new)| new.is_empty()) && !m.counts.is_empty() =>
+            {
                 return Ok((m.counts, Vec::new()));
             }
             (Some(m), Some(split)) => {
-                let added = self
-                    .run_delta(
-                        ctx,
-                        &key,
-                        &split,
-                        delta(&|s, f| name(&key, s, f), &m.counts),
-                    )
-                    .await?;
+                let sql = delta(&DeltaInput {
+                    table: &|s, f| name(&key, s, f),
+                    grew: &|s| {
+                        split
+                            .get(&s.to_lowercase())
+                            .is_some_and(|(_, new)| !new.is_empty())
+                    },
+                    kept: &m.counts,
+                });
+                let added = self.run_delta(ctx, &key, &plans, &split, sql).await?;
                 if added.len() != m.counts.len() {
                     return Err(DataFusionError::Internal(format!(
                         "{} counts kept, {} measured",
@@ -88,7 +113,7 @@ impl Incremental {
             _ => ("full", full().await?),
         };
         let manifest = Manifest {
-            plan: fingerprint.to_string(),
+            plan: fingerprint,
             sources: sources
                 .iter()
                 .map(|s| (s.clone(), self.files[s].clone()))
@@ -103,32 +128,41 @@ impl Incremental {
         Ok((counts, vec![staged]))
     }
 
+    /// The plan of a source's view, when it only reads its Parquet files.
+    async fn source_plan(&self, ctx: &SessionContext, source: &str) -> Result<LogicalPlan, String> {
+        if !self.files.contains_key(source) {
+            return Err("not a Parquet file source".into());
+        }
+        let provider = ctx
+            .table_provider(source)
+            .await
+            .map_err(|e| e.to_string())?;
+        let plan = match provider.get_logical_plan() {
+            Some(plan) => plan.into_owned(),
+            None => LogicalPlanBuilder::scan(source, provider_as_source(provider), None)
+                .and_then(|b| b.build())
+                .map_err(|e| e.to_string())?,
+        };
+        linear(&plan, Some(source), &self.files, &mut Vec::new())?;
+        Ok(plan)
+    }
+
     /// Runs `sql` with each source's old and new files registered under
     /// [`name`], and returns its one row as integers.
     async fn run_delta(
         &self,
         ctx: &SessionContext,
         key: &str,
+        plans: &BTreeMap<String, LogicalPlan>,
         split: &Split,
         sql: String,
     ) -> Result<Vec<i64>, DataFusionError> {
         let mut registered = Vec::new();
         let result = async {
             for (source, (old, new)) in split {
-                // A source is registered as a view over its files' scan.
-                let provider = ctx.table_provider(source.as_str()).await?;
-                let plan = match provider.get_logical_plan() {
-                    Some(plan) => plan.into_owned(),
-                    None => LogicalPlanBuilder::scan(source, provider_as_source(provider), None)?
-                        .build()?,
-                };
-                let mut scans = Vec::new();
-                linear(&plan, Some(source), &self.files, &mut scans).map_err(|why| {
-                    DataFusionError::Plan(format!("source `{source}` cannot be split: {why}"))
-                })?;
                 for (files, which) in [(old, Files::Old), (new, Files::New)] {
                     let table_name = name(key, source, which);
-                    let narrowed = substitute(&plan, &mut 0, &mut |_, table| {
+                    let narrowed = substitute(&plans[source], &mut 0, &mut |_, table| {
                         narrowed(table, files).map(Some)
                     })?;
                     ctx.register_table(
@@ -139,7 +173,13 @@ impl Incremental {
                 }
             }
             let plan = ctx.state().create_logical_plan(&sql).await?;
-            let batches = run(ctx, plan, "kept counts").await?;
+            // In a task of its own: a panic is this query's error.
+            let task_ctx = ctx.clone();
+            let batches = tokio::spawn(async move { run(&task_ctx, plan, "kept counts").await })
+                .await
+                .map_err(|e| {
+                    DataFusionError::Execution(format!("the count query stopped: {e}"))
+                })??;
             row(&batches)
         }
         .await;

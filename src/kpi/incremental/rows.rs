@@ -107,10 +107,14 @@ pub(super) fn linear(
     Ok(())
 }
 
-/// The source whose files `table` lists, one by one.
+/// The source whose files `table` lists, one by one (the first by name, if
+/// two sources read the same files: the same on every run).
 fn source_of(table: &ListingTable, files: &HashMap<String, Vec<Stamp>>) -> Option<String> {
     let paths: Vec<&str> = table.table_paths().iter().map(|u| u.as_str()).collect();
-    files.iter().find_map(|(source, stamps)| {
+    let mut sources: Vec<&String> = files.keys().collect();
+    sources.sort();
+    sources.into_iter().find_map(|source| {
+        let stamps = &files[source];
         let same = stamps.len() == paths.len()
             && stamps
                 .iter()

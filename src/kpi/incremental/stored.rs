@@ -81,8 +81,9 @@ impl Store {
         }
     }
 
-    /// Takes the pipeline's lock on its kept states, held until the run's new
-    /// states are committed or dropped: one run at a time updates them.
+    /// Takes the pipeline's lock on its kept states: one run at a time updates
+    /// them. The run holds it (`Incremental`) until its new states are
+    /// committed or dropped.
     pub fn lock(&self) -> Result<File, String> {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
@@ -164,8 +165,8 @@ impl Store {
 pub struct Pending {
     /// Per aggregate, its new files, the manifest last.
     states: Vec<Vec<Staged>>,
-    /// The lock on the kept states ([`Store::lock`]), released when the last
-    /// holder lets it go.
+    /// The lock on the kept states ([`Store::lock`]): held at least until the
+    /// states are committed; released when the run lets go of it too.
     lock: Option<Arc<File>>,
 }
 
