@@ -1,6 +1,7 @@
 //! The DataFusion session every query of a run executes in: its settings, tuned
 //! for KPI work, and kpiforge's own optimizer rules.
 
+mod build_side;
 mod count_distinct;
 mod dates;
 
@@ -9,9 +10,12 @@ use std::time::Instant;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::physical_plan::{self, ExecutionPlan, display::DisplayableExecutionPlan};
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 
+pub use build_side::BuildOnKeys;
 pub use count_distinct::{CountDistinct, CountKeys};
 pub use dates::{TruncDate, TruncateDates, Unit};
 
@@ -48,7 +52,20 @@ pub fn session() -> SessionContext {
     if unset("DATAFUSION_OPTIMIZER_HASH_JOIN_SINGLE_PARTITION_THRESHOLD") {
         optimizer.hash_join_single_partition_threshold = SHARED_BUILD_BYTES;
     }
-    let ctx = SessionContext::new_with_config(config);
+    // After DataFusion's join selection, which picks build sides by row counts,
+    // and before the rules that build on its choice (distribution, dynamic filters).
+    let mut rules = PhysicalOptimizer::new().rules;
+    let at = rules
+        .iter()
+        .position(|r| r.name() == "join_selection")
+        .map_or(rules.len(), |i| i + 1);
+    rules.insert(at, Arc::new(BuildOnKeys));
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_physical_optimizer_rules(rules)
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     ctx.add_optimizer_rule(Arc::new(TruncateDates));
     ctx.add_optimizer_rule(Arc::new(CountKeys));
     ctx
