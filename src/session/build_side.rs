@@ -47,9 +47,10 @@ impl PhysicalOptimizerRule for BuildOnKeys {
             {
                 return Ok(Transformed::no(node));
             }
-            let left =
-                StatisticsContext::new().compute(join.left().as_ref(), &StatisticsArgs::new())?;
-            let large = matches!(left.num_rows, Precision::Exact(n) if n >= LARGE_BUILD);
+            // Without statistics, the join stays as DataFusion chose it.
+            let large = StatisticsContext::new()
+                .compute(join.left().as_ref(), &StatisticsArgs::new())
+                .is_ok_and(|s| matches!(s.num_rows, Precision::Exact(n) if n >= LARGE_BUILD));
             let keys: Vec<&Arc<dyn PhysicalExpr>> = join.on().iter().map(|(_, r)| r).collect();
             if !large || !one_row_per_key(join.right(), &keys) {
                 return Ok(Transformed::no(node));
