@@ -221,6 +221,9 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
         }
         source::commit_pulls(&sources, &run_id)?;
         std::mem::take(&mut computed.kept).commit()?;
+        if let Some(incremental) = &incremental {
+            incremental.sweep();
+        }
         publishing.done();
         let failed_sources: Vec<String> = gate
             .failed_sources()

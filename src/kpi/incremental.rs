@@ -65,6 +65,11 @@ pub struct Incremental {
     /// The lock on the kept states, once taken: the KPIs and the checks of a
     /// run update theirs under one lock, released when the run is done.
     lock: std::sync::Mutex<Option<Arc<std::fs::File>>>,
+    /// The states this run read or wrote; the others are left over from SQL
+    /// since changed, and [`Incremental::sweep`] removes them.
+    used: std::sync::Mutex<BTreeSet<String>>,
+    /// Some state could not be brought up to date: nothing is swept.
+    incomplete: std::sync::atomic::AtomicBool,
 }
 
 impl Incremental {
@@ -93,7 +98,48 @@ impl Incremental {
             files,
             full,
             lock: std::sync::Mutex::new(None),
+            used: std::sync::Mutex::new(BTreeSet::new()),
+            incomplete: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Records that the state `key` is in use this run.
+    fn uses(&self, key: &str) {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        used.insert(key.to_string());
+    }
+
+    /// Records that some kept state was not brought up to date this run (its
+    /// work was done in full), so states not used this run may still be needed.
+    pub fn incomplete(&self) {
+        self.incomplete
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Removes the states this run did not use: those of aggregates and checks
+    /// whose SQL has changed since, which would otherwise stay on disk. Called
+    /// after the run's states are committed, under its lock; does nothing if
+    /// the run did not hold the lock or could not update every state.
+    pub fn sweep(&self) {
+        let held = self
+            .lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if !held || self.incomplete.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(entries) = std::fs::read_dir(self.store.dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.path().is_dir() && !used.contains(&name) {
+                tracing::debug!(state = %name, "removing a kept state no longer used");
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 
     /// Takes the pipeline's lock on its kept states, or the one this run holds.
@@ -130,6 +176,19 @@ impl Incremental {
     /// states of one caller (the KPIs, the checks) apart from another's, which
     /// may run at the same time over the same aggregate.
     pub async fn maintain(
+        &self,
+        ctx: &SessionContext,
+        plans: Vec<LogicalPlan>,
+        scope: &str,
+    ) -> Result<(Vec<LogicalPlan>, Pending), DataFusionError> {
+        let maintained = self.maintain_all(ctx, plans, scope).await;
+        if maintained.is_err() {
+            self.incomplete();
+        }
+        maintained
+    }
+
+    async fn maintain_all(
         &self,
         ctx: &SessionContext,
         plans: Vec<LogicalPlan>,
@@ -258,6 +317,7 @@ impl Incremental {
     ) -> Result<(Arc<dyn TableProvider>, Vec<Staged>), DataFusionError> {
         let started = std::time::Instant::now();
         let key = m.key();
+        self.uses(&key);
         let kept = if self.full {
             None
         } else {

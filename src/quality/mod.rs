@@ -237,6 +237,9 @@ async fn keep(
             Err(_) => break,
         }
     }
+    if plans.len() != fused.len() {
+        inc.incomplete();
+    }
     let maintained = if plans.len() == fused.len() && !fused.is_empty() {
         inc.maintain(ctx, plans, "checks\n")
             .await

@@ -278,6 +278,28 @@ fn appended_files_update_the_kept_aggregates_to_the_full_result() {
     drop(lock);
     let log = run(d, &[]);
     assert_eq!(modes(&log, "incremental"), kept, "{log}");
+
+    // A KPI's aggregate changed: its state is rebuilt, and the old one removed.
+    let before = state_folders(d);
+    assert_eq!(before.len(), kept);
+    let sql = KPIS[0].1.replace("l.l_price * (1 - ", "l.l_price * (2 - ");
+    std::fs::write(d.join("sql/revenue.sql"), sql).unwrap();
+    let log = run(d, &[]);
+    assert_eq!(modes(&log, "full"), 1, "{log}");
+    let after = state_folders(d);
+    assert_eq!(after.len(), kept);
+    assert_eq!(before.intersection(&after).count(), kept - 1);
+    assert_same_as_full(d);
+}
+
+/// The folders of the kept states.
+fn state_folders(dir: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir.join(".kpiforge/incremental/p"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// The checks of `check_pipeline`: every kind whose counts an incremental run

@@ -56,6 +56,21 @@ impl Incremental {
         full: impl AsyncFnOnce() -> Result<Vec<i64>, DataFusionError>,
         delta: impl FnOnce(&DeltaInput) -> String,
     ) -> Result<(Vec<i64>, Vec<Staged>), DataFusionError> {
+        let counted = self.count(ctx, what, sources, full, delta).await;
+        if counted.is_err() {
+            self.incomplete();
+        }
+        counted
+    }
+
+    async fn count(
+        &self,
+        ctx: &SessionContext,
+        what: &str,
+        sources: &[String],
+        full: impl AsyncFnOnce() -> Result<Vec<i64>, DataFusionError>,
+        delta: impl FnOnce(&DeltaInput) -> String,
+    ) -> Result<(Vec<i64>, Vec<Staged>), DataFusionError> {
         let started = std::time::Instant::now();
         let mut sources: Vec<String> = sources.iter().map(|s| s.to_lowercase()).collect();
         sources.sort();
@@ -77,6 +92,7 @@ impl Incremental {
             });
         let _lock = self.lock().map_err(DataFusionError::Execution)?;
         let key = hash(&fingerprint);
+        self.uses(&key);
         let kept = if self.full {
             None
         } else {

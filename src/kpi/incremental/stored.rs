@@ -81,6 +81,11 @@ impl Store {
         }
     }
 
+    /// The folder of the pipeline's states.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Takes the pipeline's lock on its kept states: one run at a time updates
     /// them. The run holds it (`Incremental`) until its new states are
     /// committed or dropped.
