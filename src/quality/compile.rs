@@ -736,7 +736,7 @@ pub fn same_type(actual: &DataType, declared: &DataType) -> bool {
 /// results, added to the kept counts, give the counts over all files. Exact;
 /// cheap when new keys fall outside the old files' key ranges (appended
 /// surrogate keys), because the joins' key filters then prune the old files.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delta {
     /// `unique`: each new key's rows, old and new, before and after.
     Unique {

@@ -251,23 +251,15 @@ async fn keep(
     match maintained {
         Some((plans, kept)) => {
             pending.extend(kept);
-            // Each in a task of its own, as in `run_queries`: a panic is its error.
-            let runs = fused.iter().zip(plans).map(|(q, plan)| {
+            let work = fused.into_iter().zip(plans).map(|(q, plan)| {
                 let (ctx, sql) = (ctx.clone(), q.sql.clone());
-                tokio::spawn(async move {
-                    let started = std::time::Instant::now();
-                    let result = match ctx.execute_logical_plan(plan).await {
-                        Ok(df) => crate::session::collect(df, &sql).await,
-                        Err(e) => Err(e),
-                    };
-                    tracing::debug!(ms = started.elapsed().as_millis() as u64, %sql, "check query (kept)");
-                    result.map_err(|e| e.to_string())
-                })
+                let measure = async move {
+                    let df = ctx.execute_logical_plan(plan).await?;
+                    crate::session::collect(df, &sql).await
+                };
+                (q, measure)
             });
-            let done = join_all(runs).await.into_iter().map(|joined| {
-                joined.unwrap_or_else(|e| Err(format!("the check query stopped: {e}")))
-            });
-            results.extend(fused.into_iter().zip(done));
+            results.extend(in_tasks(work.collect()).await);
         }
         None => results.extend(run_queries(ctx, fused).await),
     }
@@ -280,10 +272,7 @@ async fn keep(
             results.extend(run_queries(ctx, vec![q]).await);
             continue;
         };
-        match by_delta
-            .iter_mut()
-            .find(|(d, _)| format!("{d:?}") == format!("{delta:?}"))
-        {
+        match by_delta.iter_mut().find(|(d, _)| *d == delta) {
             Some((_, same)) => same.push(q),
             None => by_delta.push((delta, vec![q])),
         }
@@ -429,36 +418,52 @@ async fn with_key_sets(ctx: &SessionContext, queries: Vec<Query>) -> Vec<Query> 
     ready
 }
 
-/// Runs queries concurrently; each comes back with its result (a task that
-/// panicked is an error of its query, never a silent pass).
+/// Runs queries concurrently, each by its bitmap path (`keys.rs`) or its SQL.
 async fn run_queries(
     ctx: &SessionContext,
     queries: Vec<Query>,
 ) -> Vec<(Query, Result<Vec<RecordBatch>, String>)> {
-    let tasks: Vec<_> = queries
-        .iter()
-        .map(|q| {
-            let ctx = ctx.clone();
+    let work = queries.into_iter().map(|q| {
+        let ctx = ctx.clone();
+        let (sql, fast) = (q.sql.clone(), q.fast.clone());
+        let measure = async move {
+            let fast = match &fast {
+                Some(f) => keys::measure(&ctx, f).await.transpose(),
+                None => None,
+            };
+            match fast {
+                Some(result) => result,
+                None => match ctx.sql(&sql).await {
+                    Ok(df) => crate::session::collect(df, &sql).await,
+                    Err(e) => Err(e),
+                },
+            }
+        };
+        (q, measure)
+    });
+    in_tasks(work.collect()).await
+}
+
+/// Runs each query's work concurrently, in a task of its own; each comes back
+/// with its result (a task that panicked is an error of its query, never a
+/// silent pass).
+async fn in_tasks<F>(work: Vec<(Query, F)>) -> Vec<(Query, Result<Vec<RecordBatch>, String>)>
+where
+    F: std::future::Future<Output = Result<Vec<RecordBatch>, DataFusionError>> + Send + 'static,
+{
+    let (queries, tasks): (Vec<Query>, Vec<_>) = work
+        .into_iter()
+        .map(|(q, measure)| {
             let sql = q.sql.clone();
-            let fast = q.fast.clone();
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 let started = std::time::Instant::now();
-                let fast = match &fast {
-                    Some(f) => keys::measure(&ctx, f).await.transpose(),
-                    None => None,
-                };
-                let result = match fast {
-                    Some(result) => result,
-                    None => match ctx.sql(&sql).await {
-                        Ok(df) => crate::session::collect(df, &sql).await,
-                        Err(e) => Err(e),
-                    },
-                };
+                let result = measure.await;
                 tracing::debug!(ms = started.elapsed().as_millis() as u64, %sql, "check query");
                 result.map_err(|e| e.to_string())
-            })
+            });
+            (q, task)
         })
-        .collect();
+        .unzip();
     let results = join_all(tasks).await;
     queries
         .into_iter()
