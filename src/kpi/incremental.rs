@@ -22,6 +22,7 @@
 
 mod aggregate;
 mod counts;
+mod outputs;
 mod rows;
 mod stored;
 
@@ -29,13 +30,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, JoinType, NullEquality};
-use datafusion::datasource::{MemTable, provider_as_source};
+use datafusion::datasource::{MemTable, ViewTable, provider_as_source};
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, TableScanBuilder};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::future::try_join_all;
 
@@ -44,11 +46,50 @@ use crate::config::{FileFormat, Pipeline, SourceKind};
 use crate::publish::Staged;
 use aggregate::Maintained;
 pub use counts::{DeltaInput, Files, row};
+pub use outputs::Output;
 pub use stored::Pending;
 use stored::{Manifest, Stamp, Store};
 
 /// Per source, the files a kept state covers and the files new since.
 type Split = BTreeMap<String, (Vec<Stamp>, Vec<Stamp>)>;
+
+/// The scans standing in for maintained aggregates are named this and the
+/// state's key.
+pub const MAINTAINED: &str = "__kpiforge_maintained_";
+
+/// Plans rewritten to read maintained aggregates (`Incremental::maintain`).
+#[derive(Debug)]
+pub struct Rewritten {
+    pub plans: Vec<LogicalPlan>,
+    /// Their new states, to commit when the run publishes.
+    pub pending: Pending,
+    /// Per maintained scan (by table name), how its rows changed since the last run.
+    pub reads: Reads,
+}
+
+pub type Reads = HashMap<String, Read>;
+
+/// A maintained aggregate's result as this run reads it.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub key: String,
+    /// The version of the kept state the run started from; `None` when rebuilt.
+    pub kept: Option<String>,
+    /// Its version once the run commits.
+    pub now: String,
+    pub change: Change,
+}
+
+/// How a maintained aggregate's result differs from the one the last run read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// The same rows.
+    None,
+    /// Only rows whose grouping column `g{column}` holds one of these days.
+    Days { column: usize, days: BTreeSet<i32> },
+    /// Any row.
+    All,
+}
 
 /// States with at least this many groups are kept in one file per partition.
 const PARTITIONED_ROWS: usize = 100_000;
@@ -180,7 +221,7 @@ impl Incremental {
         ctx: &SessionContext,
         plans: Vec<LogicalPlan>,
         scope: &str,
-    ) -> Result<(Vec<LogicalPlan>, Pending), DataFusionError> {
+    ) -> Result<Rewritten, DataFusionError> {
         let maintained = self.maintain_all(ctx, plans, scope).await;
         if maintained.is_err() {
             self.incomplete();
@@ -193,7 +234,7 @@ impl Incremental {
         ctx: &SessionContext,
         plans: Vec<LogicalPlan>,
         scope: &str,
-    ) -> Result<(Vec<LogicalPlan>, Pending), DataFusionError> {
+    ) -> Result<Rewritten, DataFusionError> {
         let analysis = super::share::analysis_state(ctx);
         let plans: Vec<LogicalPlan> = plans
             .iter()
@@ -269,10 +310,13 @@ impl Incremental {
         let results = try_join_all(fused.iter().map(|(m, _)| self.update(ctx, m))).await?;
         let mut pending = Pending::locked(lock);
         let mut reads: HashMap<LogicalPlan, LogicalPlan> = HashMap::new();
-        for ((m, uses), (table, staged)) in fused.iter().zip(results) {
+        let mut read_by_name = Reads::new();
+        for ((m, uses), (table, staged, read)) in fused.iter().zip(results) {
+            let name = format!("{MAINTAINED}{}", read.key);
             for u in uses {
-                reads.insert(u.node.clone(), u.read(m.groups.len(), &table)?);
+                reads.insert(u.node.clone(), u.read(&name, m.groups.len(), &table)?);
             }
+            read_by_name.insert(name, read);
             pending.add(staged);
         }
         let plans = plans
@@ -285,7 +329,11 @@ impl Incremental {
                 .map(|t| t.data)
             })
             .collect::<Result<_, _>>()?;
-        Ok((plans, pending))
+        Ok(Rewritten {
+            plans,
+            pending,
+            reads: read_by_name,
+        })
     }
 
     /// Collects the maintainable aggregates of `plan`, outermost first: an
@@ -314,7 +362,7 @@ impl Incremental {
         &self,
         ctx: &SessionContext,
         m: &Maintained,
-    ) -> Result<(Arc<dyn TableProvider>, Vec<Staged>), DataFusionError> {
+    ) -> Result<(Arc<dyn TableProvider>, Vec<Staged>, Read), DataFusionError> {
         let started = std::time::Instant::now();
         let key = m.key();
         self.uses(&key);
@@ -333,6 +381,7 @@ impl Incremental {
             "full"
         };
         let kept = kept.filter(|_| delta.is_some());
+        let kept_version = kept.as_ref().map(stored::version);
         // The rows not in the state yet (all of them for a full build).
         let terms = match &delta {
             None => vec![m.input.clone()],
@@ -350,6 +399,7 @@ impl Incremental {
             .map(|k| k.pairs)
             .unwrap_or_else(|| vec![Vec::new(); m.distinct_count()]);
         let mut staged = Vec::new();
+        let mut change = if building { Change::All } else { Change::None };
         // The partitions of the state the new rows touch, brought up to date.
         let mut fresh: Option<(RecordBatch, BTreeSet<String>)> = None;
         if !terms.is_empty() {
@@ -360,6 +410,15 @@ impl Incremental {
             let new =
                 one_batch(&run(ctx, m.merge_plan(partials, None)?, "new partial results").await?)?;
             let touched = m.partitions(&new, layout)?;
+            if !building {
+                change = match m.partition {
+                    Some(p) => m
+                        .days(&new, p)?
+                        .map_or(Change::All, |days| Change::Days { column: p, days }),
+                    None => Change::All,
+                };
+            }
+            let new_rows = new.clone();
             let mut parts = vec![ctx.read_batch(new)?.into_unoptimized_plan()];
             for (d, (i, _)) in m.distinct().enumerate() {
                 let mut pairs = m.pairs_plan(&terms, i)?;
@@ -382,11 +441,19 @@ impl Incremental {
                 .iter()
                 .filter_map(|p| groups.get(p).cloned())
                 .collect();
-            if let Some(files) = self.store.paths(&key, &kept_touched) {
-                parts.push(read_parquet(ctx, files).await?);
+            let before = self.store.paths(&key, &kept_touched);
+            if let Some(files) = &before {
+                parts.push(read_parquet(ctx, files.clone(), None).await?);
             }
             let merged =
                 one_batch(&run(ctx, m.merge_plan(parts, layout)?, "aggregate state").await?)?;
+            // Without a period to tell, the groups whose output changed tell.
+            if !building && m.partition.is_none() && !m.groups.is_empty() {
+                change = match output_changed(ctx, m, &new_rows, before, &merged).await? {
+                    true => Change::All,
+                    false => Change::None,
+                };
+            }
             if building && merged.num_rows() < PARTITIONED_ROWS {
                 layout = None;
             }
@@ -417,14 +484,20 @@ impl Incremental {
             .collect();
         let mut state: Option<LogicalPlanBuilder> = None;
         let mut states = 0;
+        let mut schema = None;
         if let Some((merged, _)) = &fresh {
             states += merged.num_rows();
+            schema = Some(merged.schema());
             state = Some(LogicalPlanBuilder::from(
                 ctx.read_batch(merged.clone())?.into_unoptimized_plan(),
             ));
         }
-        if let Some(files) = self.store.paths(&key, &untouched) {
-            let kept = read_parquet(ctx, files).await?;
+        let kept_files = self.store.paths(&key, &untouched);
+        // A partitioned state's kept files are read when a query reads them, so
+        // that a KPI over some periods reads only those periods' files.
+        let lazy = layout.is_some() && kept_files.is_some();
+        if let Some(files) = kept_files {
+            let kept = read_parquet(ctx, files, schema.as_deref()).await?;
             state = Some(match state {
                 None => LogicalPlanBuilder::from(kept),
                 Some(s) => s.union(kept)?,
@@ -435,9 +508,15 @@ impl Incremental {
                 "aggregate state {key} has no files"
             )));
         };
-        let result = run(ctx, m.final_plan(state.build()?)?, "aggregate result").await?;
-        let schema = result[0].schema();
+        let output = m.final_plan(state.build()?)?;
+        let table: Arc<dyn TableProvider> = if lazy {
+            Arc::new(ViewTable::new(output, None))
+        } else {
+            let result = run(ctx, output, "aggregate result").await?;
+            Arc::new(MemTable::try_new(result[0].schema(), vec![result])?)
+        };
 
+        let mut now = kept_version.clone();
         if !staged.is_empty() {
             let manifest = Manifest {
                 plan: m.fingerprint.clone(),
@@ -450,7 +529,9 @@ impl Incremental {
                 partitioned: layout.is_some(),
                 pairs: pair_files,
                 counts: Vec::new(),
+                inputs: BTreeMap::new(),
             };
+            now = Some(stored::version(&manifest));
             staged.push(self.store.stage_manifest(&key, &manifest)?);
         }
         tracing::info!(
@@ -461,8 +542,62 @@ impl Incremental {
             ms = started.elapsed().as_millis() as u64,
             "maintained aggregate"
         );
-        Ok((Arc::new(MemTable::try_new(schema, vec![result])?), staged))
+        let read = Read {
+            key,
+            kept: kept_version,
+            now: now.unwrap_or_default(),
+            change,
+        };
+        Ok((table, staged, read))
     }
+}
+
+/// Whether the aggregate's output differs, in any group of the `new` partial
+/// results, between the state kept in `before` and the `merged` one.
+async fn output_changed(
+    ctx: &SessionContext,
+    m: &Maintained,
+    new: &RecordBatch,
+    before: Option<Vec<String>>,
+    merged: &RecordBatch,
+) -> Result<bool, DataFusionError> {
+    let Some(before) = before else {
+        return Ok(new.num_rows() > 0);
+    };
+    let keys = m.group_names();
+    let columns: Vec<Column> = (0..keys.len())
+        .map(|k| Column::from_name(format!("g{k}")))
+        .collect();
+    let touched = |state: LogicalPlan| -> Result<LogicalPlan, DataFusionError> {
+        let groups = LogicalPlanBuilder::from(ctx.read_batch(new.clone())?.into_unoptimized_plan())
+            .project(keys.clone())?
+            .alias("touched")?
+            .build()?;
+        let on_touched = columns
+            .iter()
+            .map(|c| Column::new(Some("touched"), &c.name))
+            .collect::<Vec<_>>();
+        let on_state = columns
+            .iter()
+            .map(|c| Column::new(Some("state"), &c.name))
+            .collect::<Vec<_>>();
+        let state = LogicalPlanBuilder::from(state)
+            .alias("state")?
+            .join_detailed(
+                groups,
+                JoinType::LeftSemi,
+                (on_state, on_touched),
+                None,
+                NullEquality::NullEqualsNull,
+            )?
+            .build()?;
+        m.final_plan(state)
+    };
+    let old = touched(read_parquet(ctx, before, Some(merged.schema().as_ref())).await?)?;
+    let now = touched(ctx.read_batch(merged.clone())?.into_unoptimized_plan())?;
+    let differ = LogicalPlanBuilder::except(now, old, false)?;
+    let rows = run(ctx, differ, "changed groups").await?;
+    Ok(rows.iter().any(|b| b.num_rows() > 0))
 }
 
 /// `new` without the pairs already kept in `files`, of which only those
@@ -473,7 +608,7 @@ async fn anti_join(
     files: Vec<String>,
     within: Option<Expr>,
 ) -> Result<LogicalPlan, DataFusionError> {
-    let mut kept = read_parquet(ctx, files).await?;
+    let mut kept = read_parquet(ctx, files, None).await?;
     if let Some(within) = within {
         kept = LogicalPlanBuilder::from(kept).filter(within)?.build()?;
     }
@@ -523,10 +658,10 @@ impl Use {
     /// node's schema (names and qualifiers) unchanged.
     fn read(
         &self,
+        name: &str,
         groups: usize,
         table: &Arc<dyn TableProvider>,
     ) -> Result<LogicalPlan, DataFusionError> {
-        let name = "__kpiforge_maintained";
         let stored = (0..groups)
             .map(|k| format!("g{k}"))
             .chain(self.aggregates.iter().map(|i| format!("a{i}")));
@@ -540,18 +675,27 @@ impl Use {
                     .alias_qualified(qualifier.cloned(), field.name())
             })
             .collect::<Vec<_>>();
-        LogicalPlanBuilder::scan(name, provider_as_source(table.clone()), None)?
+        // A scan, not the lazily read state's plan inlined (as
+        // `LogicalPlanBuilder::scan` would): kept KPI outputs find it by name.
+        let scan = TableScanBuilder::new(name, provider_as_source(table.clone())).build()?;
+        LogicalPlanBuilder::from(LogicalPlan::TableScan(scan))
             .project(columns)?
             .build()
     }
 }
 
+/// The state in `files`; with its `schema`, when known, no file is opened yet.
 async fn read_parquet(
     ctx: &SessionContext,
     files: Vec<String>,
+    schema: Option<&Schema>,
 ) -> Result<LogicalPlan, DataFusionError> {
+    let mut options = ParquetReadOptions::default();
+    if let Some(schema) = schema {
+        options = options.schema(schema);
+    }
     Ok(ctx
-        .read_parquet(files, ParquetReadOptions::default())
+        .read_parquet(files, options)
         .await?
         .into_unoptimized_plan())
 }

@@ -10,6 +10,7 @@ mod share;
 pub mod views;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 use datafusion::common::ScalarValue;
@@ -228,28 +229,41 @@ pub async fn compute(
     as_of: NaiveDate,
     incremental: Option<&Incremental>,
 ) -> Result<Computed, KpiError> {
-    let (planned, kept) = match incremental {
+    let (planned, mut kept, outputs) = match incremental {
         Some(inc) => maintain(ctx, inc, planned).await,
-        None => (planned, incremental::Pending::default()),
+        None => (planned, incremental::Pending::default(), Vec::new()),
     };
     let (planned, shared) = share_work(ctx, planned).await;
+    let mut outputs = outputs.into_iter();
     let tasks = planned.into_iter().map(|p| {
         let ctx = ctx.clone();
+        let output = outputs.next().flatten();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             let sql_error = |source| KpiError::Sql { kpi: p.kpi.id.clone(), file: p.kpi.sql_file.clone(), source };
+            let schema = Arc::new(p.plan.schema().as_arrow().clone());
+            let reused = output.as_ref().and_then(incremental::Output::reused);
             let frame = ctx.execute_logical_plan(p.plan).await.map_err(sql_error)?;
-            let batches = crate::session::collect(frame, &p.kpi.id).await.map_err(sql_error)?;
+            let mut batches = crate::session::collect(frame, &p.kpi.id).await.map_err(sql_error)?;
+            let mut staged = Vec::new();
+            if let Some(output) = output {
+                (batches, staged) = output.finish(schema, batches).map_err(sql_error)?;
+            }
             let rows = contract::rows(&p.kpi, p.measure, &batches).map_err(sql_error)?;
             let values = series(&p.kpi, rows, as_of)?;
-            tracing::info!(kpi = %p.kpi.id, rows = values.len(), ms = started.elapsed().as_millis() as u64, "KPI computed");
-            Ok::<_, KpiError>(KpiSeries { kpi: p.kpi, measure: p.measure, values, quality: QualityStatus::default() })
+            tracing::info!(kpi = %p.kpi.id, rows = values.len(), periods_recomputed = reused, ms = started.elapsed().as_millis() as u64, "KPI computed");
+            Ok::<_, KpiError>((KpiSeries { kpi: p.kpi, measure: p.measure, values, quality: QualityStatus::default() }, staged))
         })
     });
     let joined = try_join_all(tasks)
         .await
         .map_err(|e| KpiError::Internal(e.to_string()))?;
-    let series = joined.into_iter().collect::<Result<_, _>>()?;
+    let mut series = Vec::new();
+    for result in joined {
+        let (kpi, staged) = result?;
+        series.push(kpi);
+        kept.add(staged);
+    }
     Ok(Computed {
         series,
         shared,
@@ -258,28 +272,41 @@ pub async fn compute(
 }
 
 /// Rewrites the KPIs' plans to read their aggregates brought up to date from
-/// the kept states (`incremental.rs`). That only saves work: if it fails, the
-/// KPIs are computed in full.
+/// the kept states (`incremental.rs`), and each to compute only the periods
+/// its kept output lacks. That only saves work: if it fails, the KPIs are
+/// computed in full.
 async fn maintain(
     ctx: &SessionContext,
     incremental: &Incremental,
     planned: Vec<PlannedKpi>,
-) -> (Vec<PlannedKpi>, incremental::Pending) {
+) -> (
+    Vec<PlannedKpi>,
+    incremental::Pending,
+    Vec<Option<incremental::Output>>,
+) {
     let plans = planned.iter().map(|p| p.plan.clone()).collect();
-    match incremental.maintain(ctx, plans, "").await {
-        Ok((plans, kept)) => {
-            let planned = planned
-                .into_iter()
-                .zip(plans)
-                .map(|(p, plan)| PlannedKpi { plan, ..p })
-                .collect();
-            (planned, kept)
-        }
+    let rewritten = match incremental.maintain(ctx, plans, "").await {
+        Ok(rewritten) => rewritten,
         Err(e) => {
             tracing::warn!(error = %e, "could not bring the kept aggregates up to date; computing the KPIs in full");
-            (planned, incremental::Pending::default())
+            return (planned, incremental::Pending::default(), Vec::new());
         }
-    }
+    };
+    let mut outputs = Vec::new();
+    let planned = planned
+        .into_iter()
+        .zip(rewritten.plans)
+        .map(|(p, plan)| {
+            let mut output = incremental.output(&p.kpi.id, &plan, &rewritten.reads);
+            let plan = match &mut output {
+                Some(output) => output.plan(plan),
+                None => plan,
+            };
+            outputs.push(output);
+            PlannedKpi { plan, ..p }
+        })
+        .collect();
+    (planned, rewritten.pending, outputs)
 }
 
 /// Rewrites the KPIs' plans so that work they share is computed once

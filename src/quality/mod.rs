@@ -249,7 +249,11 @@ async fn keep(
         None
     };
     match maintained {
-        Some((plans, kept)) => {
+        Some(crate::kpi::incremental::Rewritten {
+            plans,
+            pending: kept,
+            ..
+        }) => {
             pending.extend(kept);
             let work = fused.into_iter().zip(plans).map(|(q, plan)| {
                 let (ctx, sql) = (ctx.clone(), q.sql.clone());

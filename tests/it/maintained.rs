@@ -212,6 +212,7 @@ fn appended_files_update_the_kept_aggregates_to_the_full_result() {
         .map(|e| e.unwrap().path())
         .filter(|p| p.is_dir())
         .map(|p| std::fs::read_to_string(p.join("manifest.json")).unwrap())
+        .filter(|m| !is_output(m))
         .collect();
     assert_eq!(manifests.len(), kept);
     assert!(
@@ -248,10 +249,44 @@ fn appended_files_update_the_kept_aggregates_to_the_full_result() {
     assert_eq!(modes(&log, "full"), 0, "{log}");
     assert_eq!(modes(&log, "incremental"), kept, "{log}");
     assert_same_as_full(d);
+    // The KPIs over orders alone recompute the one month the new orders are
+    // in; the first order of every customer is as it was. The late lines
+    // touch the months of their orders. The scalar subquery and the median
+    // are computed in full.
+    assert_eq!(recomputed(&log, "repeat_rate"), Some(1), "{log}");
+    assert_eq!(recomputed(&log, "new_customer_share"), Some(1), "{log}");
+    assert!(recomputed(&log, "revenue").is_some_and(|n| n > 1), "{log}");
+    assert_eq!(recomputed(&log, "active_rate"), None, "{log}");
+    assert_eq!(recomputed(&log, "median_urgent_price"), None, "{log}");
 
-    // Nothing new: the kept states are read as they are.
+    // Nothing new: the kept states are read as they are, and every kept KPI
+    // output stands.
     let log = run(d, &[]);
     assert_eq!(modes(&log, "incremental"), kept, "{log}");
+    assert_same_as_full(d);
+    for kpi in [
+        "revenue",
+        "qty_spread",
+        "revenue_per_customer",
+        "repeat_rate",
+        "new_customer_share",
+    ] {
+        assert_eq!(recomputed(&log, kpi), Some(0), "{kpi}: {log}");
+    }
+
+    // An order of customer 7919 (of order 1, 2025-01-14) before their first:
+    // they are no longer new in January 2025, a month no new row is in. The
+    // first-order aggregate tells by its changed group, so every month of
+    // `new_customer_share` is recomputed.
+    write(
+        d,
+        "data/orders/3.parquet",
+        "SELECT CAST(200000 AS BIGINT) AS o_orderkey, CAST(7919 AS BIGINT) AS o_custkey, \
+         CAST('2024-12-20' AS DATE) AS o_orderdate, '3-MEDIUM' AS o_priority",
+    );
+    let log = run(d, &[]);
+    assert_eq!(recomputed(&log, "repeat_rate"), Some(1), "{log}");
+    assert_eq!(recomputed(&log, "new_customer_share"), None, "{log}");
     assert_same_as_full(d);
 
     // A file the states cover is rewritten: they are rebuilt, not added to.
@@ -292,12 +327,29 @@ fn appended_files_update_the_kept_aggregates_to_the_full_result() {
     assert_same_as_full(d);
 }
 
+/// Whether a kept manifest is a KPI's output's, not an aggregate's.
+fn is_output(manifest: &str) -> bool {
+    manifest.contains("\"plan\": \"kpi output ")
+}
+
+/// How many periods of `kpi` the run's log says were recomputed, its kept
+/// output standing for the others; `None`: computed in full.
+fn recomputed(log: &str, kpi: &str) -> Option<usize> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("KPI computed") && l.contains(&format!("kpi={kpi} ")))
+        .unwrap_or_else(|| panic!("no KPI computed line for {kpi}: {log}"));
+    let (_, after) = line.split_once("periods_recomputed=")?;
+    after.split_whitespace().next()?.parse().ok()
+}
+
 /// The folders of the kept states.
 fn state_folders(dir: &Path) -> std::collections::BTreeSet<String> {
     std::fs::read_dir(dir.join(".kpiforge/incremental/p"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.is_dir())
+        .filter(|p| !is_output(&std::fs::read_to_string(p.join("manifest.json")).unwrap()))
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect()
 }

@@ -241,6 +241,22 @@ impl Maintained {
         Ok((0..dates.len()).map(|i| partition_name(dates, i)).collect())
     }
 
+    /// The days in grouping column `g{p}` of state rows; `None` if one is NULL.
+    pub(super) fn days(
+        &self,
+        state: &RecordBatch,
+        p: usize,
+    ) -> Result<Option<BTreeSet<i32>>, DataFusionError> {
+        let column = state.column_by_name(&format!("g{p}")).ok_or_else(|| {
+            DataFusionError::Internal("a state without its partition column".into())
+        })?;
+        let dates = column.as_primitive::<Date32Type>();
+        if dates.null_count() > 0 {
+            return Ok(None);
+        }
+        Ok(Some(dates.values().iter().copied().collect()))
+    }
+
     /// A filter on state rows (or pairs) keeping the `touched` partitions.
     pub(super) fn partition_filter(
         &self,

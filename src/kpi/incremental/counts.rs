@@ -138,6 +138,7 @@ impl Incremental {
             partitioned: false,
             pairs: Vec::new(),
             counts: counts.clone(),
+            inputs: BTreeMap::new(),
         };
         let staged = self.store.stage_manifest(&key, &manifest)?;
         tracing::info!(mode, sources = %sources.join(","), ms = started.elapsed().as_millis() as u64, "kept counts");

@@ -56,10 +56,14 @@ pub struct Manifest {
     /// Kept counts (`counts.rs`), which need no files.
     #[serde(default)]
     pub counts: Vec<i64>,
+    /// A kept KPI output (`outputs.rs`): the version of each state it was
+    /// computed from, by state key.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
 }
 
 /// The states of one pipeline.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
     tag: String,
@@ -236,6 +240,11 @@ fn remove_unlisted(dir: &Path) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+}
+
+/// A state's version: a new one each time its files change.
+pub fn version(manifest: &Manifest) -> String {
+    hash(&serde_json::to_string(manifest).unwrap_or_default())
 }
 
 /// A short, stable name for an aggregate's folder.
