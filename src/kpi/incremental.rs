@@ -13,8 +13,11 @@
 //!   of sources that both grew, the new rows of `A ⋈ B` are `ΔA ⋈ B` plus
 //!   `A_old ⋈ ΔB`: each term reads one source's new files, so a hash join
 //!   builds on the few new rows and prunes the other side's row groups;
-//! - merges them into the kept state, and computes the aggregate's output from it;
-//! - runs the rest of the KPI's plan on that output as usual.
+//! - merges them into the kept state, and computes the aggregate's output from it
+//!   (a state kept in one file per period is read lazily: a query over some
+//!   periods reads only their files);
+//! - runs the rest of the KPI's plan on that output, for the periods whose rows
+//!   may have changed only, when the KPI's output is kept too (`outputs.rs`).
 //!
 //! The new state is written when the run publishes, and only then becomes the
 //! one the next run starts from (`Pending::commit`). Aggregates of another shape
