@@ -90,9 +90,16 @@ pub enum Change {
     None,
     /// Only rows whose grouping column `g{column}` holds one of these days.
     Days { column: usize, days: BTreeSet<i32> },
+    /// Only the groups in `keys` (columns `g0`, `g1`, ...) of an aggregate
+    /// without a `DATE` grouping column.
+    Keys { keys: RecordBatch },
     /// Any row.
     All,
 }
+
+/// Changed groups followed through a KPI's plan (`Change::Keys`) at most;
+/// beyond, every period is recomputed.
+const FOLLOWED_KEYS: usize = 10_000;
 
 /// States with at least this many groups are kept in one file per partition.
 const PARTITIONED_ROWS: usize = 100_000;
@@ -452,9 +459,10 @@ impl Incremental {
                 one_batch(&run(ctx, m.merge_plan(parts, layout)?, "aggregate state").await?)?;
             // Without a period to tell, the groups whose output changed tell.
             if !building && m.partition.is_none() && !m.groups.is_empty() {
-                change = match output_changed(ctx, m, &new_rows, before, &merged).await? {
-                    true => Change::All,
-                    false => Change::None,
+                change = match changed_groups(ctx, m, &new_rows, before, &merged).await? {
+                    None => Change::All,
+                    Some(keys) if keys.num_rows() == 0 => Change::None,
+                    Some(keys) => Change::Keys { keys },
                 };
             }
             if building && merged.num_rows() < PARTITIONED_ROWS {
@@ -555,41 +563,38 @@ impl Incremental {
     }
 }
 
-/// Whether the aggregate's output differs, in any group of the `new` partial
-/// results, between the state kept in `before` and the `merged` one.
-async fn output_changed(
+/// The groups (their `g{k}` columns) whose output differs between the state
+/// kept in `before` and the `merged` one, among the groups of the `new` partial
+/// results; `None` when more than [`FOLLOWED_KEYS`] (or all) may differ.
+async fn changed_groups(
     ctx: &SessionContext,
     m: &Maintained,
     new: &RecordBatch,
     before: Option<Vec<String>>,
     merged: &RecordBatch,
-) -> Result<bool, DataFusionError> {
+) -> Result<Option<RecordBatch>, DataFusionError> {
     let Some(before) = before else {
-        return Ok(new.num_rows() > 0);
+        return Ok(None);
     };
     let keys = m.group_names();
-    let columns: Vec<Column> = (0..keys.len())
-        .map(|k| Column::from_name(format!("g{k}")))
-        .collect();
+    let names: Vec<String> = (0..keys.len()).map(|k| format!("g{k}")).collect();
     let touched = |state: LogicalPlan| -> Result<LogicalPlan, DataFusionError> {
         let groups = LogicalPlanBuilder::from(ctx.read_batch(new.clone())?.into_unoptimized_plan())
             .project(keys.clone())?
             .alias("touched")?
             .build()?;
-        let on_touched = columns
-            .iter()
-            .map(|c| Column::new(Some("touched"), &c.name))
-            .collect::<Vec<_>>();
-        let on_state = columns
-            .iter()
-            .map(|c| Column::new(Some("state"), &c.name))
-            .collect::<Vec<_>>();
+        let on = |side: &str| {
+            names
+                .iter()
+                .map(|n| Column::new(Some(side), n))
+                .collect::<Vec<_>>()
+        };
         let state = LogicalPlanBuilder::from(state)
             .alias("state")?
             .join_detailed(
                 groups,
                 JoinType::LeftSemi,
-                (on_state, on_touched),
+                (on("state"), on("touched")),
                 None,
                 NullEquality::NullEqualsNull,
             )?
@@ -598,9 +603,12 @@ async fn output_changed(
     };
     let old = touched(read_parquet(ctx, before, Some(merged.schema().as_ref())).await?)?;
     let now = touched(ctx.read_batch(merged.clone())?.into_unoptimized_plan())?;
-    let differ = LogicalPlanBuilder::except(now, old, false)?;
-    let rows = run(ctx, differ, "changed groups").await?;
-    Ok(rows.iter().any(|b| b.num_rows() > 0))
+    let differ = LogicalPlanBuilder::from(LogicalPlanBuilder::except(now, old, false)?)
+        .project(keys)?
+        .limit(0, Some(FOLLOWED_KEYS + 1))?
+        .build()?;
+    let rows = one_batch(&run(ctx, differ, "changed groups").await?)?;
+    Ok((rows.num_rows() <= FOLLOWED_KEYS).then_some(rows))
 }
 
 /// `new` without the pairs already kept in `files`, of which only those

@@ -293,20 +293,19 @@ async fn maintain(
         }
     };
     let mut outputs = Vec::new();
-    let planned = planned
-        .into_iter()
-        .zip(rewritten.plans)
-        .map(|(p, plan)| {
-            let mut output = incremental.output(&p.kpi.id, &plan, &rewritten.reads);
-            let plan = match &mut output {
-                Some(output) => output.plan(plan),
-                None => plan,
-            };
-            outputs.push(output);
-            PlannedKpi { plan, ..p }
-        })
-        .collect();
-    (planned, rewritten.pending, outputs)
+    let mut rewritten_kpis = Vec::new();
+    for (p, plan) in planned.into_iter().zip(rewritten.plans) {
+        let mut output = incremental
+            .output(ctx, &p.kpi.id, &plan, &rewritten.reads)
+            .await;
+        let plan = match &mut output {
+            Some(output) => output.plan(plan),
+            None => plan,
+        };
+        outputs.push(output);
+        rewritten_kpis.push(PlannedKpi { plan, ..p });
+    }
+    (rewritten_kpis, rewritten.pending, outputs)
 }
 
 /// Rewrites the KPIs' plans so that work they share is computed once

@@ -23,21 +23,78 @@ use datafusion::arrow::datatypes::{DataType, Date32Type, SchemaRef};
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, JoinType, ScalarValue};
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, col, lit};
+use datafusion::logical_expr::{Expr, Join, LogicalPlan, LogicalPlanBuilder, col, lit};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::prelude::SessionContext;
 
 use super::stored::{Manifest, Store, hash};
 use super::{Change, Incremental, Reads};
 use crate::publish::Staged;
 
 /// Which rows of a plan's output may differ from the last run's.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 enum Affect {
     Unchanged,
-    /// Only rows where one of these columns holds one of its days.
-    Within(Vec<(Column, BTreeSet<i32>)>),
+    /// Only rows that meet one of these conditions.
+    Within(Vec<Cond>),
     All,
 }
+
+/// A condition on the rows of a plan's output.
+#[derive(Debug, Clone)]
+enum Cond {
+    /// The column holds one of these days.
+    Days(Column, BTreeSet<i32>),
+    /// The columns hold one of the rows of `keys` (a changed group).
+    Keys(Vec<Column>, RecordBatch),
+    /// The column holds one of the days that `lookup` finds.
+    Lookup(Column, Box<Lookup>),
+    /// Each of these tells the same rows (lookups in different columns).
+    OneOf(Vec<Cond>),
+}
+
+/// The days of a date column of `input` in its rows whose `columns` hold one
+/// of the `keys`: where changed groups went, found by a query.
+#[derive(Debug, Clone)]
+struct Lookup {
+    input: LogicalPlan,
+    day: Column,
+    columns: Vec<Column>,
+    keys: RecordBatch,
+}
+
+impl Cond {
+    /// Whether all its columns are in `schema`.
+    fn within(&self, schema: &datafusion::common::DFSchema) -> bool {
+        match self {
+            Cond::Days(c, _) | Cond::Lookup(c, _) => schema.has_column(c),
+            Cond::Keys(columns, _) => columns.iter().all(|c| schema.has_column(c)),
+            Cond::OneOf(any) => any.iter().all(|c| c.within(schema)),
+        }
+    }
+
+    /// The condition on other columns: `to` of each of its columns, if all
+    /// have one (of one alternative at least).
+    fn moved(self, to: &impl Fn(&Column) -> Option<Column>) -> Option<Cond> {
+        Some(match self {
+            Cond::Days(c, days) => Cond::Days(to(&c)?, days),
+            Cond::Lookup(c, lookup) => Cond::Lookup(to(&c)?, lookup),
+            Cond::Keys(columns, keys) => {
+                Cond::Keys(columns.iter().map(to).collect::<Option<Vec<_>>>()?, keys)
+            }
+            Cond::OneOf(any) => {
+                let moved: Vec<Cond> = any.into_iter().filter_map(|c| c.moved(to)).collect();
+                if moved.is_empty() {
+                    return None;
+                }
+                Cond::OneOf(moved)
+            }
+        })
+    }
+}
+
+/// Changed groups of more than one column followed to their periods at most.
+const MULTI_COLUMN_KEYS: usize = 64;
 
 /// How one KPI's output is computed this run.
 #[derive(Debug)]
@@ -57,7 +114,13 @@ impl Incremental {
     /// How to compute the output of KPI `id`, whose `plan` was rewritten by
     /// `maintain` to read the maintained aggregates in `reads`. `None` when the
     /// plan reads none.
-    pub fn output(&self, id: &str, plan: &LogicalPlan, reads: &Reads) -> Option<Output> {
+    pub async fn output(
+        &self,
+        ctx: &SessionContext,
+        id: &str,
+        plan: &LogicalPlan,
+        reads: &Reads,
+    ) -> Option<Output> {
         let mut used = BTreeSet::new();
         let _ = plan.apply(|node| {
             if let LogicalPlan::TableScan(scan) = node
@@ -91,12 +154,14 @@ impl Incremental {
                         let read = &reads[name];
                         read.kept.as_ref() == m.inputs.get(&read.key)
                     })
-            })
-            .and_then(|m| {
-                let periods = periods(plan, reads)?;
-                let rows = read_kept(&self.store, &key, &m)?;
-                Some((rows, periods))
             });
+        let kept = match kept {
+            Some(m) => match periods(ctx, plan, reads).await {
+                Some(periods) => read_kept(&self.store, &key, &m).map(|rows| (rows, periods)),
+                None => None,
+            },
+            None => None,
+        };
         Some(Output {
             store: self.store.clone(),
             key,
@@ -209,20 +274,83 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, DataF
 
 /// The periods of `plan`'s output that may differ from the last run's, if the
 /// plan tells: every row that may differ has its `period` in the set.
-fn periods(plan: &LogicalPlan, reads: &Reads) -> Option<BTreeSet<i32>> {
-    match affected(plan, reads) {
-        Affect::Unchanged => Some(BTreeSet::new()),
-        Affect::All => None,
-        Affect::Within(conditions) => {
-            let mut days = BTreeSet::new();
-            for (column, some) in conditions {
-                if column.name != "period" {
-                    return None;
+async fn periods(ctx: &SessionContext, plan: &LogicalPlan, reads: &Reads) -> Option<BTreeSet<i32>> {
+    let conditions = match affected(plan, reads) {
+        Affect::Unchanged => return Some(BTreeSet::new()),
+        Affect::All => return None,
+        Affect::Within(conditions) => conditions,
+    };
+    let mut days = BTreeSet::new();
+    for condition in conditions {
+        days.extend(period_days(ctx, condition).await?);
+    }
+    Some(days)
+}
+
+/// The periods a condition on `plan`'s output names, if it is on `period`.
+async fn period_days(ctx: &SessionContext, condition: Cond) -> Option<BTreeSet<i32>> {
+    match condition {
+        Cond::Days(column, days) if column.name == "period" => Some(days),
+        Cond::Lookup(column, lookup) if column.name == "period" => lookup.days(ctx).await,
+        Cond::OneOf(any) => {
+            for condition in any {
+                if let Some(days) = Box::pin(period_days(ctx, condition)).await {
+                    return Some(days);
                 }
-                days.extend(some);
             }
-            Some(days)
+            None
         }
+        _ => None,
+    }
+}
+
+impl Lookup {
+    /// The days, or `None` if the query fails or finds a NULL day.
+    async fn days(&self, ctx: &SessionContext) -> Option<BTreeSet<i32>> {
+        let value = |k: usize, i: usize| {
+            ScalarValue::try_from_array(self.keys.column(k), i)
+                .ok()
+                .filter(|v| !v.is_null())
+                .map(lit)
+        };
+        let rows = 0..self.keys.num_rows();
+        let matches = match self.columns.as_slice() {
+            [column] => Expr::Column(column.clone())
+                .in_list(rows.map(|i| value(0, i)).collect::<Option<_>>()?, false),
+            // A disjunction per key: kept short.
+            columns if rows.len() <= MULTI_COLUMN_KEYS => {
+                let mut any: Option<Expr> = None;
+                for i in rows {
+                    let mut row: Option<Expr> = None;
+                    for (k, column) in columns.iter().enumerate() {
+                        let equal = Expr::Column(column.clone()).eq(value(k, i)?);
+                        row = Some(row.map_or(equal.clone(), |r| r.and(equal)));
+                    }
+                    let row = row?;
+                    any = Some(any.map_or(row.clone(), |a| a.or(row)));
+                }
+                any?
+            }
+            _ => return None,
+        };
+        let query = LogicalPlanBuilder::from(self.input.clone())
+            .filter(matches)
+            .and_then(|b| b.aggregate(vec![Expr::Column(self.day.clone())], Vec::<Expr>::new()))
+            .and_then(|b| b.build())
+            .ok()?;
+        let frame = ctx.execute_logical_plan(query).await.ok()?;
+        let batches = crate::session::collect(frame, "changed groups' periods")
+            .await
+            .ok()?;
+        let mut days = BTreeSet::new();
+        for batch in batches {
+            let column = batch.column(0);
+            if column.data_type() != &DataType::Date32 || column.null_count() > 0 {
+                return None;
+            }
+            days.extend(column.as_primitive::<Date32Type>().values().iter().copied());
+        }
+        Some(days)
     }
 }
 
@@ -240,14 +368,20 @@ fn affected(plan: &LogicalPlan, reads: &Reads) -> Affect {
     }
     match plan {
         P::TableScan(scan) => match reads.get(scan.table_name.table()) {
-            Some(read) => match &read.change {
-                Change::None => Affect::Unchanged,
-                Change::All => Affect::All,
-                Change::Days { column, days } => {
-                    let column = Column::new(Some(scan.table_name.clone()), format!("g{column}"));
-                    Affect::Within(vec![(column, days.clone())])
+            Some(read) => {
+                let column = |k: usize| Column::new(Some(scan.table_name.clone()), format!("g{k}"));
+                match &read.change {
+                    Change::None => Affect::Unchanged,
+                    Change::All => Affect::All,
+                    Change::Days { column: k, days } => {
+                        Affect::Within(vec![Cond::Days(column(*k), days.clone())])
+                    }
+                    Change::Keys { keys } => Affect::Within(vec![Cond::Keys(
+                        (0..keys.num_columns()).map(column).collect(),
+                        keys.clone(),
+                    )]),
                 }
-            },
+            }
             None => Affect::All,
         },
         P::EmptyRelation(_) | P::Values(_) => Affect::Unchanged,
@@ -262,9 +396,8 @@ fn affected(plan: &LogicalPlan, reads: &Reads) -> Affect {
             p.expr.iter().position(|e| is_column(e, c))
         }),
         P::Aggregate(a) => match affected(inputs[0], reads) {
-            Affect::Unchanged => Affect::Unchanged,
-            _ if a.group_expr.is_empty() => Affect::All,
-            input => map_columns(input, plan, |c| {
+            Affect::Within(_) if a.group_expr.is_empty() => Affect::All,
+            affect => map_columns(affect, plan, |c| {
                 a.group_expr.iter().position(|e| is_column(e, c))
             }),
         },
@@ -281,16 +414,21 @@ fn affected(plan: &LogicalPlan, reads: &Reads) -> Affect {
                 _ => (false, false),
             };
             let mut within = Vec::new();
-            for (side, keeps) in [(left, keeps_left), (right, keeps_right)] {
+            for (i, (side, keeps)) in [(left, keeps_left), (right, keeps_right)]
+                .into_iter()
+                .enumerate()
+            {
                 match side {
                     Affect::Unchanged => {}
-                    Affect::Within(c) if keeps => within.extend(c),
+                    Affect::Within(c) if keeps => {
+                        within.extend(c.into_iter().map(|c| follow_keys(c, j, i, inputs[1 - i])))
+                    }
                     _ => return Affect::All,
                 }
             }
             // Semi and anti joins keep one side's columns.
             let schema = plan.schema();
-            if within.iter().any(|(c, _)| !schema.has_column(c)) {
+            if !within.iter().all(|c| c.within(schema)) {
                 return Affect::All;
             }
             if within.is_empty() {
@@ -316,6 +454,52 @@ fn affected(plan: &LogicalPlan, reads: &Reads) -> Affect {
         }
         _ => Affect::All,
     }
+}
+
+/// A condition from side `side` (0: left) of an inner join: changed groups
+/// keyed by that side's join keys also name the rows of the `other` side they
+/// meet, whose days (in each `DATE` column of that side) a lookup finds. The
+/// other side's rows are looked up, not the join's: its rows with those keys
+/// are there before and after (its own changes have conditions of their own),
+/// while join rows may come and go with the changed values.
+fn follow_keys(condition: Cond, j: &Join, side: usize, other: &LogicalPlan) -> Cond {
+    let Cond::Keys(columns, keys) = &condition else {
+        return condition;
+    };
+    if j.join_type != JoinType::Inner {
+        return condition;
+    }
+    let key_of = |c: &Column| {
+        j.on.iter().find_map(|(l, r)| {
+            let (mine, theirs) = if side == 0 { (l, r) } else { (r, l) };
+            match (mine, theirs) {
+                (Expr::Column(m), Expr::Column(t)) if m == c => Some(t.clone()),
+                _ => None,
+            }
+        })
+    };
+    let Some(theirs) = columns.iter().map(key_of).collect::<Option<Vec<_>>>() else {
+        return condition;
+    };
+    let lookups: Vec<Cond> = other
+        .schema()
+        .iter()
+        .filter(|(_, f)| f.data_type() == &DataType::Date32)
+        .map(|day| {
+            let day = Column::from(day);
+            let lookup = Lookup {
+                input: other.clone(),
+                day: day.clone(),
+                columns: theirs.clone(),
+                keys: keys.clone(),
+            };
+            Cond::Lookup(day, Box::new(lookup))
+        })
+        .collect();
+    if lookups.is_empty() {
+        return condition;
+    }
+    Cond::OneOf(std::iter::once(condition).chain(lookups).collect())
 }
 
 fn has_subquery(e: &Expr) -> bool {
@@ -348,14 +532,15 @@ fn map_columns(
         return affect;
     };
     let schema = plan.schema();
-    let mut within = Vec::new();
-    for (column, days) in conditions {
-        let Some(i) = position(&column) else {
-            return Affect::All;
-        };
-        within.push((Column::from(schema.qualified_field(i)), days));
+    let to = |c: &Column| position(c).map(|i| Column::from(schema.qualified_field(i)));
+    match conditions
+        .into_iter()
+        .map(|c| c.moved(&to))
+        .collect::<Option<Vec<_>>>()
+    {
+        Some(within) => Affect::Within(within),
+        None => Affect::All,
     }
-    Affect::Within(within)
 }
 
 /// The conditions of `affect` on `input`, moved to the same positions of `plan`.
