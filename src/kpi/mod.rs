@@ -10,7 +10,6 @@ mod share;
 pub mod views;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use chrono::NaiveDate;
 use datafusion::common::ScalarValue;
@@ -229,30 +228,53 @@ pub async fn compute(
     as_of: NaiveDate,
     incremental: Option<&Incremental>,
 ) -> Result<Computed, KpiError> {
+    // The plans as written, for a KPI whose kept states fail it (a kept file
+    // cut short, read only when the KPI runs): computed in full instead.
+    let originals: Vec<LogicalPlan> = match incremental {
+        Some(_) => planned.iter().map(|p| p.plan.clone()).collect(),
+        None => Vec::new(),
+    };
     let (planned, mut kept, outputs) = match incremental {
         Some(inc) => maintain(ctx, inc, planned).await,
         None => (planned, incremental::Pending::default(), Vec::new()),
     };
     let (planned, shared) = share_work(ctx, planned).await;
     let mut outputs = outputs.into_iter();
+    let mut originals = originals.into_iter();
     let tasks = planned.into_iter().map(|p| {
         let ctx = ctx.clone();
         let output = outputs.next().flatten();
+        let original = originals.next();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             let sql_error = |source| KpiError::Sql { kpi: p.kpi.id.clone(), file: p.kpi.sql_file.clone(), source };
-            let schema = Arc::new(p.plan.schema().as_arrow().clone());
-            let reused = output.as_ref().and_then(incremental::Output::reused);
-            let frame = ctx.execute_logical_plan(p.plan).await.map_err(sql_error)?;
-            let mut batches = crate::session::collect(frame, &p.kpi.id).await.map_err(sql_error)?;
+            let recomputed = output.as_ref().and_then(incremental::Output::recomputed_periods);
+            let run = |plan| async {
+                let frame = ctx.execute_logical_plan(plan).await?;
+                crate::session::collect(frame, &p.kpi.id).await
+            };
+            let mut fell_back = false;
             let mut staged = Vec::new();
-            if let Some(output) = output {
-                (batches, staged) = output.finish(schema, batches).map_err(sql_error)?;
-            }
+            let batches = match (run(p.plan).await, original) {
+                (Ok(batches), _) => match output {
+                    Some(output) => {
+                        let finished;
+                        (finished, staged) = output.finish(batches).map_err(sql_error)?;
+                        finished
+                    }
+                    None => batches,
+                },
+                (Err(e), Some(original)) => {
+                    tracing::warn!(kpi = %p.kpi.id, error = %e, "a KPI over kept aggregates failed; computing it in full (`kpiforge run --full` rebuilds the kept states)");
+                    fell_back = true;
+                    run(original).await.map_err(sql_error)?
+                }
+                (Err(e), None) => return Err(sql_error(e)),
+            };
             let rows = contract::rows(&p.kpi, p.measure, &batches).map_err(sql_error)?;
             let values = series(&p.kpi, rows, as_of)?;
-            tracing::info!(kpi = %p.kpi.id, rows = values.len(), periods_recomputed = reused, ms = started.elapsed().as_millis() as u64, "KPI computed");
-            Ok::<_, KpiError>((KpiSeries { kpi: p.kpi, measure: p.measure, values, quality: QualityStatus::default() }, staged))
+            tracing::info!(kpi = %p.kpi.id, rows = values.len(), periods_recomputed = recomputed, ms = started.elapsed().as_millis() as u64, "KPI computed");
+            Ok::<_, KpiError>((KpiSeries { kpi: p.kpi, measure: p.measure, values, quality: QualityStatus::default() }, staged, fell_back))
         })
     });
     let joined = try_join_all(tasks)
@@ -260,7 +282,10 @@ pub async fn compute(
         .map_err(|e| KpiError::Internal(e.to_string()))?;
     let mut series = Vec::new();
     for result in joined {
-        let (kpi, staged) = result?;
+        let (kpi, staged, fell_back) = result?;
+        if fell_back && let Some(inc) = incremental {
+            inc.incomplete();
+        }
         series.push(kpi);
         kept.add(staged);
     }

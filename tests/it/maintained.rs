@@ -297,6 +297,32 @@ fn appended_files_update_the_kept_aggregates_to_the_full_result() {
     assert!(modes(&log, "full") >= 1, "{log}");
     assert_same_as_full(d);
 
+    // A kept file cut short (a partial copy of `.kpiforge`): the run still
+    // gives the full result, computing in full what reads it.
+    let partitioned = std::fs::read_dir(d.join(".kpiforge/incremental/p"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            std::fs::read_to_string(p.join("manifest.json"))
+                .is_ok_and(|m| m.contains("\"partitioned\": true"))
+        })
+        .unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(&partitioned)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("groups-")
+        })
+        .collect();
+    files.sort();
+    std::fs::write(&files[0], b"PAR1 cut short").unwrap();
+    let log = run(d, &[]);
+    assert!(log.contains("in full"), "{log}");
+    assert_same_as_full(d);
+
     // `--full` rebuilds every state.
     let log = run(d, &["--full"]);
     assert_eq!(modes(&log, "incremental"), 0, "{log}");

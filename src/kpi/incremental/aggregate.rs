@@ -97,7 +97,11 @@ impl Maintained {
             partition,
             scans,
             sources,
-            fingerprint: format!("{}", node.display_indent_schema()),
+            fingerprint: format!(
+                "kpiforge {}\n{}",
+                env!("CARGO_PKG_VERSION"),
+                node.display_indent_schema()
+            ),
         })
     }
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, RecordBatchReader};
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, Date32Type, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Date32Type, Schema, SchemaRef};
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, JoinType, ScalarValue};
 use datafusion::error::DataFusionError;
@@ -106,6 +106,8 @@ pub struct Output {
     inputs: BTreeMap<String, String>,
     /// Some state read changed version this run.
     changed: bool,
+    /// The KPI's columns, all nullable: kept and computed rows are cast to it.
+    schema: SchemaRef,
     /// The kept rows and the periods to recompute; `None`: compute them all.
     kept: Option<(RecordBatch, BTreeSet<i32>)>,
 }
@@ -133,7 +135,14 @@ impl Incremental {
         if used.is_empty() {
             return None;
         }
-        let fingerprint = format!("kpi output {id}\n{}", plan.display_indent());
+        // Without the schema: a lazily read state's columns may be nullable
+        // where a computed one's are not. With the version: another kpiforge
+        // may compute the same plan otherwise.
+        let fingerprint = format!(
+            "kpi output {id} (kpiforge {})\n{}",
+            env!("CARGO_PKG_VERSION"),
+            plan.display_indent()
+        );
         let key = hash(&fingerprint);
         self.uses(&key);
         let inputs: BTreeMap<String, String> = used
@@ -155,9 +164,18 @@ impl Incremental {
                         read.kept.as_ref() == m.inputs.get(&read.key)
                     })
             });
+        let schema = Arc::new(Schema::new(
+            plan.schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
         let kept = match kept {
             Some(m) => match periods(ctx, plan, reads).await {
-                Some(periods) => read_kept(&self.store, &key, &m).map(|rows| (rows, periods)),
+                Some(periods) => read_kept(&self.store, &key, &m)
+                    .and_then(|rows| conform(&rows, &schema).ok())
+                    .map(|rows| (rows, periods)),
                 None => None,
             },
             None => None,
@@ -168,6 +186,7 @@ impl Incremental {
             fingerprint,
             inputs,
             changed,
+            schema,
             kept,
         })
     }
@@ -195,49 +214,65 @@ impl Output {
         }
     }
 
-    /// Whether kept rows stand in for some periods.
-    pub fn reused(&self) -> Option<usize> {
+    /// How many periods are recomputed, kept rows standing in for the others;
+    /// `None` when all are.
+    pub fn recomputed_periods(&self) -> Option<usize> {
         self.kept.as_ref().map(|(_, periods)| periods.len())
     }
 
     /// The KPI's output: the kept rows of the periods not recomputed, then the
-    /// `computed` ones (of `schema`); and the output staged to be kept, when it
-    /// changed.
+    /// `computed` ones; and the output staged to be kept, when it changed. A
+    /// failure to stage it only costs the next run a full recompute.
     pub fn finish(
         self,
-        schema: SchemaRef,
         computed: Vec<RecordBatch>,
     ) -> Result<(Vec<RecordBatch>, Vec<Staged>), DataFusionError> {
         let mut rows = Vec::new();
+        for batch in &computed {
+            rows.push(conform(batch, &self.schema)?);
+        }
         if let Some((kept, periods)) = &self.kept {
-            let kept = conform(kept, &schema)?;
             let period = kept
                 .column_by_name("period")
-                .ok_or_else(|| DataFusionError::Internal("kept output without `period`".into()))?
-                .as_primitive::<Date32Type>();
+                .and_then(|c| c.as_primitive_opt::<Date32Type>())
+                .ok_or_else(|| {
+                    DataFusionError::Internal("kept output without a DATE `period`".into())
+                })?;
             let keep: BooleanArray = (0..period.len())
                 .map(|i| Some(period.is_null(i) || !periods.contains(&period.value(i))))
                 .collect();
-            rows.push(filter_record_batch(&kept, &keep)?);
+            rows.insert(0, filter_record_batch(kept, &keep)?);
         }
-        rows.extend(computed);
         let unchanged = !self.changed && self.kept.as_ref().is_some_and(|(_, p)| p.is_empty());
         if unchanged {
             return Ok((rows, Vec::new()));
         }
-        let all = concat_batches(&schema, &rows)?;
-        let (name, file) = self.store.stage(&self.key, "output", &all)?;
-        let manifest = Manifest {
-            plan: self.fingerprint,
+        let all = concat_batches(&self.schema, &rows)?;
+        let manifest = |name: String| Manifest {
+            plan: self.fingerprint.clone(),
             sources: BTreeMap::new(),
             groups: BTreeMap::from([("all".to_string(), name)]),
             partitioned: false,
             pairs: Vec::new(),
             counts: Vec::new(),
-            inputs: self.inputs,
+            inputs: self.inputs.clone(),
         };
-        let manifest = self.store.stage_manifest(&self.key, &manifest)?;
-        Ok((vec![all], vec![file, manifest]))
+        let staged = self
+            .store
+            .stage(&self.key, "output", &all)
+            .and_then(|(name, file)| {
+                Ok(vec![
+                    file,
+                    self.store.stage_manifest(&self.key, &manifest(name))?,
+                ])
+            });
+        match staged {
+            Ok(staged) => Ok((vec![all], staged)),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not keep a KPI's output; the next run computes it in full");
+                Ok((vec![all], Vec::new()))
+            }
+        }
     }
 }
 
