@@ -216,9 +216,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
             ("quality", &checked),
         ];
         files.extend(publish::stage_exports(pipeline, as_of, &tables, &run_id).await?);
-        for file in files {
-            file.commit()?;
-        }
+        publish::commit_all(files)?;
         source::commit_pulls(&sources, &run_id)?;
         std::mem::take(&mut computed.kept).commit()?;
         if let Some(incremental) = &incremental {

@@ -392,6 +392,13 @@ impl Incremental {
         };
         let kept = kept.filter(|_| delta.is_some());
         let kept_version = kept.as_ref().map(stored::version);
+        let narrowed;
+        let ctx = if kept.is_some() {
+            narrowed = narrow(ctx);
+            &narrowed
+        } else {
+            ctx
+        };
         // The rows not in the state yet (all of them for a full build).
         let terms = match &delta {
             None => vec![m.input.clone()],
@@ -709,6 +716,20 @@ async fn read_parquet(
         .read_parquet(files, options)
         .await?
         .into_unoptimized_plan())
+}
+
+/// The session that brings a kept state up to date: at most one partition
+/// per core, not the run's four. Its queries read the new rows and the kept
+/// state, small beside the sources, and on 2 cores the finer split cost more
+/// to plan and run than it saved (BENCHMARKS.md). A state built from all the
+/// files is built in the run's own session. KPIs that recompute some periods
+/// run in it too.
+pub fn narrow(ctx: &SessionContext) -> SessionContext {
+    let mut state = ctx.state();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let execution = &mut state.config_mut().options_mut().execution;
+    execution.target_partitions = execution.target_partitions.min(cores);
+    SessionContext::new_with_state(state)
 }
 
 async fn run(

@@ -241,14 +241,20 @@ pub async fn compute(
     let (planned, shared) = share_work(ctx, planned).await;
     let mut outputs = outputs.into_iter();
     let mut originals = originals.into_iter();
+    // A KPI recomputing some periods over kept states reads little: it runs
+    // split as the states are brought up to date, not as a full run.
+    let narrowed = incremental.map(|_| incremental::narrow(ctx));
     let tasks = planned.into_iter().map(|p| {
-        let ctx = ctx.clone();
         let output = outputs.next().flatten();
+        let recomputed = output.as_ref().and_then(incremental::Output::recomputed_periods);
+        let ctx = match (&narrowed, recomputed) {
+            (Some(narrowed), Some(_)) => narrowed.clone(),
+            _ => ctx.clone(),
+        };
         let original = originals.next();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             let sql_error = |source| KpiError::Sql { kpi: p.kpi.id.clone(), file: p.kpi.sql_file.clone(), source };
-            let recomputed = output.as_ref().and_then(incremental::Output::recomputed_periods);
             let run = |plan| async {
                 let frame = ctx.execute_logical_plan(plan).await?;
                 crate::session::collect(frame, &p.kpi.id).await

@@ -191,7 +191,7 @@ impl Incremental {
             }
             let plan = ctx.state().create_logical_plan(&sql).await?;
             // In a task of its own: a panic is this query's error.
-            let task_ctx = ctx.clone();
+            let task_ctx = super::narrow(ctx);
             let batches = tokio::spawn(async move { run(&task_ctx, plan, "kept counts").await })
                 .await
                 .map_err(|e| {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::Pipeline;
-use crate::publish::{Staged, stage_parquet_grouped, stage_text};
+use crate::publish::{Staged, commit_all, stage_parquet_grouped, stage_text};
 
 /// A source file as the state saw it: changed in size or time, it is another file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,16 +202,19 @@ impl Pending {
     }
 
     /// Puts every new state in place, then removes the files no manifest names.
+    /// Each state's files go in place before any manifest, so that a manifest
+    /// never names a file that a crash left out.
     pub fn commit(self) -> Result<(), crate::publish::PublishError> {
         let _lock = self.lock;
-        for state in self.states {
-            let mut dir = None;
-            for file in state {
-                let path = file.commit()?;
-                dir = path.parent().map(Path::to_path_buf);
-            }
-            if let Some(dir) = dir {
-                remove_unlisted(&dir);
+        let (mut files, mut manifests) = (Vec::new(), Vec::new());
+        for mut state in self.states {
+            manifests.extend(state.pop());
+            files.extend(state);
+        }
+        commit_all(files)?;
+        for manifest in commit_all(manifests)? {
+            if let Some(dir) = manifest.parent() {
+                remove_unlisted(dir);
             }
         }
         Ok(())
