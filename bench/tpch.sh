@@ -15,9 +15,14 @@
 # `SELECT month AS period, value FROM (<file>)` because kpiforge's KPI contract names the
 # period column `period`. The release binary must be built first: cargo build --release.
 set -euo pipefail
-HERE=$(cd "$(dirname "$0")/.." && pwd)
-DATA=$(cd "$1" && pwd)
-OUT=$(cd "$(dirname "$2")" && pwd)/$(basename "$2")
+# Absolute paths with `cd` and `$PWD`, no subshells: the harness times this
+# whole script, and each fork costs about a millisecond.
+start=$PWD
+case $0 in */*) cd "${0%/*}/.." ;; *) cd .. ;; esac
+HERE=$PWD; cd "$start"
+cd "$1"; DATA=$PWD; cd "$start"
+case $2 in */*) cd "${2%/*}"; OUT=$PWD/${2##*/} ;; *) OUT=$PWD/$2 ;; esac
+cd "$start"
 WORKLOAD=${WORKLOAD:-$HERE/../shared/bench/workload}
 BIN=${KPIFORGE_BIN:-$HERE/target/release/kpiforge}
 [ -x "$BIN" ] || { echo "bench/tpch.sh: $BIN not found; run 'cargo build --release' first" >&2; exit 2; }
@@ -31,7 +36,7 @@ else
   WORK=$(mktemp -d)
   trap 'rm -rf "$WORK"' EXIT
 fi
-mkdir -p "$WORK/pipelines" "$WORK/sql"
+[ -d "$WORK/sql" ] && [ -d "$WORK/pipelines" ] || mkdir -p "$WORK/pipelines" "$WORK/sql"
 
 {
   echo "name: tpch"
@@ -91,7 +96,8 @@ YAML
     read -r header < "$f"
     kpi=${header#-- kpi: }; kpi=${kpi%% *}
     perspective=${header##*perspective: }; perspective=${perspective%% *}
-    printf 'SELECT month AS period, value FROM (\n%s\n) AS workload_kpi\n' "$(<"$f")" > "$WORK/sql/$kpi.sql"
+    IFS= read -r -d '' sql < "$f" || true
+    printf 'SELECT month AS period, value FROM (\n%s\n) AS workload_kpi\n' "${sql%$'\n'}" > "$WORK/sql/$kpi.sql"
     echo "  - {id: $kpi, objective: $perspective, sql: sql/$kpi.sql, grain: month}"
   done
 } > "$WORK/pipelines/tpch.yaml"

@@ -18,14 +18,12 @@ use datafusion::parquet::file::properties::WriterProperties;
 
 use super::PublishError;
 
-/// A file written under its temporary name, not yet flushed nor in place.
+/// A file written under its temporary name (closed), not yet flushed nor in place.
 /// Dropped without `commit`, it is removed.
 #[derive(Debug)]
 pub struct Staged {
     temp: PathBuf,
     target: PathBuf,
-    /// Still open, to be flushed when committed.
-    file: Option<File>,
     committed: bool,
 }
 
@@ -43,12 +41,17 @@ impl Staged {
 /// then each folder is flushed once. The flushes of a wave run side by side,
 /// so the file system can write them in one journal commit: a run commits
 /// dozens of small files, and one flush after another cost milliseconds each.
-/// A file is on disk before its name is; a crash may leave any prefix of
-/// the renames.
+/// A file is on disk before its name is; a crash may leave any subset of the
+/// renames, so what must follow another is committed in a later call. Each
+/// file is reopened to be flushed: a run may stage thousands (a state kept
+/// per date), more than it may hold open.
 pub fn commit_all(files: Vec<Staged>) -> Result<Vec<PathBuf>, PublishError> {
-    each_in_parallel(&files, |f| match &f.file {
-        Some(file) => file.sync_all().map_err(|e| io(&f.temp, e)),
-        None => Ok(()),
+    each_in_parallel(&files, |f| {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&f.temp)
+            .and_then(|file| file.sync_all())
+            .map_err(|e| io(&f.temp, e))
     })?;
     let mut paths = Vec::with_capacity(files.len());
     for mut f in files {
@@ -183,14 +186,13 @@ fn stage(
     write: impl FnOnce(File, &Path) -> Result<File, PublishError>,
 ) -> Result<Staged, PublishError> {
     fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let mut staged = Staged {
+    let staged = Staged {
         temp: dir.join(format!(".{name}.{tag}.tmp")),
         target: dir.join(name),
-        file: None,
         committed: false,
     };
     let file = File::create(&staged.temp).map_err(|e| io(&staged.temp, e))?;
-    staged.file = Some(write(file, &staged.target)?);
+    write(file, &staged.target)?;
     Ok(staged)
 }
 
