@@ -419,7 +419,10 @@ impl Incremental {
         let mut change = if building { Change::All } else { Change::None };
         // The partitions of the state the new rows touch, brought up to date.
         let mut fresh: Option<(RecordBatch, BTreeSet<String>)> = None;
-        if !terms.is_empty() {
+        'merge: {
+            if terms.is_empty() {
+                break 'merge;
+            }
             let partials = terms
                 .iter()
                 .map(|t| m.partial_plan(t.clone()))
@@ -458,20 +461,25 @@ impl Incremental {
                 .iter()
                 .filter_map(|p| groups.get(p).cloned())
                 .collect();
-            let before = self.store.paths(&key, &kept_touched);
-            if let Some(files) = &before {
-                parts.push(read_parquet(ctx, files.clone(), None).await?);
-            }
-            let merged =
-                one_batch(&run(ctx, m.merge_plan(parts, layout)?, "aggregate state").await?)?;
-            // Without a period to tell, the groups whose output changed tell.
-            if !building && m.partition.is_none() && !m.groups.is_empty() {
-                change = match changed_groups(ctx, m, &new_rows, before, &merged).await? {
-                    None => Change::All,
-                    Some(keys) if keys.num_rows() == 0 => Change::None,
-                    Some(keys) => Change::Keys { keys },
-                };
-            }
+            let merged = match self.store.paths(&key, &kept_touched) {
+                // Without a period to tell, the groups that changed tell.
+                Some(files) if !building && m.partition.is_none() && !m.groups.is_empty() => {
+                    let (merged, changed) = merge_whole(ctx, m, &new_rows, parts, files).await?;
+                    change = changed;
+                    merged
+                }
+                before => {
+                    if let Some(files) = before {
+                        parts.push(read_parquet(ctx, files, None).await?);
+                    }
+                    let plan = m.merge_plan(parts, layout)?;
+                    Some(one_batch(&run(ctx, plan, "aggregate state").await?)?)
+                }
+            };
+            // Unchanged: the kept file stays, and only the manifest is new.
+            let Some(merged) = merged else {
+                break 'merge;
+            };
             if building && merged.num_rows() < PARTITIONED_ROWS {
                 layout = None;
             }
@@ -535,7 +543,8 @@ impl Incremental {
         };
 
         let mut now = kept_version.clone();
-        if !staged.is_empty() {
+        // New files covered: a new manifest, even when no group changed.
+        if !terms.is_empty() {
             let manifest = Manifest {
                 plan: m.fingerprint.clone(),
                 sources: m
@@ -570,52 +579,73 @@ impl Incremental {
     }
 }
 
-/// The groups (their `g{k}` columns) whose output differs between the state
-/// kept in `before` and the `merged` one, among the groups of the `new` partial
-/// results; `None` when more than [`FOLLOWED_KEYS`] (or all) may differ.
-async fn changed_groups(
+/// Brings a state kept in one file (no `DATE` grouping) up to date from the
+/// groups the `new` partial results touch: their kept rows are read and
+/// merged with the new `parts`, and the file is rewritten, as the untouched
+/// rows and the merged ones, only if some group's state changed. Returns the
+/// new state (`None`: unchanged) and the groups that changed, `Change::All`
+/// beyond [`FOLLOWED_KEYS`]. A new day seldom changes a first order or a
+/// maximum: then no group changes, and the file is not rewritten.
+async fn merge_whole(
     ctx: &SessionContext,
     m: &Maintained,
     new: &RecordBatch,
-    before: Option<Vec<String>>,
-    merged: &RecordBatch,
-) -> Result<Option<RecordBatch>, DataFusionError> {
-    let Some(before) = before else {
-        return Ok(None);
-    };
+    mut parts: Vec<LogicalPlan>,
+    files: Vec<String>,
+) -> Result<(Option<RecordBatch>, Change), DataFusionError> {
     let keys = m.group_names();
     let names: Vec<String> = (0..keys.len()).map(|k| format!("g{k}")).collect();
-    let touched = |state: LogicalPlan| -> Result<LogicalPlan, DataFusionError> {
-        let groups = LogicalPlanBuilder::from(ctx.read_batch(new.clone())?.into_unoptimized_plan())
-            .project(keys.clone())?
-            .alias("touched")?
-            .build()?;
-        let on = |side: &str| {
-            names
-                .iter()
-                .map(|n| Column::new(Some(side), n))
-                .collect::<Vec<_>>()
-        };
-        let state = LogicalPlanBuilder::from(state)
+    let on = |side: &str| {
+        names
+            .iter()
+            .map(|n| Column::new(Some(side), n))
+            .collect::<Vec<_>>()
+    };
+    let kept = read_parquet(ctx, files, None).await?;
+    let touched = LogicalPlanBuilder::from(ctx.read_batch(new.clone())?.into_unoptimized_plan())
+        .project(keys.clone())?
+        .alias("touched")?
+        .build()?;
+    let of_touched = |join: JoinType| {
+        LogicalPlanBuilder::from(kept.clone())
             .alias("state")?
             .join_detailed(
-                groups,
-                JoinType::LeftSemi,
+                touched.clone(),
+                join,
                 (on("state"), on("touched")),
                 None,
                 NullEquality::NullEqualsNull,
             )?
-            .build()?;
-        m.final_plan(state)
+            .build()
     };
-    let old = touched(read_parquet(ctx, before, Some(merged.schema().as_ref())).await?)?;
-    let now = touched(ctx.read_batch(merged.clone())?.into_unoptimized_plan())?;
-    let differ = LogicalPlanBuilder::from(LogicalPlanBuilder::except(now, old, false)?)
+    // Merged alone, the kept rows are typed as the merged ones.
+    let before = m.merge_plan(vec![of_touched(JoinType::LeftSemi)?], None)?;
+    let before = one_batch(&run(ctx, before, "kept touched groups").await?)?;
+    parts.push(ctx.read_batch(before.clone())?.into_unoptimized_plan());
+    let after = one_batch(&run(ctx, m.merge_plan(parts, None)?, "touched groups").await?)?;
+    let changed = LogicalPlanBuilder::except(
+        ctx.read_batch(after.clone())?.into_unoptimized_plan(),
+        ctx.read_batch(before)?.into_unoptimized_plan(),
+        false,
+    )?;
+    let changed = LogicalPlanBuilder::from(changed)
         .project(keys)?
         .limit(0, Some(FOLLOWED_KEYS + 1))?
         .build()?;
-    let rows = one_batch(&run(ctx, differ, "changed groups").await?)?;
-    Ok((rows.num_rows() <= FOLLOWED_KEYS).then_some(rows))
+    let changed = one_batch(&run(ctx, changed, "changed groups").await?)?;
+    if changed.num_rows() == 0 {
+        return Ok((None, Change::None));
+    }
+    let state = LogicalPlanBuilder::from(of_touched(JoinType::LeftAnti)?)
+        .union(ctx.read_batch(after)?.into_unoptimized_plan())?
+        .build()?;
+    let state = one_batch(&run(ctx, state, "aggregate state").await?)?;
+    let change = if changed.num_rows() > FOLLOWED_KEYS {
+        Change::All
+    } else {
+        Change::Keys { keys: changed }
+    };
+    Ok((Some(state), change))
 }
 
 /// `new` without the pairs already kept in `files`, of which only those

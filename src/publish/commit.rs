@@ -205,3 +205,68 @@ pub fn write_parquet(
 ) -> Result<PathBuf, PublishError> {
     stage_parquet(dir, name, batch, tag)?.commit()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> BTreeSet<String> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn commits_many_files_in_several_folders() {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (root.path().join("a"), root.path().join("b"));
+        fs::create_dir_all(&a).unwrap();
+        fs::write(a.join("0.txt"), "old").unwrap();
+        // More files than threads: each thread flushes several.
+        let files: Vec<Staged> = (0..20)
+            .map(|i| {
+                let dir = if i % 2 == 0 { &a } else { &b };
+                stage_text(dir, &format!("{i}.txt"), &format!("file {i}")).unwrap()
+            })
+            .collect();
+        // Staged, nothing is in place yet.
+        assert_eq!(fs::read_to_string(a.join("0.txt")).unwrap(), "old");
+        assert!(!b.join("1.txt").exists());
+
+        let paths = commit_all(files).unwrap();
+        let expected: Vec<PathBuf> = (0..20)
+            .map(|i| (if i % 2 == 0 { &a } else { &b }).join(format!("{i}.txt")))
+            .collect();
+        assert_eq!(paths, expected);
+        for (i, path) in paths.iter().enumerate() {
+            assert_eq!(fs::read_to_string(path).unwrap(), format!("file {i}"));
+        }
+        // No temporary file is left behind.
+        assert_eq!(names(&a).len(), 10);
+        assert_eq!(names(&b).len(), 10);
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_flushed_puts_none_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<Staged> = (0..3)
+            .map(|i| stage_text(dir.path(), &format!("{i}.txt"), "new").unwrap())
+            .collect();
+        fs::remove_file(&files[1].temp).unwrap();
+        let err = commit_all(files).unwrap_err();
+        assert!(err.to_string().contains(".1.txt."), "{err}");
+        // Every file is flushed before any is renamed, and the staged files
+        // are removed when dropped.
+        assert!(names(dir.path()).is_empty(), "{:?}", names(dir.path()));
+    }
+
+    #[test]
+    fn a_staged_file_dropped_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let staged = stage_text(dir.path(), "x.txt", "new").unwrap();
+        assert_eq!(names(dir.path()).len(), 1);
+        drop(staged);
+        assert!(names(dir.path()).is_empty());
+    }
+}

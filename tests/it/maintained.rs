@@ -232,6 +232,8 @@ fn appended_files_update_the_kept_aggregates_to_the_full_result() {
             .any(|m| m.contains("FILTER") && m.contains("l_qty"))
     );
 
+    let first_orders = first_order_file(d);
+
     // A day appended: new orders in the last month and the next, their lines,
     // and late lines of old orders.
     write(
@@ -258,6 +260,8 @@ fn appended_files_update_the_kept_aggregates_to_the_full_result() {
     assert!(recomputed(&log, "revenue").is_some_and(|n| n > 1), "{log}");
     assert_eq!(recomputed(&log, "active_rate"), None, "{log}");
     assert_eq!(recomputed(&log, "median_urgent_price"), None, "{log}");
+    // No customer's first order changed: that state's file is kept as it was.
+    assert_eq!(first_order_file(d), first_orders);
 
     // Nothing new: the kept states are read as they are, and every kept KPI
     // output stands.
@@ -290,6 +294,7 @@ fn appended_files_update_the_kept_aggregates_to_the_full_result() {
     assert_eq!(recomputed(&log, "repeat_rate"), Some(1), "{log}");
     assert_eq!(recomputed(&log, "new_customer_share"), Some(5), "{log}");
     assert_same_as_full(d);
+    assert_ne!(first_order_file(d), first_orders);
 
     // A file the states cover is rewritten: they are rebuilt, not added to.
     write(d, "data/lines/1.parquet", &lines(1, 140_000));
@@ -353,6 +358,26 @@ fn appended_files_update_the_kept_aggregates_to_the_full_result() {
     assert_eq!(after.len(), kept);
     assert_eq!(before.intersection(&after).count(), kept - 1);
     assert_same_as_full(d);
+}
+
+/// The file of the state of each customer's first order, kept whole (it has
+/// no `DATE` grouping).
+fn first_order_file(dir: &Path) -> String {
+    let manifest = std::fs::read_dir(dir.join(".kpiforge/incremental/p"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path().join("manifest.json")).ok())
+        .find(|m| {
+            !is_output(m)
+                && m.split("min(").skip(1).any(|arg| {
+                    arg.split(')')
+                        .next()
+                        .is_some_and(|arg| arg.ends_with(".o_orderdate"))
+                })
+                && m.contains("\"partitioned\": false")
+        })
+        .expect("the first-order state");
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    manifest["groups"]["all"].as_str().unwrap().to_string()
 }
 
 /// Whether a kept manifest is a KPI's output's, not an aggregate's.
