@@ -43,6 +43,7 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, TableScanBuilder};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::future::try_join_all;
+use tracing::Instrument;
 
 use super::share;
 use crate::config::{FileFormat, Pipeline, SourceKind};
@@ -245,11 +246,16 @@ impl Incremental {
         plans: Vec<LogicalPlan>,
         scope: &str,
     ) -> Result<Rewritten, DataFusionError> {
-        let analysis = super::share::analysis_state(ctx);
-        let plans: Vec<LogicalPlan> = plans
-            .iter()
-            .map(|p| analysis.optimize(p))
-            .collect::<Result<_, _>>()?;
+        // Optimised side by side, each on a task of its own (see `run`).
+        let analysis = Arc::new(super::share::analysis_state(ctx));
+        let plans: Vec<LogicalPlan> = try_join_all(plans.into_iter().map(|plan| {
+            let analysis = analysis.clone();
+            tokio::spawn(async move { analysis.optimize(&plan) })
+        }))
+        .await
+        .map_err(|e| DataFusionError::Execution(format!("a plan's analysis stopped: {e}")))?
+        .into_iter()
+        .collect::<Result<_, _>>()?;
         let mut found: Vec<Maintained> = Vec::new();
         for plan in &plans {
             self.find(plan, &mut found);
@@ -762,18 +768,28 @@ pub fn narrow(ctx: &SessionContext) -> SessionContext {
     SessionContext::new_with_state(state)
 }
 
+/// Plans and runs `plan` on a task of its own. The states are brought up to
+/// date side by side, from one task; their queries are small, so planning is
+/// much of their time, and on its own task it runs on any core, not only on
+/// the one polling the caller.
 async fn run(
     ctx: &SessionContext,
     plan: LogicalPlan,
     what: &str,
 ) -> Result<Vec<RecordBatch>, DataFusionError> {
-    let frame = ctx.execute_logical_plan(plan).await?;
-    let schema = Arc::new(frame.schema().as_arrow().clone());
-    let mut batches = crate::session::collect(frame, what).await?;
-    if batches.is_empty() {
-        batches.push(RecordBatch::new_empty(schema));
-    }
-    Ok(batches)
+    let (ctx, what) = (ctx.clone(), what.to_string());
+    let task = async move {
+        let frame = ctx.execute_logical_plan(plan).await?;
+        let schema = Arc::new(frame.schema().as_arrow().clone());
+        let mut batches = crate::session::collect(frame, &what).await?;
+        if batches.is_empty() {
+            batches.push(RecordBatch::new_empty(schema));
+        }
+        Ok(batches)
+    };
+    tokio::spawn(task.instrument(tracing::Span::current()))
+        .await
+        .map_err(|e| DataFusionError::Execution(format!("a query stopped: {e}")))?
 }
 
 fn one_batch(batches: &[RecordBatch]) -> Result<RecordBatch, DataFusionError> {

@@ -190,13 +190,8 @@ impl Incremental {
                 }
             }
             let plan = ctx.state().create_logical_plan(&sql).await?;
-            // In a task of its own: a panic is this query's error.
-            let task_ctx = super::narrow(ctx);
-            let batches = tokio::spawn(async move { run(&task_ctx, plan, "kept counts").await })
-                .await
-                .map_err(|e| {
-                    DataFusionError::Execution(format!("the count query stopped: {e}"))
-                })??;
+            // `run` plans it in a task of its own: a panic is this query's error.
+            let batches = run(&super::narrow(ctx), plan, "kept counts").await?;
             row(&batches)
         }
         .await;
