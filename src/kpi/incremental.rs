@@ -25,6 +25,7 @@
 
 mod aggregate;
 mod counts;
+mod lazy;
 mod outputs;
 mod rows;
 mod stored;
@@ -36,9 +37,10 @@ use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
+use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, JoinType, NullEquality};
-use datafusion::datasource::{MemTable, ViewTable, provider_as_source};
+use datafusion::datasource::{MemTable, provider_as_source};
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, TableScanBuilder};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
@@ -250,7 +252,8 @@ impl Incremental {
         let analysis = Arc::new(super::share::analysis_state(ctx));
         let plans: Vec<LogicalPlan> = try_join_all(plans.into_iter().map(|plan| {
             let analysis = analysis.clone();
-            tokio::spawn(async move { analysis.optimize(&plan) })
+            let task = async move { analysis.optimize(&plan) };
+            SpawnedTask::spawn(task.instrument(tracing::Span::current())).join()
         }))
         .await
         .map_err(|e| DataFusionError::Execution(format!("a plan's analysis stopped: {e}")))?
@@ -505,47 +508,62 @@ impl Incremental {
         }
 
         // The output: from the partitions just merged and the ones kept as they were.
-        let untouched: Vec<String> = groups
+        let untouched: Vec<(String, String)> = groups
             .iter()
             .filter(|(p, _)| {
                 fresh
                     .as_ref()
                     .is_none_or(|(_, touched)| !touched.contains(*p))
             })
-            .map(|(_, file)| file.clone())
+            .map(|(p, file)| (p.clone(), file.clone()))
             .collect();
-        let mut state: Option<LogicalPlanBuilder> = None;
-        let mut states = 0;
-        let mut schema = None;
-        if let Some((merged, _)) = &fresh {
-            states += merged.num_rows();
-            schema = Some(merged.schema());
-            state = Some(LogicalPlanBuilder::from(
-                ctx.read_batch(merged.clone())?.into_unoptimized_plan(),
-            ));
-        }
-        let kept_files = self.store.paths(&key, &untouched);
-        // A partitioned state's kept files are read when a query reads them, so
-        // that a KPI over some periods reads only those periods' files.
-        let lazy = layout.is_some() && kept_files.is_some();
-        if let Some(files) = kept_files {
-            let kept = read_parquet(ctx, files, schema.as_deref()).await?;
-            state = Some(match state {
-                None => LogicalPlanBuilder::from(kept),
-                Some(s) => s.union(kept)?,
-            });
-        }
-        let Some(state) = state else {
-            return Err(DataFusionError::Internal(format!(
-                "aggregate state {key} has no files"
-            )));
+        let kept_files = self.store.paths(
+            &key,
+            &untouched.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>(),
+        );
+        let states = fresh.as_ref().map_or(0, |(merged, _)| merged.num_rows());
+        let fresh = match fresh {
+            Some((merged, _)) => Some(ctx.read_batch(merged)?.into_unoptimized_plan()),
+            None => None,
         };
-        let output = m.final_plan(state.build()?)?;
-        let table: Arc<dyn TableProvider> = if lazy {
-            Arc::new(ViewTable::new(output, None))
-        } else {
-            let result = run(ctx, output, "aggregate result").await?;
-            Arc::new(MemTable::try_new(result[0].schema(), vec![result])?)
+        let table: Arc<dyn TableProvider> = match kept_files {
+            // A partitioned state's kept files are read when a query reads
+            // them, those of the partitions it reads only.
+            Some(files) if layout.is_some() => {
+                let schema = match &fresh {
+                    Some(fresh) => Arc::new(fresh.schema().as_arrow().clone()),
+                    None => {
+                        let first = read_parquet(ctx, files[..1].to_vec(), None).await?;
+                        Arc::new(first.schema().as_arrow().clone())
+                    }
+                };
+                let files = untouched.into_iter().map(|(p, _)| p).zip(files).collect();
+                Arc::new(lazy::LazyState::new(
+                    Arc::new(m.clone()),
+                    fresh,
+                    files,
+                    schema,
+                )?)
+            }
+            kept_files => {
+                let mut state = fresh.map(LogicalPlanBuilder::from);
+                if let Some(files) = kept_files {
+                    let schema = state.as_ref().map(|s| s.schema().as_arrow().clone());
+                    let kept = read_parquet(ctx, files, schema.as_ref()).await?;
+                    state = Some(match state {
+                        None => LogicalPlanBuilder::from(kept),
+                        Some(s) => s.union(kept)?,
+                    });
+                }
+                let Some(state) = state else {
+                    return Err(DataFusionError::Internal(format!(
+                        "aggregate state {key} has no files"
+                    )));
+                };
+                let output = m.final_plan(state.build()?)?;
+                let result = run(ctx, output, "aggregate result").await?;
+                Arc::new(MemTable::try_new(result[0].schema(), vec![result])?)
+            }
         };
 
         let mut now = kept_version.clone();
@@ -624,7 +642,8 @@ async fn merge_whole(
             )?
             .build()
     };
-    // Merged alone, the kept rows are typed as the merged ones.
+    // Merged alone, as they are merged with the new parts below: `merge_plan`
+    // types the state columns as its last part does, here the kept rows.
     let before = m.merge_plan(vec![of_touched(JoinType::LeftSemi)?], None)?;
     let before = one_batch(&run(ctx, before, "kept touched groups").await?)?;
     parts.push(ctx.read_batch(before.clone())?.into_unoptimized_plan());
@@ -787,7 +806,10 @@ async fn run(
         }
         Ok(batches)
     };
-    tokio::spawn(task.instrument(tracing::Span::current()))
+    // Aborted when dropped, as the caller's future would be (a failed run, a
+    // cancelled one).
+    SpawnedTask::spawn(task.instrument(tracing::Span::current()))
+        .join()
         .await
         .map_err(|e| DataFusionError::Execution(format!("a query stopped: {e}")))?
 }

@@ -260,8 +260,10 @@ fn appended_files_update_the_kept_aggregates_to_the_full_result() {
     assert!(recomputed(&log, "revenue").is_some_and(|n| n > 1), "{log}");
     assert_eq!(recomputed(&log, "active_rate"), None, "{log}");
     assert_eq!(recomputed(&log, "median_urgent_price"), None, "{log}");
-    // No customer's first order changed: that state's file is kept as it was.
+    // No customer's first order changed: that state's file is kept as it was,
+    // and its manifest covers the new file.
     assert_eq!(first_order_file(d), first_orders);
+    assert!(first_order_manifest(d).contains("orders/2.parquet"));
 
     // Nothing new: the kept states are read as they are, and every kept KPI
     // output stands.
@@ -363,7 +365,12 @@ fn appended_files_update_the_kept_aggregates_to_the_full_result() {
 /// The file of the state of each customer's first order, kept whole (it has
 /// no `DATE` grouping).
 fn first_order_file(dir: &Path) -> String {
-    let manifest = std::fs::read_dir(dir.join(".kpiforge/incremental/p"))
+    let manifest: serde_json::Value = serde_json::from_str(&first_order_manifest(dir)).unwrap();
+    manifest["groups"]["all"].as_str().unwrap().to_string()
+}
+
+fn first_order_manifest(dir: &Path) -> String {
+    std::fs::read_dir(dir.join(".kpiforge/incremental/p"))
         .unwrap()
         .filter_map(|e| std::fs::read_to_string(e.unwrap().path().join("manifest.json")).ok())
         .find(|m| {
@@ -375,9 +382,7 @@ fn first_order_file(dir: &Path) -> String {
                 })
                 && m.contains("\"partitioned\": false")
         })
-        .expect("the first-order state");
-    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
-    manifest["groups"]["all"].as_str().unwrap().to_string()
+        .expect("the first-order state")
 }
 
 /// Whether a kept manifest is a KPI's output's, not an aggregate's.

@@ -23,7 +23,7 @@ use super::stored::{Stamp, hash};
 type Merge = fn(Expr) -> Expr;
 
 /// An aggregate whose result can be kept and brought up to date.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Maintained {
     /// The aggregate node, as found in the optimised plan.
     pub(super) node: LogicalPlan,
@@ -330,7 +330,8 @@ impl Maintained {
         sort: Option<usize>,
     ) -> Result<LogicalPlan, DataFusionError> {
         let columns = self.state_columns();
-        // The column types come from the partial plan of the first part's kind.
+        // A column takes its type from the last part that has it: the kept
+        // state's, which callers list last.
         let types: HashMap<String, DataType> = parts
             .iter()
             .flat_map(|p| {
