@@ -30,12 +30,14 @@ mod outputs;
 mod rows;
 mod stored;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::array::UInt32Array;
+use datafusion::arrow::compute::{cast, concat_batches, take};
 use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{Row, RowConverter, SortField};
 use datafusion::catalog::TableProvider;
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::{Transformed, TreeNode};
@@ -326,7 +328,9 @@ impl Incremental {
             m.fingerprint.insert_str(0, scope);
         }
         let lock = self.lock().map_err(DataFusionError::Execution)?;
-        let results = try_join_all(fused.iter().map(|(m, _)| self.update(ctx, m))).await?;
+        let narrowed = narrow(ctx);
+        let results =
+            try_join_all(fused.iter().map(|(m, _)| self.update(ctx, &narrowed, m))).await?;
         let mut pending = Pending::locked(lock);
         let mut reads: HashMap<LogicalPlan, LogicalPlan> = HashMap::new();
         let mut read_by_name = Reads::new();
@@ -376,10 +380,13 @@ impl Incremental {
         }
     }
 
-    /// Brings one aggregate's state up to date and returns its output as a table.
+    /// Brings one aggregate's state up to date and returns its output as a
+    /// table: a state built afresh in the run's session `ctx`, one kept
+    /// updated in the `narrowed` one.
     async fn update(
         &self,
         ctx: &SessionContext,
+        narrowed: &SessionContext,
         m: &Maintained,
     ) -> Result<(Arc<dyn TableProvider>, Vec<Staged>, Read), DataFusionError> {
         let started = std::time::Instant::now();
@@ -401,13 +408,7 @@ impl Incremental {
         };
         let kept = kept.filter(|_| delta.is_some());
         let kept_version = kept.as_ref().map(stored::version);
-        let narrowed;
-        let ctx = if kept.is_some() {
-            narrowed = narrow(ctx);
-            &narrowed
-        } else {
-            ctx
-        };
+        let ctx = if kept.is_some() { narrowed } else { ctx };
         // The rows not in the state yet (all of them for a full build).
         let terms = match &delta {
             None => vec![m.input.clone()],
@@ -473,9 +474,16 @@ impl Incremental {
             let merged = match self.store.paths(&key, &kept_touched) {
                 // Without a period to tell, the groups that changed tell.
                 Some(files) if !building && m.partition.is_none() && !m.groups.is_empty() => {
-                    let (merged, changed) = merge_whole(ctx, m, &new_rows, parts, files).await?;
-                    change = changed;
-                    merged
+                    match merge_whole(ctx, m, &new_rows, parts, files).await? {
+                        Some((merged, changed)) => {
+                            change = changed;
+                            Some(merged)
+                        }
+                        None => {
+                            change = Change::None;
+                            None
+                        }
+                    }
                 }
                 before => {
                     if let Some(files) = before {
@@ -607,16 +615,16 @@ impl Incremental {
 /// groups the `new` partial results touch: their kept rows are read and
 /// merged with the new `parts`, and the file is rewritten, as the untouched
 /// rows and the merged ones, only if some group's state changed. Returns the
-/// new state (`None`: unchanged) and the groups that changed, `Change::All`
-/// beyond [`FOLLOWED_KEYS`]. A new day seldom changes a first order or a
-/// maximum: then no group changes, and the file is not rewritten.
+/// new state and the groups that changed (`Change::All` beyond
+/// [`FOLLOWED_KEYS`]), or `None` if none did. A new day seldom changes a first
+/// order or a maximum: then the file is not rewritten.
 async fn merge_whole(
     ctx: &SessionContext,
     m: &Maintained,
     new: &RecordBatch,
     mut parts: Vec<LogicalPlan>,
     files: Vec<String>,
-) -> Result<(Option<RecordBatch>, Change), DataFusionError> {
+) -> Result<Option<(RecordBatch, Change)>, DataFusionError> {
     let keys = m.group_names();
     let names: Vec<String> = (0..keys.len()).map(|k| format!("g{k}")).collect();
     let on = |side: &str| {
@@ -627,7 +635,7 @@ async fn merge_whole(
     };
     let kept = read_parquet(ctx, files, None).await?;
     let touched = LogicalPlanBuilder::from(ctx.read_batch(new.clone())?.into_unoptimized_plan())
-        .project(keys.clone())?
+        .project(keys)?
         .alias("touched")?
         .build()?;
     let of_touched = |join: JoinType| {
@@ -648,18 +656,9 @@ async fn merge_whole(
     let before = one_batch(&run(ctx, before, "kept touched groups").await?)?;
     parts.push(ctx.read_batch(before.clone())?.into_unoptimized_plan());
     let after = one_batch(&run(ctx, m.merge_plan(parts, None)?, "touched groups").await?)?;
-    let changed = LogicalPlanBuilder::except(
-        ctx.read_batch(after.clone())?.into_unoptimized_plan(),
-        ctx.read_batch(before)?.into_unoptimized_plan(),
-        false,
-    )?;
-    let changed = LogicalPlanBuilder::from(changed)
-        .project(keys)?
-        .limit(0, Some(FOLLOWED_KEYS + 1))?
-        .build()?;
-    let changed = one_batch(&run(ctx, changed, "changed groups").await?)?;
+    let changed = changed_keys(&after, &before, &names, FOLLOWED_KEYS + 1)?;
     if changed.num_rows() == 0 {
-        return Ok((None, Change::None));
+        return Ok(None);
     }
     let state = LogicalPlanBuilder::from(of_touched(JoinType::LeftAnti)?)
         .union(ctx.read_batch(after)?.into_unoptimized_plan())?
@@ -670,7 +669,54 @@ async fn merge_whole(
     } else {
         Change::Keys { keys: changed }
     };
-    Ok((Some(state), change))
+    Ok(Some((state, change)))
+}
+
+/// The `keys` columns of the rows of `after` that are not rows of `before`,
+/// at most `limit` of them. Compared in Arrow's row format, in memory: both
+/// hold only the touched groups, and a query here cost more to plan than to
+/// run. Values equal but for their bits (`-0.0` and `0.0`) count as changed,
+/// which only widens what is recomputed.
+fn changed_keys(
+    after: &RecordBatch,
+    before: &RecordBatch,
+    keys: &[String],
+    limit: usize,
+) -> Result<RecordBatch, DataFusionError> {
+    let fields = after
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| SortField::new(f.data_type().clone()))
+        .collect();
+    let converter = RowConverter::new(fields)?;
+    // Typed alike by `merge_plan`; cast should a type still differ.
+    let before = before
+        .columns()
+        .iter()
+        .zip(after.schema().fields())
+        .map(|(c, f)| cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let kept = converter.convert_columns(&before)?;
+    let kept: HashSet<Row> = kept.iter().collect();
+    let merged = converter.convert_columns(after.columns())?;
+    let changed: Vec<u32> = (0..merged.num_rows())
+        .filter(|&i| !kept.contains(&merged.row(i)))
+        .take(limit)
+        .map(|i| i as u32)
+        .collect();
+    let rows = UInt32Array::from(changed);
+    let columns = keys
+        .iter()
+        .map(|k| after.schema().index_of(k))
+        .collect::<Result<Vec<_>, _>>()?;
+    let keys = after.project(&columns)?;
+    let taken = keys
+        .columns()
+        .iter()
+        .map(|c| take(c, &rows, None))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(keys.schema(), taken)?)
 }
 
 /// `new` without the pairs already kept in `files`, of which only those
@@ -816,4 +862,66 @@ async fn run(
 
 fn one_batch(batches: &[RecordBatch]) -> Result<RecordBatch, DataFusionError> {
     Ok(concat_batches(&batches[0].schema(), batches)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, Float64Array, Int32Array, Int64Array};
+
+    fn state(keys: Vec<Option<i64>>, values: Vec<Option<f64>>) -> RecordBatch {
+        RecordBatch::try_from_iter([
+            ("g0", Arc::new(Int64Array::from(keys)) as Arc<dyn Array>),
+            ("m0", Arc::new(Float64Array::from(values)) as Arc<dyn Array>),
+        ])
+        .unwrap()
+    }
+
+    fn keys(batch: &RecordBatch) -> Vec<Option<i64>> {
+        let column = batch.column(0).as_any().downcast_ref::<Int64Array>();
+        column.unwrap().iter().collect()
+    }
+
+    #[test]
+    fn changed_keys_are_those_of_new_or_different_rows() {
+        let before = state(
+            vec![Some(1), Some(2), None],
+            vec![Some(1.0), None, Some(3.0)],
+        );
+        // 1 as it was, 2 from NULL to a value, the NULL key as it was, 4 new.
+        let after = state(
+            vec![Some(1), Some(2), None, Some(4)],
+            vec![Some(1.0), Some(2.0), Some(3.0), Some(4.0)],
+        );
+        let g0 = ["g0".to_string()];
+        let changed = changed_keys(&after, &before, &g0, 10).unwrap();
+        assert_eq!(changed.schema().field(0).name(), "g0");
+        assert_eq!(keys(&changed), [Some(2), Some(4)]);
+        assert_eq!(
+            keys(&changed_keys(&after, &before, &g0, 1).unwrap()),
+            [Some(2)]
+        );
+        assert_eq!(
+            changed_keys(&before, &before, &g0, 10).unwrap().num_rows(),
+            0
+        );
+    }
+
+    #[test]
+    fn changed_keys_compare_kept_rows_cast_to_the_merged_types() {
+        let before = RecordBatch::try_from_iter([
+            (
+                "g0",
+                Arc::new(Int64Array::from(vec![1, 2])) as Arc<dyn Array>,
+            ),
+            (
+                "m0",
+                Arc::new(Int32Array::from(vec![5, 6])) as Arc<dyn Array>,
+            ),
+        ])
+        .unwrap();
+        let after = state(vec![Some(1), Some(2)], vec![Some(5.0), Some(7.0)]);
+        let changed = changed_keys(&after, &before, &["g0".to_string()], 10).unwrap();
+        assert_eq!(keys(&changed), [Some(2)]);
+    }
 }

@@ -292,11 +292,22 @@ fn appended_files_update_the_kept_aggregates_to_the_full_result() {
         "SELECT CAST(200000 AS BIGINT) AS o_orderkey, CAST(7919 AS BIGINT) AS o_custkey, \
          CAST('2024-12-20' AS DATE) AS o_orderdate, '3-MEDIUM' AS o_priority",
     );
-    let log = run(d, &[]);
+    let log = run(d, &["-v"]);
     assert_eq!(recomputed(&log, "repeat_rate"), Some(1), "{log}");
     assert_eq!(recomputed(&log, "new_customer_share"), Some(5), "{log}");
     assert_same_as_full(d);
     assert_ne!(first_order_file(d), first_orders);
+    // The (month, customer) state, kept per month, is read by partition. The
+    // query for the months customer 7919 was active in filters by customer,
+    // so it reads every file; `new_customer_share` then reads the four months
+    // it recomputes besides December (merged this run, in memory), and
+    // `repeat_rate` no file for its one month, December.
+    let reads = partition_reads(&log);
+    let all = reads.iter().map(|&(_, of)| of).max().unwrap_or(0);
+    assert!(all > 10, "{reads:?}");
+    let mut seen = reads.clone();
+    seen.sort();
+    assert_eq!(seen, [(0, all), (4, all), (all, all)], "{log}");
 
     // A file the states cover is rewritten: they are rebuilt, not added to.
     write(d, "data/lines/1.parquet", &lines(1, 140_000));
@@ -399,6 +410,19 @@ fn recomputed(log: &str, kpi: &str) -> Option<usize> {
         .unwrap_or_else(|| panic!("no KPI computed line for {kpi}: {log}"));
     let (_, after) = line.split_once("periods_recomputed=")?;
     after.split_whitespace().next()?.parse().ok()
+}
+
+/// The files each read of a state kept per partition opened, and how many
+/// it has (the debug log's `kept state read by partition`).
+fn partition_reads(log: &str) -> Vec<(usize, usize)> {
+    let field = |line: &str, name: &str| -> usize {
+        let (_, after) = line.split_once(&format!(" {name}=")).unwrap();
+        after.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    log.lines()
+        .filter(|l| l.contains("kept state read by partition"))
+        .map(|l| (field(l, "files"), field(l, "of")))
+        .collect()
 }
 
 /// The folders of the kept states.

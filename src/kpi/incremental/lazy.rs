@@ -62,6 +62,11 @@ impl LazyState {
             .filter(|(partition, _)| keep.is_none_or(|k| k.contains(partition)))
             .map(|(_, path)| ListingTableUrl::parse(path))
             .collect::<Result<_>>()?;
+        tracing::debug!(
+            files = files.len(),
+            of = self.files.len(),
+            "kept state read by partition"
+        );
         let kept: Arc<dyn TableProvider> = if files.is_empty() {
             Arc::new(MemTable::try_new(self.kept.clone(), vec![vec![]])?)
         } else {
