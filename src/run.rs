@@ -3,6 +3,7 @@
 //! computing.
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -120,13 +121,27 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
     span.in_scope(|| {
         tracing::info!(%as_of, output = %output.display(), trigger = options.trigger.as_str(), "run started")
     });
-    let history = |record: &RunEntry| match StateStore::open(&pipeline.state) {
-        Ok(store) => {
-            if let Err(e) = store.record_run(record) {
-                tracing::error!(error = %e, "the run could not be recorded in the run history");
+    // One connection for the run's two records: each open of a SQLite store
+    // recreates and checkpoints its write-ahead log (five flushes), and a
+    // PostgreSQL one connects. After an error the next record reconnects.
+    let store: Mutex<Option<StateStore>> = Mutex::new(None);
+    let history = |record: &RunEntry| {
+        let mut store = store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if store.is_none() {
+            match StateStore::open(&pipeline.state) {
+                Ok(opened) => *store = Some(opened),
+                Err(e) => {
+                    tracing::error!(error = %e, "the run history cannot be opened");
+                    return;
+                }
             }
         }
-        Err(e) => tracing::error!(error = %e, "the run history cannot be opened"),
+        if let Some(Err(e)) = store.as_ref().map(|s| s.record_run(record)) {
+            tracing::error!(error = %e, "the run could not be recorded in the run history");
+            *store = None;
+        }
     };
     history(&RunEntry::started(
         pipeline,
