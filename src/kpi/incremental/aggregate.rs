@@ -238,10 +238,7 @@ impl Maintained {
         let Some(p) = p else {
             return Ok(BTreeSet::from(["all".to_string()]));
         };
-        let column = state.column_by_name(&format!("g{p}")).ok_or_else(|| {
-            DataFusionError::Internal("a state without its partition column".into())
-        })?;
-        let dates = column.as_primitive::<Date32Type>();
+        let dates = partition_column(state, p)?;
         Ok((0..dates.len()).map(|i| partition_name(dates, i)).collect())
     }
 
@@ -251,10 +248,7 @@ impl Maintained {
         state: &RecordBatch,
         p: usize,
     ) -> Result<Option<BTreeSet<i32>>, DataFusionError> {
-        let column = state.column_by_name(&format!("g{p}")).ok_or_else(|| {
-            DataFusionError::Internal("a state without its partition column".into())
-        })?;
-        let dates = column.as_primitive::<Date32Type>();
+        let dates = partition_column(state, p)?;
         if dates.null_count() > 0 {
             return Ok(None);
         }
@@ -471,6 +465,14 @@ impl Partial {
 }
 
 /// A partition's name: its date as days since 1970, or `null`.
+/// Grouping column `g{p}` of state rows, a `DATE`.
+fn partition_column(state: &RecordBatch, p: usize) -> Result<&Date32Array, DataFusionError> {
+    let column = state
+        .column_by_name(&format!("g{p}"))
+        .ok_or_else(|| DataFusionError::Internal("a state without its partition column".into()))?;
+    Ok(column.as_primitive::<Date32Type>())
+}
+
 fn partition_name(dates: &Date32Array, i: usize) -> String {
     if dates.is_null(i) {
         "null".to_string()

@@ -40,6 +40,17 @@ enum Affect {
     All,
 }
 
+impl Affect {
+    /// Rows meeting any of `conditions`: none may differ when there are none.
+    fn within(conditions: Vec<Cond>) -> Affect {
+        if conditions.is_empty() {
+            Affect::Unchanged
+        } else {
+            Affect::Within(conditions)
+        }
+    }
+}
+
 /// A condition on the rows of a plan's output.
 #[derive(Debug, Clone)]
 enum Cond {
@@ -466,11 +477,7 @@ fn affected(plan: &LogicalPlan, reads: &Reads) -> Affect {
             if !within.iter().all(|c| c.within(schema)) {
                 return Affect::All;
             }
-            if within.is_empty() {
-                Affect::Unchanged
-            } else {
-                Affect::Within(within)
-            }
+            Affect::within(within)
         }
         P::Union(_) => {
             let mut within = Vec::new();
@@ -481,11 +488,7 @@ fn affected(plan: &LogicalPlan, reads: &Reads) -> Affect {
                     Affect::All => return Affect::All,
                 }
             }
-            if within.is_empty() {
-                Affect::Unchanged
-            } else {
-                Affect::Within(within)
-            }
+            Affect::within(within)
         }
         _ => Affect::All,
     }
