@@ -3,7 +3,6 @@
 //! computing.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -124,14 +123,11 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
     // One connection for the run's two records: each open of a SQLite store
     // recreates and checkpoints its write-ahead log (five flushes), and a
     // PostgreSQL one connects. After an error the next record reconnects.
-    let store: Mutex<Option<StateStore>> = Mutex::new(None);
-    let history = |record: &RunEntry| {
-        let mut store = store
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut store: Option<StateStore> = None;
+    let mut history = |record: &RunEntry| {
         if store.is_none() {
             match StateStore::open(&pipeline.state) {
-                Ok(opened) => *store = Some(opened),
+                Ok(opened) => store = Some(opened),
                 Err(e) => {
                     tracing::error!(error = %e, "the run history cannot be opened");
                     return;
@@ -140,7 +136,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
         }
         if let Some(Err(e)) = store.as_ref().map(|s| s.record_run(record)) {
             tracing::error!(error = %e, "the run could not be recorded in the run history");
-            *store = None;
+            store = None;
         }
     };
     history(&RunEntry::started(

@@ -464,7 +464,6 @@ impl Partial {
     }
 }
 
-/// A partition's name: its date as days since 1970, or `null`.
 /// Grouping column `g{p}` of state rows, a `DATE`.
 fn partition_column(state: &RecordBatch, p: usize) -> Result<&Date32Array, DataFusionError> {
     let column = state
@@ -473,6 +472,7 @@ fn partition_column(state: &RecordBatch, p: usize) -> Result<&Date32Array, DataF
     Ok(column.as_primitive::<Date32Type>())
 }
 
+/// A partition's name: its date as days since 1970, or `null`.
 fn partition_name(dates: &Date32Array, i: usize) -> String {
     if dates.is_null(i) {
         "null".to_string()
