@@ -227,9 +227,13 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
             ("quality", &checked),
         ];
         files.extend(publish::stage_exports(pipeline, as_of, &tables, &run_id).await?);
+        // Every file on disk in one wave, then put in place in order: the
+        // datasets, the pulls, the kept states' manifests.
+        let mut kept = std::mem::take(&mut computed.kept);
+        publish::flush_all(files.iter_mut().chain(kept.files_mut()))?;
         publish::commit_all(files)?;
         source::commit_pulls(&sources, &run_id)?;
-        std::mem::take(&mut computed.kept).commit()?;
+        kept.commit()?;
         if let Some(incremental) = &incremental {
             incremental.sweep();
         }

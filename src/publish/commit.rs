@@ -4,7 +4,8 @@
 //! the new one, never a part; a killed run leaves at most a hidden `.*.tmp`
 //! file, which Parquet readers (DuckDB, pyarrow, Polars) skip. A run stages all
 //! its files before it commits any, so an error while writing one leaves every
-//! dataset as it was.
+//! dataset as it was, and flushes them all in one wave ([`flush_all`]) before
+//! it puts any in place.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -24,6 +25,11 @@ use super::PublishError;
 pub struct Staged {
     temp: PathBuf,
     target: PathBuf,
+    /// Written under its final name ([`stage_parquet_in_place`]): it needs
+    /// no rename, and its folder is flushed with its content.
+    in_place: bool,
+    /// Its content, and its name if in place, are on disk ([`flush_all`]).
+    flushed: bool,
     committed: bool,
 }
 
@@ -36,35 +42,52 @@ impl Staged {
     }
 }
 
-/// Commits `files` together, in three waves rather than one file at a time:
-/// every file is flushed to disk, then each is renamed into place in order,
-/// then each folder is flushed once. The flushes of a wave run side by side,
-/// so the file system can write them in one journal commit: a run commits
-/// dozens of small files, and one flush after another cost milliseconds each.
-/// A file is on disk before its name is; a crash may leave any subset of the
-/// renames, so what must follow another is committed in a later call. Each
-/// file is reopened to be flushed: a run may stage thousands (a state kept
-/// per date), more than it may hold open.
-pub fn commit_all(files: Vec<Staged>) -> Result<Vec<PathBuf>, PublishError> {
-    each_in_parallel(&files, |f| {
-        fs::OpenOptions::new()
-            .write(true)
-            .open(&f.temp)
-            .and_then(|file| file.sync_all())
-            .map_err(|e| io(&f.temp, e))
+/// Flushes `files` to disk side by side, so the file system can write them in
+/// one journal commit, and marks them flushed: their commits then only rename
+/// them. A run flushes every file it staged this way before it commits any,
+/// rather than one wave for its datasets, one for its kept states' files and
+/// one for their manifests. Each file is reopened to be flushed: a run may
+/// stage thousands (a state kept per date), more than it may hold open.
+pub fn flush_all<'a>(files: impl IntoIterator<Item = &'a mut Staged>) -> Result<(), PublishError> {
+    let mut files: Vec<&mut Staged> = files.into_iter().filter(|f| !f.flushed).collect();
+    let mut paths: BTreeSet<&Path> = files.iter().map(|f| f.temp.as_path()).collect();
+    // A name written in place is final already: its folder is flushed now.
+    paths.extend(
+        files
+            .iter()
+            .filter(|f| f.in_place)
+            .filter_map(|f| f.target.parent()),
+    );
+    let paths: Vec<&Path> = paths.into_iter().collect();
+    each_in_parallel(&paths, |path| {
+        File::open(path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io(path, e))
     })?;
+    for f in &mut files {
+        f.flushed = true;
+    }
+    Ok(())
+}
+
+/// Commits `files` together: every file is flushed to disk (unless
+/// [`flush_all`] did), then each is renamed into place in order, then each
+/// folder is flushed once, the flushes of a wave side by side. A file is on
+/// disk before its name is; a crash may leave any subset of the renames, so
+/// what must follow another is committed in a later call.
+pub fn commit_all(mut files: Vec<Staged>) -> Result<Vec<PathBuf>, PublishError> {
+    flush_all(files.iter_mut())?;
     let mut paths = Vec::with_capacity(files.len());
+    let mut dirs = BTreeSet::new();
     for mut f in files {
-        fs::rename(&f.temp, &f.target).map_err(|e| io(&f.target, e))?;
+        if !f.in_place {
+            fs::rename(&f.temp, &f.target).map_err(|e| io(&f.target, e))?;
+            dirs.extend(f.target.parent().map(Path::to_path_buf));
+        }
         f.committed = true;
         paths.push(f.target.clone());
     }
-    let dirs: Vec<&Path> = paths
-        .iter()
-        .filter_map(|p| p.parent())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let dirs: Vec<PathBuf> = dirs.into_iter().collect();
     each_in_parallel(&dirs, |dir| {
         File::open(dir)
             .and_then(|d| d.sync_all())
@@ -74,7 +97,7 @@ pub fn commit_all(files: Vec<Staged>) -> Result<Vec<PathBuf>, PublishError> {
 }
 
 /// Runs `work` on every item, on up to 8 threads; the first error, if any.
-fn each_in_parallel<T: Sync>(
+pub fn each_in_parallel<T: Sync>(
     items: &[T],
     work: impl Fn(&T) -> Result<(), PublishError> + Sync,
 ) -> Result<(), PublishError> {
@@ -120,33 +143,45 @@ pub fn stage_parquet(
     batch: &RecordBatch,
     tag: &str,
 ) -> Result<Staged, PublishError> {
-    stage_parquet_grouped(dir, name, batch, tag, None)
+    stage(dir, name, Some(tag), |file, target| {
+        write_parquet_to(file, target, batch, None)
+    })
 }
 
-/// [`stage_parquet`] with row groups of at most `rows` rows: small groups of
-/// sorted rows let a filtered read skip most of them.
-pub fn stage_parquet_grouped(
+/// Writes `batch` as the Parquet file `dir/name` under its final name, for a
+/// file nothing names until a later commit does (a kept state's file, named
+/// by its manifest): committed, it is flushed but not renamed. Row groups of
+/// at most `rows` rows: small groups of sorted rows let a filtered read skip
+/// most of them.
+pub fn stage_parquet_in_place(
     dir: &Path,
     name: &str,
     batch: &RecordBatch,
-    tag: &str,
     rows: Option<usize>,
 ) -> Result<Staged, PublishError> {
-    stage(dir, name, tag, |file, target| {
-        let parquet = |source| PublishError::Parquet {
-            path: target.to_path_buf(),
-            source,
-        };
-        let mut props = WriterProperties::builder().set_compression(Compression::SNAPPY);
-        if rows.is_some() {
-            props = props.set_max_row_group_row_count(rows);
-        }
-        let props = props.build();
-        let mut writer =
-            ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(parquet)?;
-        writer.write(batch).map_err(parquet)?;
-        writer.into_inner().map_err(parquet)
+    stage(dir, name, None, |file, target| {
+        write_parquet_to(file, target, batch, rows)
     })
+}
+
+fn write_parquet_to(
+    file: File,
+    target: &Path,
+    batch: &RecordBatch,
+    rows: Option<usize>,
+) -> Result<File, PublishError> {
+    let parquet = |source| PublishError::Parquet {
+        path: target.to_path_buf(),
+        source,
+    };
+    let mut props = WriterProperties::builder().set_compression(Compression::SNAPPY);
+    if rows.is_some() {
+        props = props.set_max_row_group_row_count(rows);
+    }
+    let props = props.build();
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(parquet)?;
+    writer.write(batch).map_err(parquet)?;
+    writer.into_inner().map_err(parquet)
 }
 
 /// Stages `batch` as a JSON array of row objects, `dir/name`.
@@ -156,7 +191,7 @@ pub fn stage_json(
     batch: &RecordBatch,
     tag: &str,
 ) -> Result<Staged, PublishError> {
-    stage(dir, name, tag, |file, target| {
+    stage(dir, name, Some(tag), |file, target| {
         let arrow = |source| PublishError::Arrow {
             dataset: "exports",
             source,
@@ -173,22 +208,30 @@ pub fn stage_json(
 /// Stages `text` as the file `dir/name`.
 pub fn stage_text(dir: &Path, name: &str, text: &str) -> Result<Staged, PublishError> {
     let tag = std::process::id().to_string();
-    stage(dir, name, &tag, |mut file, target| {
+    stage(dir, name, Some(&tag), |mut file, target| {
         file.write_all(text.as_bytes()).map_err(|e| io(target, e))?;
         Ok(file)
     })
 }
 
+/// Writes `dir/name` with `write`: under a hidden temporary name marked
+/// `tag`, or, without a tag, in place.
 fn stage(
     dir: &Path,
     name: &str,
-    tag: &str,
+    tag: Option<&str>,
     write: impl FnOnce(File, &Path) -> Result<File, PublishError>,
 ) -> Result<Staged, PublishError> {
     fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let target = dir.join(name);
     let staged = Staged {
-        temp: dir.join(format!(".{name}.{tag}.tmp")),
-        target: dir.join(name),
+        temp: tag.map_or_else(
+            || target.clone(),
+            |tag| dir.join(format!(".{name}.{tag}.tmp")),
+        ),
+        target,
+        in_place: tag.is_none(),
+        flushed: false,
         committed: false,
     };
     let file = File::create(&staged.temp).map_err(|e| io(&staged.temp, e))?;
@@ -259,6 +302,39 @@ mod tests {
         // Every file is flushed before any is renamed, and the staged files
         // are removed when dropped.
         assert!(names(dir.path()).is_empty(), "{:?}", names(dir.path()));
+    }
+
+    #[test]
+    fn files_in_place_and_flushed_ahead_commit_without_a_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let batch = RecordBatch::try_from_iter([(
+            "x",
+            std::sync::Arc::new(datafusion::arrow::array::Int32Array::from(vec![1, 2]))
+                as datafusion::arrow::array::ArrayRef,
+        )])
+        .unwrap();
+        let mut data = stage_parquet_in_place(dir.path(), "data.parquet", &batch, None).unwrap();
+        // Under its final name at once, and nothing else.
+        assert_eq!(
+            names(dir.path()),
+            BTreeSet::from(["data.parquet".to_string()])
+        );
+        let mut manifest = stage_text(dir.path(), "manifest.json", "data.parquet").unwrap();
+        flush_all([&mut data, &mut manifest]).unwrap();
+        assert!(data.flushed && manifest.flushed);
+        assert_eq!(
+            commit_all(vec![data]).unwrap(),
+            vec![dir.path().join("data.parquet")]
+        );
+        commit_all(vec![manifest]).unwrap();
+        assert_eq!(
+            names(dir.path()),
+            BTreeSet::from(["data.parquet".to_string(), "manifest.json".to_string()])
+        );
+        // Dropped before its commit, a file in place is removed like any other.
+        let dropped = stage_parquet_in_place(dir.path(), "other.parquet", &batch, None).unwrap();
+        drop(dropped);
+        assert!(!dir.path().join("other.parquet").exists());
     }
 
     #[test]

@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
 
-pub use commit::{Staged, commit_all, stage_parquet_grouped, stage_text};
+pub use commit::{
+    Staged, commit_all, each_in_parallel, flush_all, stage_parquet_in_place, stage_text,
+};
 pub use exports::stage_exports;
 pub use kpi_values::{kpi_values_schema, stage_kpi_values};
 pub use quality::{quality_schema, stage_quality, stage_quarantine};

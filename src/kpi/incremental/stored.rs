@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::Pipeline;
-use crate::publish::{Staged, commit_all, stage_parquet_grouped, stage_text};
+use crate::publish::{Staged, commit_all, each_in_parallel, stage_parquet_in_place, stage_text};
 
 /// A source file as the state saw it: changed in size or time, it is another file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,15 +145,10 @@ impl Store {
         batch: &RecordBatch,
     ) -> Result<(String, Staged), DataFusionError> {
         let name = format!("{kind}-{}.parquet", self.tag);
+        // In place: only the manifest names it, and is committed after it.
         // Small row groups: a read of some partitions skips the others.
-        let staged = stage_parquet_grouped(
-            &self.dir.join(key),
-            &name,
-            batch,
-            &self.tag,
-            Some(16 * 1024),
-        )
-        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let staged = stage_parquet_in_place(&self.dir.join(key), &name, batch, Some(16 * 1024))
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
         Ok((name, staged))
     }
 
@@ -193,6 +188,12 @@ impl Pending {
         }
     }
 
+    /// Every staged file, to be flushed with the run's others
+    /// ([`crate::publish::flush_all`]) before any is committed.
+    pub fn files_mut(&mut self) -> impl Iterator<Item = &mut Staged> {
+        self.states.iter_mut().flatten()
+    }
+
     /// Adds another run part's new states (and its hold on the lock).
     pub fn extend(&mut self, other: Pending) {
         self.states.extend(other.states);
@@ -212,12 +213,14 @@ impl Pending {
             files.extend(state);
         }
         commit_all(files)?;
-        for manifest in commit_all(manifests)? {
-            if let Some(dir) = manifest.parent() {
-                remove_unlisted(dir);
-            }
-        }
-        Ok(())
+        let dirs: Vec<PathBuf> = commit_all(manifests)?
+            .iter()
+            .filter_map(|m| m.parent().map(Path::to_path_buf))
+            .collect();
+        each_in_parallel(&dirs, |dir| {
+            remove_unlisted(dir);
+            Ok(())
+        })
     }
 }
 
