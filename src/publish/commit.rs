@@ -2,7 +2,9 @@
 //! folder (`stage_*`), then flush it to disk and rename it into place
 //! (`Staged::commit`, or [`commit_all`] for many). Readers see the old file or
 //! the new one, never a part; a killed run leaves at most a hidden `.*.tmp`
-//! file, which Parquet readers (DuckDB, pyarrow, Polars) skip. A run stages all
+//! file, which Parquet readers (DuckDB, pyarrow, Polars) skip. A file nothing
+//! names until a later commit (a kept state's, named by its manifest) is
+//! written in place instead (`stage_parquet_in_place`). A run stages all
 //! its files before it commits any, so an error while writing one leaves every
 //! dataset as it was, and flushes them all in one wave ([`flush_all`]) before
 //! it puts any in place.
@@ -59,11 +61,7 @@ pub fn flush_all<'a>(files: impl IntoIterator<Item = &'a mut Staged>) -> Result<
             .filter_map(|f| f.target.parent()),
     );
     let paths: Vec<&Path> = paths.into_iter().collect();
-    each_in_parallel(&paths, |path| {
-        File::open(path)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| io(path, e))
-    })?;
+    each_in_parallel(&paths, |path| sync(path))?;
     for f in &mut files {
         f.flushed = true;
     }
@@ -88,12 +86,15 @@ pub fn commit_all(mut files: Vec<Staged>) -> Result<Vec<PathBuf>, PublishError> 
         paths.push(f.target.clone());
     }
     let dirs: Vec<PathBuf> = dirs.into_iter().collect();
-    each_in_parallel(&dirs, |dir| {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io(dir, e))
-    })?;
+    each_in_parallel(&dirs, |dir| sync(dir))?;
     Ok(paths)
+}
+
+/// Flushes the file or folder at `path` to disk.
+fn sync(path: &Path) -> Result<(), PublishError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io(path, e))
 }
 
 /// Runs `work` on every item, on up to 8 threads; the first error, if any.
