@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use chrono::NaiveDate;
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionState;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use futures::future::try_join_all;
@@ -171,8 +172,11 @@ pub async fn plan_all(
 ) -> Result<Vec<PlannedKpi>, KpiError> {
     let mut planned = Vec::new();
     let mut errors = Vec::new();
+    // One snapshot of the session for every KPI: each `ctx.state()` copies its
+    // settings and function registries.
+    let state = ctx.state();
     for kpi in &pipeline.kpis {
-        match plan(ctx, kpi, as_of).await {
+        match plan(&state, kpi, as_of).await {
             Ok(p) => planned.push(p),
             Err(e) => errors.push(e),
         }
@@ -184,14 +188,13 @@ pub async fn plan_all(
     }
 }
 
-async fn plan(ctx: &SessionContext, kpi: &Kpi, as_of: NaiveDate) -> Result<PlannedKpi, KpiError> {
+async fn plan(state: &SessionState, kpi: &Kpi, as_of: NaiveDate) -> Result<PlannedKpi, KpiError> {
     let sql_error = |source| KpiError::Plan {
         kpi: kpi.id.clone(),
         file: kpi.sql_file.clone(),
         source,
     };
-    let plan = ctx
-        .state()
+    let plan = state
         .create_logical_plan(&kpi.sql)
         .await
         .map_err(sql_error)?;
