@@ -10,14 +10,17 @@ mod share;
 pub mod views;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 use datafusion::common::ScalarValue;
+use datafusion::common::runtime::SpawnedTask;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
-use futures::future::try_join_all;
+use futures::future::{join_all, try_join_all};
+use tracing::Instrument;
 
 pub use contract::{KpiRow, Measure};
 pub use incremental::Incremental;
@@ -170,15 +173,28 @@ pub async fn plan_all(
     pipeline: &Pipeline,
     as_of: NaiveDate,
 ) -> Result<Vec<PlannedKpi>, KpiError> {
+    // Side by side, each on a task of its own: planning SQL is CPU work, and it
+    // comes before anything else of the run can start. One snapshot of the
+    // session for all of them: each `ctx.state()` copies its settings and
+    // function registries.
+    let state = Arc::new(ctx.state());
+    let tasks = pipeline.kpis.iter().map(|kpi| {
+        let (state, kpi) = (state.clone(), kpi.clone());
+        let task = async move { plan(&state, &kpi, as_of).await };
+        SpawnedTask::spawn(task.instrument(tracing::Span::current())).join_unwind()
+    });
     let mut planned = Vec::new();
     let mut errors = Vec::new();
-    // One snapshot of the session for every KPI: each `ctx.state()` copies its
-    // settings and function registries.
-    let state = ctx.state();
-    for kpi in &pipeline.kpis {
-        match plan(&state, kpi, as_of).await {
-            Ok(p) => planned.push(p),
-            Err(e) => errors.push(e),
+    for (kpi, result) in pipeline.kpis.iter().zip(join_all(tasks).await) {
+        match result {
+            Ok(Ok(p)) => planned.push(p),
+            Ok(Err(e)) => errors.push(e),
+            // Cancelled: the runtime is shutting down.
+            Err(_) => errors.push(KpiError::Plan {
+                kpi: kpi.id.clone(),
+                file: kpi.sql_file.clone(),
+                source: DataFusionError::Execution("planning was cancelled".into()),
+            }),
         }
     }
     match errors.len() {
