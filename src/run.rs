@@ -17,7 +17,7 @@ use crate::publish::{self, RunRecord, RunStatus};
 use crate::quality::{self, Compiled, Outcome, QualityError, QualityReport};
 use crate::score::{self, Lint, ScorecardRow};
 use crate::source::{self, Mode, SourceTable};
-use crate::state::{RunEntry, StateStore, Trigger};
+use crate::state::{RunEntry, StateLocation, StateStore, Trigger};
 use tracing::Instrument;
 
 #[derive(Debug, Clone, Default)]
@@ -120,32 +120,20 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
     span.in_scope(|| {
         tracing::info!(%as_of, output = %output.display(), trigger = options.trigger.as_str(), "run started")
     });
-    // One connection for the run's two records: each open of a SQLite store
-    // recreates and checkpoints its write-ahead log (five flushes), and a
-    // PostgreSQL one connects. After an error the next record reconnects.
-    let mut store: Option<StateStore> = None;
-    let mut history = |record: &RunEntry| {
-        if store.is_none() {
-            match StateStore::open(&pipeline.state) {
-                Ok(opened) => store = Some(opened),
-                Err(e) => {
-                    tracing::error!(error = %e, "the run history cannot be opened");
-                    return;
-                }
-            }
-        }
-        if let Some(Err(e)) = store.as_ref().map(|s| s.record_run(record)) {
-            tracing::error!(error = %e, "the run could not be recorded in the run history");
-            store = None;
-        }
+    // The start is recorded on a blocking thread while the sources are read:
+    // opening a SQLite store recreates and flushes its write-ahead log, 1-3 ms
+    // otherwise spent before the run's first read. Should this record land
+    // after the run's end (a run cancelled at once), it replaces nothing
+    // (`StateStore::record_run`).
+    let starting = {
+        let mut history = History::new(&pipeline.state);
+        let entry = RunEntry::started(pipeline, &run_id, as_of, options.trigger, started_at);
+        let span = span.clone();
+        tokio::task::spawn_blocking(move || {
+            span.in_scope(|| history.record(&entry));
+            history
+        })
     };
-    history(&RunEntry::started(
-        pipeline,
-        &run_id,
-        as_of,
-        options.trigger,
-        started_at,
-    ));
 
     let mut sources = Vec::new();
     let progress = &options.progress;
@@ -282,7 +270,10 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
             .err()
             .map(|e| crate::config::env::redact(&e.to_string())),
     };
-    history(&RunEntry::finished(&record, options.trigger));
+    let mut history = starting
+        .await
+        .unwrap_or_else(|_| History::new(&pipeline.state));
+    span.in_scope(|| history.record(&RunEntry::finished(&record, options.trigger)));
     let recorded = publish::write_run_record(&output, &record);
     if let Err(e) = &recorded {
         tracing::error!(error = %e, "the run could not be recorded in the runs dataset");
@@ -435,6 +426,40 @@ async fn compile_checks(ctx: &SessionContext, pipeline: &Pipeline) -> Result<Com
                 problems,
             })
         })
+}
+
+/// The run history, written twice a run over one connection: each open of a
+/// SQLite store recreates and checkpoints its write-ahead log (five flushes),
+/// and a PostgreSQL one connects. After an error the next record reconnects.
+struct History {
+    location: StateLocation,
+    store: Option<StateStore>,
+}
+
+impl History {
+    fn new(location: &StateLocation) -> History {
+        History {
+            location: location.clone(),
+            store: None,
+        }
+    }
+
+    /// Records `entry`; a failure is logged, not returned: the run goes on.
+    fn record(&mut self, entry: &RunEntry) {
+        if self.store.is_none() {
+            match StateStore::open(&self.location) {
+                Ok(opened) => self.store = Some(opened),
+                Err(e) => {
+                    tracing::error!(error = %e, "the run history cannot be opened");
+                    return;
+                }
+            }
+        }
+        if let Some(Err(e)) = self.store.as_ref().map(|s| s.record_run(entry)) {
+            tracing::error!(error = %e, "the run could not be recorded in the run history");
+            self.store = None;
+        }
+    }
 }
 
 /// A run id that sorts by start time and is unique across processes.

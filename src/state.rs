@@ -424,33 +424,40 @@ impl StateStore {
         }
     }
 
-    /// Records `entry` (a run starting, finishing, or both), replacing any
-    /// earlier record of the same run id.
+    /// Records `entry` (a run starting, finishing, or both). A record of a run
+    /// that ended replaces any earlier record of the same run id; a start
+    /// (no `finished_at`) replaces none: written late, from the thread a run
+    /// records its start on, it would make an ended run look running.
     pub fn record_run(&self, entry: &RunEntry) -> Result<(), StateError> {
         let Some(conn) = self.sqlite() else {
             return self.pg().record_run(entry).map_err(|e| self.fail(e));
         };
-        conn
-            .execute(
-                "INSERT OR REPLACE INTO runs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                params![
-                    entry.run_id,
-                    entry.pipeline,
-                    entry.as_of,
-                    entry.trigger,
-                    entry.started_at,
-                    entry.finished_at,
-                    entry.status,
-                    entry.rows_read.to_string(),
-                    entry.checks_failed,
-                    entry.checks_warned,
-                    entry.kpis_published,
-                    entry.values_published,
-                    entry.error,
-                ],
-            )
-            .map(|_| ())
-            .map_err(|e| self.fail(e))
+        let insert = match entry.finished_at {
+            Some(_) => "INSERT OR REPLACE",
+            None => "INSERT OR IGNORE",
+        };
+        conn.execute(
+            &format!(
+                "{insert} INTO runs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+            ),
+            params![
+                entry.run_id,
+                entry.pipeline,
+                entry.as_of,
+                entry.trigger,
+                entry.started_at,
+                entry.finished_at,
+                entry.status,
+                entry.rows_read.to_string(),
+                entry.checks_failed,
+                entry.checks_warned,
+                entry.kpis_published,
+                entry.values_published,
+                entry.error,
+            ],
+        )
+        .map(|_| ())
+        .map_err(|e| self.fail(e))
     }
 
     /// Runs, newest first.
@@ -654,6 +661,41 @@ mod tests {
             store.runs(&RunFilter::default()).unwrap()[0].rows_read["orders"],
             3
         );
+        a_late_start_keeps_the_end(&store);
+    }
+
+    /// A run's end, then its start recorded late (a run records its start on a
+    /// thread of its own): the end stays.
+    fn a_late_start_keeps_the_end(store: &StateStore) {
+        let ended = RunEntry {
+            run_id: "late".into(),
+            pipeline: "late".into(),
+            as_of: "2026-11-27".into(),
+            trigger: Trigger::Manual.as_str().into(),
+            started_at: "2026-11-27T04:00:00Z".into(),
+            finished_at: Some("2026-11-27T04:00:02Z".into()),
+            status: "succeeded".into(),
+            rows_read: serde_json::json!({"orders": 3}),
+            checks_failed: 0,
+            checks_warned: 0,
+            kpis_published: 1,
+            values_published: 2,
+            error: None,
+        };
+        store.record_run(&ended).unwrap();
+        let start = RunEntry {
+            finished_at: None,
+            status: "running".into(),
+            kpis_published: 0,
+            values_published: 0,
+            ..ended.clone()
+        };
+        store.record_run(&start).unwrap();
+        let late = RunFilter {
+            pipeline: Some("late".into()),
+            ..Default::default()
+        };
+        assert_eq!(store.runs(&late).unwrap(), [ended]);
     }
 
     /// Runs SQL on the test server (`KPIFORGE_TEST_POSTGRES_URL`).
@@ -749,20 +791,15 @@ mod tests {
                 "2026-11-27T02:00:00Z",
             ))
             .unwrap();
-        store
-            .record_run(&entry(
-                "r2",
-                "failed",
-                Trigger::Manual,
-                "2026-11-27T02:00:00Z",
-            ))
-            .unwrap();
+        let failed = RunEntry {
+            finished_at: Some("2026-11-27T02:00:05Z".into()),
+            ..entry("r2", "failed", Trigger::Manual, "2026-11-27T02:00:00Z")
+        };
+        store.record_run(&failed).unwrap();
         let runs = store.runs(&RunFilter::default()).unwrap();
         assert_eq!(runs.len(), 2);
-        assert_eq!(
-            runs[0],
-            entry("r2", "failed", Trigger::Manual, "2026-11-27T02:00:00Z")
-        );
+        assert_eq!(runs[0], failed);
+        a_late_start_keeps_the_end(&store);
         let limited = store
             .runs(&RunFilter {
                 status: Some("running".into()),

@@ -222,7 +222,8 @@ impl Store {
                    status = excluded.status, rows_read = excluded.rows_read,
                    checks_failed = excluded.checks_failed, checks_warned = excluded.checks_warned,
                    kpis_published = excluded.kpis_published,
-                   values_published = excluded.values_published, error = excluded.error",
+                   values_published = excluded.values_published, error = excluded.error
+                 WHERE excluded.finished_at IS NOT NULL",
                 &[
                     &entry.run_id,
                     &entry.pipeline,
