@@ -214,11 +214,25 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
             ("scorecard", &card),
             ("quality", &checked),
         ];
-        files.extend(publish::stage_exports(pipeline, as_of, &tables, &run_id).await?);
-        // Every file on disk in one wave, then put in place in order: the
+        // Every file on disk before any is put in place. The files staged so
+        // far are flushed in one wave on a blocking thread while the exports
+        // run, then the exports' files; then all go in place in order: the
         // datasets, the pulls, the kept states' manifests.
-        let mut kept = std::mem::take(&mut computed.kept);
-        publish::flush_all(files.iter_mut().chain(kept.files_mut()))?;
+        let kept = std::mem::take(&mut computed.kept);
+        let flushing = tokio::task::spawn_blocking(move || {
+            let (mut files, mut kept) = (files, kept);
+            let flushed = publish::flush_all(files.iter_mut().chain(kept.files_mut()));
+            (files, kept, flushed)
+        });
+        let exports = publish::stage_exports(pipeline, as_of, &tables, &run_id).await;
+        let (mut files, kept, flushed) = flushing.await.map_err(|e| publish::PublishError::Io {
+            path: output.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        flushed?;
+        let mut exports = exports?;
+        publish::flush_all(exports.iter_mut())?;
+        files.extend(exports);
         publish::commit_all(files)?;
         source::commit_pulls(&sources, &run_id)?;
         kept.commit()?;

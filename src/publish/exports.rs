@@ -61,25 +61,30 @@ pub async fn stage_exports(
         ctx.register_table(name, Arc::new(provider))
             .map_err(|e| engine(&pipeline.file)(e))?;
     }
-    for export in &pipeline.exports {
-        let frame = ctx.sql(&export.query).await.map_err(engine(&export.file))?;
-        let schema = Arc::new(frame.schema().as_arrow().clone());
-        let batches = frame.collect().await.map_err(engine(&export.file))?;
-        let batch = concat_batches(&schema, &batches).map_err(arrow)?;
-        let (dir, name) = match (export.file.parent(), export.file.file_name()) {
-            (Some(dir), Some(name)) => (dir, name.to_string_lossy()),
-            _ => {
-                return Err(PublishError::Export {
-                    file: export.file.clone(),
-                    source: datafusion::error::DataFusionError::Plan("not a file path".into()),
-                });
+    // Side by side: each is a small query, mostly planning.
+    let exports = pipeline.exports.iter().map(|export| {
+        let ctx = &ctx;
+        async move {
+            let frame = ctx.sql(&export.query).await.map_err(engine(&export.file))?;
+            let schema = Arc::new(frame.schema().as_arrow().clone());
+            let batches = frame.collect().await.map_err(engine(&export.file))?;
+            let batch = concat_batches(&schema, &batches).map_err(arrow)?;
+            let (dir, name) = match (export.file.parent(), export.file.file_name()) {
+                (Some(dir), Some(name)) => (dir, name.to_string_lossy()),
+                _ => {
+                    return Err(PublishError::Export {
+                        file: export.file.clone(),
+                        source: datafusion::error::DataFusionError::Plan("not a file path".into()),
+                    });
+                }
+            };
+            if name.ends_with(".json") {
+                commit::stage_json(dir, &name, &batch, run_id)
+            } else {
+                commit::stage_parquet(dir, &name, &batch, run_id)
             }
-        };
-        staged.push(if name.ends_with(".json") {
-            commit::stage_json(dir, &name, &batch, run_id)?
-        } else {
-            commit::stage_parquet(dir, &name, &batch, run_id)?
-        });
-    }
+        }
+    });
+    staged.extend(futures::future::try_join_all(exports).await?);
     Ok(staged)
 }
