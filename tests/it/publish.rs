@@ -378,14 +378,23 @@ fn exports_write_a_flat_file_with_their_own_columns() {
         published_values(&dir.path().join("extracts/latest.parquet")),
         vec![Some(1.0), Some(5.0)]
     );
-    // A bad export fails the run with the export's file named.
-    let yaml = format!(
-        "{YAML}exports:\n  - file: extracts/bad.parquet\n    query: SELECT nope FROM kpi_values\n"
-    );
+    // A bad export beside a good one fails the run with the export's file
+    // named, and leaves every dataset and export as it was, with no staged file
+    // behind (they were flushed while the exports ran).
+    let published = || {
+        [
+            ("out", snapshot(&dir.path().join("out/kpi_values"))),
+            ("extracts", snapshot(&dir.path().join("extracts"))),
+        ]
+    };
+    let before = published();
+    let yaml =
+        format!("{yaml}  - file: extracts/bad.parquet\n    query: SELECT nope FROM kpi_values\n");
     std::fs::write(dir.path().join("pipelines/p.yaml"), yaml).unwrap();
     let out = kpiforge(
         dir.path(),
         &["run", "pipelines/p.yaml", "--as-of", "2026-03-01"],
     );
     assert_fails(&out, 1, &["export ", "extracts/bad.parquet", "nope"]);
+    assert_eq!(published(), before);
 }
