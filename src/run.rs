@@ -218,9 +218,8 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
         // far are flushed in one wave on a blocking thread while the exports
         // run, then the exports' files; then all go in place in order: the
         // datasets, the pulls, the kept states' manifests.
-        let kept = std::mem::take(&mut computed.kept);
+        let mut kept = std::mem::take(&mut computed.kept);
         let flushing = tokio::task::spawn_blocking(move || {
-            let (mut files, mut kept) = (files, kept);
             let flushed = publish::flush_all(files.iter_mut().chain(kept.files_mut()));
             (files, kept, flushed)
         });
