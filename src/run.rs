@@ -138,6 +138,8 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
     let mut sources = Vec::new();
     let progress = &options.progress;
     let result = async {
+        let relisted = pipeline.relist_files()?;
+        let pipeline: &Pipeline = &relisted;
         let ctx = session();
         sources = source::prepare_all(&ctx, pipeline, progress).await?;
         let columns = columns_read(&ctx, pipeline, &sources, Some(as_of)).await;

@@ -1,6 +1,7 @@
 //! The checked pipeline: every reference resolved, every path found, every type
 //! parsed. Only this model crosses into the later stages.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -13,7 +14,7 @@ use super::connect::{
     DatabaseKind, DatabaseSource, HttpSource, Incremental, check_database, check_http,
 };
 use super::env::interpolate;
-use super::error::Problem;
+use super::error::{ConfigError, Problem};
 use super::raw::{
     self, CsvOptions, FileFormat, RawKpi, RawPipeline, RawScorecard, RawSource, ScoringMethod,
 };
@@ -455,6 +456,56 @@ impl Pipeline {
             checks,
             quality,
         })
+    }
+}
+
+impl Pipeline {
+    /// The files its KPIs' and views' SQL is read from.
+    pub fn sql_files(&self) -> Vec<PathBuf> {
+        let kpis = self.kpis.iter().map(|k| k.sql_file.clone());
+        kpis.chain(self.views.iter().filter_map(|v| v.sql_file.clone()))
+            .collect()
+    }
+
+    /// This pipeline with each file source's pattern matched again: the files
+    /// are those there now, not when the pipeline was loaded. A scheduler keeps
+    /// a pipeline loaded for days; each of its runs must see the day's new
+    /// files. Borrowed when no file list changed.
+    pub fn relist_files(&self) -> Result<Cow<'_, Pipeline>, ConfigError> {
+        let mut lists = Vec::new();
+        let mut problems = Vec::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            let SourceKind::File(file) = &source.kind else {
+                continue;
+            };
+            match expand(&self.root, &file.pattern) {
+                Ok(paths) if paths == file.paths => {}
+                Ok(paths) => lists.push((i, paths)),
+                Err(message) => problems.push(
+                    Problem::new(format!("sources.{}.file", source.name), message).hint(
+                        "the files are listed again when each run starts: put them back, or change the pattern",
+                    ),
+                ),
+            }
+        }
+        if !problems.is_empty() {
+            super::locate(&self.file, &mut problems);
+            return Err(ConfigError {
+                file: self.file.clone(),
+                pipeline: Some(self.name.clone()),
+                problems,
+            });
+        }
+        if lists.is_empty() {
+            return Ok(Cow::Borrowed(self));
+        }
+        let mut pipeline = self.clone();
+        for (i, paths) in lists {
+            if let SourceKind::File(file) = &mut pipeline.sources[i].kind {
+                file.paths = paths;
+            }
+        }
+        Ok(Cow::Owned(pipeline))
     }
 }
 
@@ -1284,6 +1335,36 @@ mod tests {
         assert_eq!(parse_type("date"), Ok(DataType::Date32));
         assert!(parse_type("decimal(40,2)").is_err());
         assert!(parse_type("money").is_err());
+    }
+
+    #[test]
+    fn relisting_sees_new_and_lost_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        std::fs::write(root.join("data/s1.csv"), "a\n1\n").unwrap();
+        let yaml = "name: p\noutput: out\nsources:\n  s: {file: data/s*.csv}\nkpis: []\n";
+        let pipeline = crate::config::parse(yaml, &root.join("pipelines/p.yaml")).unwrap();
+        let paths = |p: &Pipeline| match &p.sources[0].kind {
+            SourceKind::File(f) => f.paths.clone(),
+            _ => unreachable!(),
+        };
+        assert!(matches!(pipeline.relist_files(), Ok(Cow::Borrowed(_))));
+        std::fs::write(root.join("data/s2.csv"), "a\n2\n").unwrap();
+        let relisted = pipeline.relist_files().unwrap();
+        assert_eq!(
+            paths(&relisted),
+            [root.join("data/s1.csv"), root.join("data/s2.csv")]
+        );
+        std::fs::remove_file(root.join("data/s1.csv")).unwrap();
+        std::fs::remove_file(root.join("data/s2.csv")).unwrap();
+        let error = pipeline.relist_files().unwrap_err();
+        assert_eq!(error.problems[0].path, "sources.s.file");
+        assert!(
+            error.problems[0]
+                .message
+                .contains("no file matches `data/s*.csv`")
+        );
     }
 
     #[test]

@@ -171,8 +171,10 @@ pub struct Options {
 
 /// A watched pipeline file.
 struct Watched {
-    /// (mtime, length) at the last load attempt.
-    stamp: Option<(SystemTime, u64)>,
+    /// Its stamp and its SQL files' at the last load attempt.
+    stamp: Option<Stamp>,
+    /// The SQL files its last good version reads: an edit reloads it too.
+    sql: Vec<PathBuf>,
     /// The scheduler of its last good version.
     entry: Option<Entry>,
     /// Its last version was refused: another file has its name.
@@ -182,6 +184,20 @@ struct Watched {
 struct Entry {
     config: watch::Sender<Arc<Pipeline>>,
     ticker: JoinHandle<()>,
+}
+
+/// When a pipeline file and the SQL files it reads last changed: modification
+/// time and length of each.
+type Stamp = Vec<Option<(SystemTime, u64)>>;
+
+fn stamp(file: &Path, sql: &[PathBuf]) -> Stamp {
+    std::iter::once(file)
+        .chain(sql.iter().map(PathBuf::as_path))
+        .map(|p| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        })
+        .collect()
 }
 
 /// The pipeline files under `paths` now, sorted.
@@ -295,24 +311,27 @@ fn scan(ctx: &Arc<Ctx>, paths: &[PathBuf], watched: &mut BTreeMap<PathBuf, Watch
         ctx.shared.set(&file, None);
     }
     for file in files {
-        let stamp = std::fs::metadata(&file)
-            .ok()
-            .and_then(|m| Some((m.modified().ok()?, m.len())));
         let w = watched.entry(file.clone()).or_insert(Watched {
             stamp: None,
+            sql: Vec::new(),
             entry: None,
             refused: false,
         });
+        let now = Some(stamp(&file, &w.sql));
         // A file refused for its name is looked at again each scan (the
         // other file may have gone).
-        if w.stamp.is_some() && w.stamp == stamp && !w.refused {
+        if w.stamp.is_some() && w.stamp == now && !w.refused {
             continue;
         }
         let reload = w.stamp.is_some() && !w.refused;
-        let unchanged = w.stamp == stamp;
-        w.stamp = stamp;
+        let unchanged = w.stamp == now;
+        w.stamp = now;
         let pipeline = match crate::config::load(&file) {
-            Ok(p) => Arc::new(p),
+            Ok(p) => {
+                w.sql = p.sql_files();
+                w.stamp = Some(stamp(&file, &w.sql));
+                Arc::new(p)
+            }
             Err(e) => {
                 let text = crate::config::env::redact(&e.to_string());
                 if w.entry.is_some() {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use kpiforge::state::{RunEntry, RunFilter, StateStore};
 
-use super::util::{project, walk};
+use super::util::{project, published_values, walk};
 
 // ---------------------------------------------------------------- helpers
 
@@ -921,6 +921,85 @@ fn http_token_and_non_loopback() {
     assert_eq!(get(port, "/healthz", Some("wrong")).0, 401);
     assert_eq!(get(port, "/healthz", Some("s3cret")), (200, "ok".into()));
     assert_eq!(daemon.terminate().0, Some(0));
+}
+
+#[test]
+fn each_run_lists_the_source_files_again() {
+    // A nightly load appends a file: the daemon, loaded before it, must read it.
+    let yaml = pipeline(
+        "p",
+        "schedule: \"*/1 * * * * *\"",
+        Some("    file: data/t*.csv"),
+    );
+    let dir = scheduled_project(&[("p.yaml".into(), yaml)]);
+    let daemon = Daemon::start(dir.path(), &["pipelines"]);
+    let rows = |r: &RunEntry| r.rows_read["t"].as_i64();
+    assert!(wait_for(Duration::from_secs(120), || {
+        history(dir.path())
+            .iter()
+            .any(|r| r.status == "succeeded" && rows(r) == Some(2))
+    }));
+    std::fs::write(dir.path().join("data/t2.csv"), "id,amount\n3,100\n").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(120), || {
+            history(dir.path())
+                .iter()
+                .any(|r| r.status == "succeeded" && rows(r) == Some(3))
+        }),
+        "no run read the new file: {:?}",
+        history(dir.path())
+    );
+    // Files gone: the run fails, naming the source and the pattern.
+    std::fs::remove_file(dir.path().join("data/t.csv")).unwrap();
+    std::fs::remove_file(dir.path().join("data/t2.csv")).unwrap();
+    let mut error = None;
+    assert!(wait_for(Duration::from_secs(120), || {
+        error = history(dir.path())
+            .into_iter()
+            .find(|r| r.status == "failed")
+            .and_then(|r| r.error);
+        error.is_some()
+    }));
+    let error = error.unwrap();
+    assert!(
+        error.contains("sources.t.file: no file matches `data/t*.csv`")
+            && error.contains("p.yaml:"),
+        "{error}"
+    );
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn an_edited_sql_file_is_reloaded() {
+    let yaml = pipeline("p", "schedule: \"*/1 * * * * *\"", None);
+    let dir = scheduled_project(&[("p.yaml".into(), yaml)]);
+    let daemon = Daemon::start(dir.path(), &["pipelines", "--poll", "200ms"]);
+    // The value the latest run published (its as-of's partition is the last).
+    let latest = |dir: &Path| {
+        let mut parts: Vec<PathBuf> = walk(&dir.join("out/kpi_values"))
+            .into_iter()
+            .filter(|p| p.file_name().is_some_and(|n| n == "part-0.parquet"))
+            .collect();
+        parts.sort();
+        parts.last().map(|p| published_values(p))
+    };
+    assert!(wait_for(Duration::from_secs(120), || {
+        latest(dir.path()) == Some(vec![Some(42.0)])
+    }));
+    // Only the KPI's SQL file changes, not the pipeline file.
+    let sql = KPI_SQL.replace("sum(amount)", "sum(amount) * 2");
+    std::fs::write(dir.path().join("sql/k.sql"), sql).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(120), || {
+            latest(dir.path()) == Some(vec![Some(84.0)])
+        }),
+        "the edited SQL never ran: {:?}",
+        latest(dir.path())
+    );
+    let (code, logs) = daemon.terminate();
+    assert_eq!(code, Some(0));
+    assert!(logs.iter().any(|l| message(l) == "reloaded: scheduled"));
 }
 
 #[test]
