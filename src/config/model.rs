@@ -457,9 +457,7 @@ impl Pipeline {
             quality,
         })
     }
-}
 
-impl Pipeline {
     /// The files its KPIs' and views' SQL is read from.
     pub fn sql_files(&self) -> Vec<PathBuf> {
         let kpis = self.kpis.iter().map(|k| k.sql_file.clone());
