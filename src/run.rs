@@ -16,7 +16,7 @@ use crate::progress::Stage;
 use crate::publish::{self, RunRecord, RunStatus};
 use crate::quality::{self, Compiled, Outcome, QualityError, QualityReport};
 use crate::score::{self, Lint, ScorecardRow};
-use crate::source::{self, Mode, SourceTable};
+use crate::source::{self, Mode, SourceError, SourceTable};
 use crate::state::{RunEntry, StateLocation, StateStore, Trigger};
 use tracing::Instrument;
 
@@ -138,7 +138,7 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<RunReport,
     let mut sources = Vec::new();
     let progress = &options.progress;
     let result = async {
-        let relisted = pipeline.relist_files()?;
+        let relisted = pipeline.relist_files().map_err(SourceError::Listing)?;
         let pipeline: &Pipeline = &relisted;
         let ctx = session();
         sources = source::prepare_all(&ctx, pipeline, progress).await?;

@@ -200,6 +200,34 @@ fn stamp(file: &Path, sql: &[PathBuf]) -> Stamp {
         .collect()
 }
 
+/// Loads a pipeline file with `load`, and the stamp its next edit is told by.
+///
+/// The stamp is taken *before* the files are read: an edit made while they
+/// are read then differs from it, and the next scan loads the file again (one
+/// taken after would match the edit and hide it). Which SQL files to stamp is
+/// known only once loaded: when they are not `sql`, those of the last load, it
+/// is loaded once more with theirs stamped first. Should the list change again
+/// (files edited meanwhile), the stamp, of another list, differs from the next
+/// scan's, which loads it again.
+fn load_stamped<E>(
+    file: &Path,
+    sql: &[PathBuf],
+    load: impl Fn(&Path) -> Result<Pipeline, E>,
+) -> Result<(Pipeline, Stamp), E> {
+    let mut sql = sql.to_vec();
+    let mut tries = 0;
+    loop {
+        let before = stamp(file, &sql);
+        let pipeline = load(file)?;
+        let read = pipeline.sql_files();
+        tries += 1;
+        if read == sql || tries == 2 {
+            return Ok((pipeline, before));
+        }
+        sql = read;
+    }
+}
+
 /// The pipeline files under `paths` now, sorted.
 pub fn pipeline_files(paths: &[PathBuf]) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -326,10 +354,10 @@ fn scan(ctx: &Arc<Ctx>, paths: &[PathBuf], watched: &mut BTreeMap<PathBuf, Watch
         let reload = w.stamp.is_some() && !w.refused;
         let unchanged = w.stamp == now;
         w.stamp = now;
-        let pipeline = match crate::config::load(&file) {
-            Ok(p) => {
+        let pipeline = match load_stamped(&file, &w.sql, crate::config::load) {
+            Ok((p, stamped)) => {
                 w.sql = p.sql_files();
-                w.stamp = Some(stamp(&file, &w.sql));
+                w.stamp = Some(stamped);
                 Arc::new(p)
             }
             Err(e) => {
@@ -783,5 +811,55 @@ fn record_ended(
     });
     if let Err(e) = result {
         tracing::error!(pipeline = %pipeline.name, %run_id, error = %e, "the run's end could not be recorded");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn project() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["pipelines", "sql", "data"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        std::fs::write(dir.path().join("data/t.csv"), "a\n1\n").unwrap();
+        let sql = dir.path().join("sql/k.sql");
+        std::fs::write(&sql, "SELECT DATE '2026-01-01' AS period, 1.0 AS value").unwrap();
+        let file = dir.path().join("pipelines/p.yaml");
+        let yaml = "name: p\noutput: out\nsources:\n  t: {file: data/t.csv}\n\
+                    kpis:\n  - {id: k, sql: sql/k.sql, grain: day}\n";
+        std::fs::write(&file, yaml).unwrap();
+        (dir, file, sql)
+    }
+
+    #[test]
+    fn a_sql_file_edited_while_loading_is_loaded_again() {
+        let (_dir, file, sql) = project();
+        // A first load knows no SQL files yet: loaded again with its own stamped.
+        let loads = Cell::new(0);
+        let counted = |f: &Path| {
+            loads.set(loads.get() + 1);
+            crate::config::load(f)
+        };
+        let (pipeline, stamped) = load_stamped(&file, &[], counted).unwrap();
+        let known = pipeline.sql_files();
+        assert_eq!((loads.get(), &known), (2, &vec![sql.clone()]));
+        // Nothing edited: the next scan finds the same stamp, and loads nothing.
+        assert_eq!(stamped, stamp(&file, &known));
+        loads.set(0);
+        let (_, again) = load_stamped(&file, &known, counted).unwrap();
+        assert_eq!((loads.get(), again), (1, stamped));
+
+        // The KPI's SQL edited just after the load read it: the stamp is the
+        // one from before, so the next scan sees the edit and loads it.
+        let editing = |f: &Path| {
+            let loaded = crate::config::load(f);
+            std::fs::write(&sql, "SELECT DATE '2026-01-01' AS period, 42.0 AS value").unwrap();
+            loaded
+        };
+        let (_, stamped) = load_stamped(&file, &known, editing).unwrap();
+        assert_ne!(stamped, stamp(&file, &known));
     }
 }

@@ -78,6 +78,11 @@ pub enum SourceError {
     Remote { name: String, message: String },
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    /// A file source's pattern, matched again as the run started, matches
+    /// no file: the data is missing, and the run has started (and is recorded
+    /// as failed), unlike the same error when the pipeline is loaded.
+    #[error(transparent)]
+    Listing(crate::config::ConfigError),
     /// Any of the above, with where the source is defined in the pipeline file.
     #[error("{error}\n  (source defined at {}:{}:{})", file.display(), position.line, position.column)]
     Located {

@@ -89,6 +89,43 @@ fn csv_without_header() {
 }
 
 #[test]
+fn files_gone_when_the_run_starts_fail_the_run_not_the_config() {
+    // Loaded with its files there; they are gone when the run lists them again
+    // (as a scheduler's pipeline, loaded days before). The run has started:
+    // exit 1 (failed), not 2 (nothing run), and the history says why.
+    let yaml = pipeline("    file: data/*.csv");
+    let dir = project(&[
+        ("pipelines/p.yaml", yaml.as_str()),
+        ("sql/k.sql", KPI_SQL),
+        ("data/a.csv", "d,amount\n2026-01-03,1\n"),
+    ]);
+    let pipeline = kpiforge::config::load(&dir.path().join("pipelines/p.yaml")).unwrap();
+    std::fs::remove_file(dir.path().join("data/a.csv")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let error = runtime
+        .block_on(kpiforge::run(&pipeline, &Default::default()))
+        .unwrap_err();
+    assert_eq!(error.exit_code(), kpiforge::error::exit::RUN_FAILED);
+    let message = error.to_string();
+    assert!(
+        message.contains("sources.t.file: no file matches `data/*.csv`")
+            && message.contains("p.yaml:"),
+        "{message}"
+    );
+    let store = kpiforge::state::StateStore::open(&pipeline.state).unwrap();
+    let runs = store.runs(&Default::default()).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, "failed");
+    assert!(
+        runs[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("no file matches")
+    );
+}
+
+#[test]
 fn glob_reads_every_matching_file() {
     let files = [
         ("data/a.csv", "d,amount\n2026-01-03,1\n"),
