@@ -24,6 +24,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchemaRef, internal_err};
@@ -56,9 +57,30 @@ struct Pending {
     users: usize,
 }
 
+impl Pending {
+    /// Whether its result is small by construction: an aggregate grouped by
+    /// nothing, or by dates only (a row per date or combination of dates, as
+    /// a KPI's periods are). Grouped by a key, it may have a row per input row.
+    fn bounded(&self) -> bool {
+        let LogicalPlan::Aggregate(agg) = &self.plan else {
+            return false;
+        };
+        let mut groups = agg.schema.fields().iter().take(agg.group_expr.len());
+        groups.all(|f| {
+            matches!(
+                f.data_type(),
+                DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)
+            )
+        })
+    }
+}
+
 /// What identifies a unit of shared work: its row source (scans widened to all
 /// columns) and, for an aggregate, its grouping expressions.
 pub(super) type Key = (LogicalPlan, Vec<Expr>);
+
+/// Per unit of work found, when it was first seen and what each use needs of it.
+type Uses = HashMap<Key, (usize, Vec<Vec<Expr>>)>;
 
 /// A shared unit's table, the union of what its users need, and the table's
 /// source (a placeholder until it is computed).
@@ -139,15 +161,22 @@ pub async fn share(
     // several at once held their hash tables together and contended for the
     // caches (TPC-H SF10: 1.7-1.9 GB and 10.4-11.3 s at once, 1.1 GB and 9.5-9.9 s
     // one at a time; SF1 no slower). The checks still run beside them.
+    //
+    // Results small by construction first: each is held until the KPIs have run,
+    // and one that may be large, computed early, is held through the others'
+    // hash tables (TPC-H SF10: the 13.6 M groups of `month, o_custkey` before
+    // the `lineitem ⋈ orders` aggregate peaked at 1.48-1.52 GB, after it at
+    // 1.12-1.18 GB; BENCHMARKS.md).
     let mut report = Vec::new();
     while !pending.is_empty() {
         let names: Vec<String> = pending.iter().map(|p| p.table.clone()).collect();
-        let (ready, mut waiting): (Vec<Pending>, Vec<Pending>) = pending
+        let (mut ready, mut waiting): (Vec<Pending>, Vec<Pending>) = pending
             .into_iter()
             .partition(|p| !reads_table(&p.plan, &names));
         if ready.is_empty() {
             return internal_err!("shared sub-plans read each other in a cycle");
         }
+        ready.sort_by_key(|p| !p.bounded());
         for p in ready {
             let (p, table, rows, ms) = compute(ctx, p).await?;
             for plan in plans
@@ -208,10 +237,13 @@ fn share_units(
     plans: &mut [LogicalPlan],
     numbered_from: usize,
 ) -> Result<Vec<Pending>, DataFusionError> {
-    let mut uses: HashMap<Key, Vec<Vec<Expr>>> = HashMap::new();
+    let mut uses = Uses::new();
     for plan in plans.iter() {
         collect_units(kind, plan, &mut uses)?;
     }
+    // Numbered and computed in the order first seen, the same every run.
+    let mut uses: Vec<_> = uses.into_iter().filter(|(_, (_, u))| u.len() > 1).collect();
+    uses.sort_by_key(|(_, (seen, _))| *seen);
 
     // The work of each shared unit: its grouping (if any) and the union of what
     // its users need, over its row source.
@@ -228,16 +260,20 @@ fn share_units(
         builder.build()
     };
     let mut shared: HashMap<Key, SharedTable> = HashMap::new();
-    for (key, users) in uses.into_iter().filter(|(_, u)| u.len() > 1) {
+    let mut keys = Vec::with_capacity(uses.len());
+    for (key, (_, users)) in uses {
         let union = union_of(users.iter().flatten());
         let table = format!("__kpiforge_shared_{}", numbered_from + shared.len());
         let schema = work(&key.0, &key.1, &union)?.schema().as_arrow().clone();
         let placeholder: Arc<dyn TableProvider> = Arc::new(EmptyTable::new(Arc::new(schema)));
+        keys.push(key.clone());
         shared.insert(key, (table, union, placeholder));
     }
     // Shared work may contain other shared work: its row source reads that too.
     let mut found = Vec::new();
-    for ((base, groups), (table, union, _)) in &shared {
+    for key in &keys {
+        let (base, groups) = key;
+        let (table, union, _) = &shared[key];
         // A join's row source is the join itself: only its inputs may read other work.
         let base = if kind == "aggregate" {
             rewrite(kind, base.clone(), &shared)?
@@ -290,14 +326,14 @@ fn unit(kind: &str, node: &LogicalPlan) -> Result<Option<Unit>, DataFusionError>
 
 /// Records every unit of `kind` in `plan` with what it needs, at any depth. A
 /// projection over a join is one unit: the join under it is not counted again.
-fn collect_units(
-    kind: &str,
-    plan: &LogicalPlan,
-    uses: &mut HashMap<Key, Vec<Vec<Expr>>>,
-) -> Result<(), DataFusionError> {
+fn collect_units(kind: &str, plan: &LogicalPlan, uses: &mut Uses) -> Result<(), DataFusionError> {
     let mut below = plan.inputs();
     if let Some(u) = unit(kind, plan)? {
-        uses.entry(u.key).or_default().push(u.exprs);
+        let seen = uses.len();
+        uses.entry(u.key)
+            .or_insert((seen, Vec::new()))
+            .1
+            .push(u.exprs);
         if matches!(plan, LogicalPlan::Projection(_)) {
             below = below.iter().flat_map(|join| join.inputs()).collect();
         }
@@ -660,6 +696,50 @@ mod tests {
                 "plan {i}:\n{text}"
             );
             assert_eq!(run(&ctx, plan).await, expected[i], "query {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn shared_work_is_numbered_alike_every_run_and_small_results_come_first() {
+        use datafusion::arrow::array::Date32Array;
+        let ctx = SessionContext::new();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("d", DataType::Date32, false),
+            Field::new("c", DataType::Int64, false),
+            Field::new("x", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Date32Array::from(vec![0, 0, 31, 31])),
+                Arc::new(Int64Array::from(vec![1, 2, 1, 1])),
+                Arc::new(Int64Array::from(vec![10, 20, 30, 40])),
+            ],
+        )
+        .unwrap();
+        let table = MemTable::try_new(schema, vec![vec![batch]]).unwrap();
+        ctx.register_table("o", Arc::new(table)).unwrap();
+        let sql = [
+            // Shared first: grouped by a date and a key, one row per pair.
+            "SELECT d AS period, count(*) AS value FROM (SELECT d, c, count(*) AS n FROM o GROUP BY d, c) t GROUP BY d",
+            "SELECT d AS period, max(n) AS value FROM (SELECT d, c, sum(x) AS n FROM o GROUP BY d, c) t GROUP BY d",
+            // Grouped by the date only: at most a row per date.
+            "SELECT d AS period, sum(x) AS value FROM o GROUP BY d",
+            "SELECT d AS period, avg(x) AS value FROM o GROUP BY d",
+        ];
+        // Each run's maps hash differently: the order must not depend on them.
+        for _ in 0..8 {
+            let mut plans = Vec::new();
+            for q in sql {
+                plans.push(ctx.state().create_logical_plan(q).await.unwrap());
+            }
+            let (_, shared) = share(&ctx, plans).await.unwrap();
+            let computed: Vec<(&str, usize)> =
+                shared.iter().map(|s| (s.table.as_str(), s.rows)).collect();
+            assert_eq!(
+                computed,
+                [("__kpiforge_shared_1", 2), ("__kpiforge_shared_0", 3)]
+            );
         }
     }
 }
