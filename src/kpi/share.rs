@@ -165,8 +165,8 @@ pub async fn share(
     // Results small by construction first: each is held until the KPIs have run,
     // and one that may be large, computed early, is held through the others'
     // hash tables (TPC-H SF10: the 13.6 M groups of `month, o_custkey` before
-    // the `lineitem ⋈ orders` aggregate peaked at 1.48-1.52 GB, after it at
-    // 1.12-1.18 GB; BENCHMARKS.md).
+    // the `lineitem ⋈ orders` aggregate peaked at 1445-1494 MiB, after it at
+    // 1092-1234 MiB; BENCHMARKS.md).
     let mut report = Vec::new();
     while !pending.is_empty() {
         let names: Vec<String> = pending.iter().map(|p| p.table.clone()).collect();
