@@ -33,8 +33,9 @@ mod stored;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use datafusion::arrow::array::UInt32Array;
-use datafusion::arrow::compute::{cast, concat_batches, take};
+use datafusion::arrow::array::{BooleanArray, UInt32Array};
+use datafusion::arrow::compute::kernels::boolean::not;
+use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, take};
 use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{Row, RowConverter, SortField};
@@ -625,34 +626,15 @@ async fn merge_whole(
     mut parts: Vec<LogicalPlan>,
     files: Vec<String>,
 ) -> Result<Option<(RecordBatch, Change)>, DataFusionError> {
-    let keys = m.group_names();
-    let names: Vec<String> = (0..keys.len()).map(|k| format!("g{k}")).collect();
-    let on = |side: &str| {
-        names
-            .iter()
-            .map(|n| Column::new(Some(side), n))
-            .collect::<Vec<_>>()
-    };
+    let names: Vec<String> = (0..m.groups.len()).map(|k| format!("g{k}")).collect();
+    // Read once and split in memory: two joins with the touched groups read
+    // the file twice, and cost more to plan than the split to run.
     let kept = read_parquet(ctx, files, None).await?;
-    let touched = LogicalPlanBuilder::from(ctx.read_batch(new.clone())?.into_unoptimized_plan())
-        .project(keys)?
-        .alias("touched")?
-        .build()?;
-    let of_touched = |join: JoinType| {
-        LogicalPlanBuilder::from(kept.clone())
-            .alias("state")?
-            .join_detailed(
-                touched.clone(),
-                join,
-                (on("state"), on("touched")),
-                None,
-                NullEquality::NullEqualsNull,
-            )?
-            .build()
-    };
+    let kept = one_batch(&run(ctx, kept, "kept state").await?)?;
+    let (touched, untouched) = split_by_keys(&kept, new, &names)?;
     // Merged alone, as they are merged with the new parts below: `merge_plan`
     // types the state columns as its last part does, here the kept rows.
-    let before = m.merge_plan(vec![of_touched(JoinType::LeftSemi)?], None)?;
+    let before = m.merge_plan(vec![ctx.read_batch(touched)?.into_unoptimized_plan()], None)?;
     let before = one_batch(&run(ctx, before, "kept touched groups").await?)?;
     parts.push(ctx.read_batch(before.clone())?.into_unoptimized_plan());
     let after = one_batch(&run(ctx, m.merge_plan(parts, None)?, "touched groups").await?)?;
@@ -660,7 +642,7 @@ async fn merge_whole(
     if changed.num_rows() == 0 {
         return Ok(None);
     }
-    let state = LogicalPlanBuilder::from(of_touched(JoinType::LeftAnti)?)
+    let state = LogicalPlanBuilder::from(ctx.read_batch(untouched)?.into_unoptimized_plan())
         .union(ctx.read_batch(after)?.into_unoptimized_plan())?
         .build()?;
     let state = one_batch(&run(ctx, state, "aggregate state").await?)?;
@@ -670,6 +652,44 @@ async fn merge_whole(
         Change::Keys { keys: changed }
     };
     Ok(Some((state, change)))
+}
+
+/// The rows of `kept` whose `keys` columns hold a group of `new`, and the
+/// others. Keys compare in Arrow's row format, a NULL key equal to a NULL one,
+/// as the groups of a `GROUP BY` do.
+fn split_by_keys(
+    kept: &RecordBatch,
+    new: &RecordBatch,
+    keys: &[String],
+) -> Result<(RecordBatch, RecordBatch), DataFusionError> {
+    let columns = |batch: &RecordBatch| -> Result<Vec<_>, DataFusionError> {
+        keys.iter()
+            .map(|k| Ok(batch.column(batch.schema().index_of(k)?).clone()))
+            .collect()
+    };
+    let kept_keys = columns(kept)?;
+    // Read back from Parquet, a key may have another type (`Utf8View`).
+    let new_keys = columns(new)?
+        .iter()
+        .zip(&kept_keys)
+        .map(|(c, k)| cast(c, k.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let fields = kept_keys
+        .iter()
+        .map(|c| SortField::new(c.data_type().clone()))
+        .collect();
+    let converter = RowConverter::new(fields)?;
+    let new_rows = converter.convert_columns(&new_keys)?;
+    let touched: HashSet<Row> = new_rows.iter().collect();
+    let kept_rows = converter.convert_columns(&kept_keys)?;
+    let mask: BooleanArray = kept_rows
+        .iter()
+        .map(|row| Some(touched.contains(&row)))
+        .collect();
+    Ok((
+        filter_record_batch(kept, &mask)?,
+        filter_record_batch(kept, &not(&mask)?)?,
+    ))
 }
 
 /// The `keys` columns of the rows of `after` that are not rows of `before`,
@@ -905,6 +925,46 @@ mod tests {
             changed_keys(&before, &before, &g0, 10).unwrap().num_rows(),
             0
         );
+    }
+
+    #[test]
+    fn kept_rows_split_by_the_groups_the_new_rows_touch() {
+        use datafusion::arrow::array::{StringArray, StringViewArray};
+        // Kept: keys read back from Parquet as views; a NULL key is a group too.
+        let kept = RecordBatch::try_from_iter([
+            (
+                "g0",
+                Arc::new(StringViewArray::from(vec![
+                    Some("a"),
+                    Some("b"),
+                    None,
+                    Some("c"),
+                ])) as Arc<dyn Array>,
+            ),
+            (
+                "m0",
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4])) as Arc<dyn Array>,
+            ),
+        ])
+        .unwrap();
+        let new = RecordBatch::try_from_iter([
+            (
+                "g0",
+                Arc::new(StringArray::from(vec![None, Some("c"), Some("d")])) as Arc<dyn Array>,
+            ),
+            (
+                "m0",
+                Arc::new(Int64Array::from(vec![9, 9, 9])) as Arc<dyn Array>,
+            ),
+        ])
+        .unwrap();
+        let (touched, untouched) = split_by_keys(&kept, &new, &["g0".to_string()]).unwrap();
+        let values = |b: &RecordBatch| -> Vec<i64> {
+            let column = b.column(1).as_any().downcast_ref::<Int64Array>();
+            column.unwrap().values().to_vec()
+        };
+        assert_eq!(values(&touched), [3, 4]);
+        assert_eq!(values(&untouched), [1, 2]);
     }
 
     #[test]
