@@ -36,7 +36,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{BooleanArray, UInt32Array};
 use datafusion::arrow::compute::kernels::boolean::not;
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, take};
-use datafusion::arrow::datatypes::Schema;
+use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{Row, RowConverter, SortField};
 use datafusion::catalog::TableProvider;
@@ -642,16 +642,45 @@ async fn merge_whole(
     if changed.num_rows() == 0 {
         return Ok(None);
     }
-    let state = LogicalPlanBuilder::from(ctx.read_batch(untouched)?.into_unoptimized_plan())
-        .union(ctx.read_batch(after)?.into_unoptimized_plan())?
-        .build()?;
-    let state = one_batch(&run(ctx, state, "aggregate state").await?)?;
+    let state = append(&untouched, &after)?;
     let change = if changed.num_rows() > FOLLOWED_KEYS {
         Change::All
     } else {
         Change::Keys { keys: changed }
     };
     Ok(Some((state, change)))
+}
+
+/// The rows of `kept` and then those of `merged`, in `kept`'s types
+/// (`merge_plan` gives `merged` the kept rows' types, but for a string read
+/// back as a view), as a union query would but without planning one.
+fn append(kept: &RecordBatch, merged: &RecordBatch) -> Result<RecordBatch, DataFusionError> {
+    if kept.num_columns() != merged.num_columns() {
+        return Err(DataFusionError::Internal(
+            "a merged state has other columns than the kept one".into(),
+        ));
+    }
+    let fields: Vec<Field> = kept
+        .schema()
+        .fields()
+        .iter()
+        .zip(merged.schema().fields())
+        .map(|(k, m)| {
+            k.as_ref()
+                .clone()
+                .with_nullable(k.is_nullable() || m.is_nullable())
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let columns = merged
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let kept = RecordBatch::try_new(schema.clone(), kept.columns().to_vec())?;
+    let merged = RecordBatch::try_new(schema.clone(), columns)?;
+    Ok(concat_batches(&schema, [&kept, &merged])?)
 }
 
 /// The rows of `kept` whose `keys` columns hold a group of `new`, and the
@@ -965,6 +994,40 @@ mod tests {
         };
         assert_eq!(values(&touched), [3, 4]);
         assert_eq!(values(&untouched), [1, 2]);
+    }
+
+    #[test]
+    fn merged_rows_are_appended_in_the_kept_types() {
+        use datafusion::arrow::array::{StringArray, StringViewArray};
+        use datafusion::arrow::datatypes::DataType;
+        let kept_schema = Arc::new(Schema::new(vec![
+            Field::new("g0", DataType::Utf8View, false),
+            Field::new("m0", DataType::Int64, false),
+        ]));
+        let kept = RecordBatch::try_new(
+            kept_schema,
+            vec![
+                Arc::new(StringViewArray::from(vec!["a", "b"])),
+                Arc::new(Int64Array::from(vec![1, 2])),
+            ],
+        )
+        .unwrap();
+        let merged = RecordBatch::try_from_iter([
+            (
+                "g0",
+                Arc::new(StringArray::from(vec!["c"])) as Arc<dyn Array>,
+            ),
+            (
+                "m0",
+                Arc::new(Int64Array::from(vec![None])) as Arc<dyn Array>,
+            ),
+        ])
+        .unwrap();
+        let state = append(&kept, &merged).unwrap();
+        assert_eq!(state.num_rows(), 3);
+        assert_eq!(state.schema().field(0).data_type(), &DataType::Utf8View);
+        assert!(state.schema().field(1).is_nullable());
+        assert_eq!(state.column(1).null_count(), 1);
     }
 
     #[test]
