@@ -39,6 +39,15 @@ pub mod exit {
 }
 
 impl Error {
+    /// Whether the message names the pipeline already, as a config error's
+    /// does (`pipeline `p` (pipelines/p.yaml): ...`).
+    pub fn names_pipeline(&self) -> bool {
+        matches!(
+            self,
+            Error::Config(_) | Error::Source(SourceError::Listing(_))
+        )
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) | Error::Usage(_) => exit::CONFIG,

@@ -176,7 +176,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code as u8),
         Err((context, e)) => {
             match context {
-                Some(pipeline) if !matches!(e, Error::Config(_)) => {
+                Some(pipeline) if !e.names_pipeline() => {
                     err!("error: pipeline `{pipeline}`: {e}")
                 }
                 _ => err!("error: {e}"),

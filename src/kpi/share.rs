@@ -59,19 +59,15 @@ struct Pending {
 
 impl Pending {
     /// Whether its result is small by construction: an aggregate grouped by
-    /// nothing, or by dates only (a row per date or combination of dates, as
-    /// a KPI's periods are). Grouped by a key, it may have a row per input row.
+    /// nothing, or by `DATE`s only (a row per day or combination of days, as a
+    /// KPI's periods are). Grouped by a key or a timestamp, it may have a row
+    /// per input row.
     fn bounded(&self) -> bool {
         let LogicalPlan::Aggregate(agg) = &self.plan else {
             return false;
         };
         let mut groups = agg.schema.fields().iter().take(agg.group_expr.len());
-        groups.all(|f| {
-            matches!(
-                f.data_type(),
-                DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)
-            )
-        })
+        groups.all(|f| matches!(f.data_type(), DataType::Date32 | DataType::Date64))
     }
 }
 

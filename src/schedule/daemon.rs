@@ -207,8 +207,8 @@ fn stamp(file: &Path, sql: &[PathBuf]) -> Stamp {
 /// taken after would match the edit and hide it). Which SQL files to stamp is
 /// known only once loaded: when they are not `sql`, those of the last load, it
 /// is loaded once more with theirs stamped first. Should the list change again
-/// (files edited meanwhile), the stamp, of another list, differs from the next
-/// scan's, which loads it again.
+/// (files edited meanwhile), the stamp is empty: no scan's is (it holds the
+/// pipeline file's at least), so the next scan loads it again.
 fn load_stamped<E>(
     file: &Path,
     sql: &[PathBuf],
@@ -221,8 +221,11 @@ fn load_stamped<E>(
         let pipeline = load(file)?;
         let read = pipeline.sql_files();
         tries += 1;
-        if read == sql || tries == 2 {
+        if read == sql {
             return Ok((pipeline, before));
+        }
+        if tries == 2 {
+            return Ok((pipeline, Stamp::new()));
         }
         sql = read;
     }
@@ -861,5 +864,22 @@ mod tests {
         };
         let (_, stamped) = load_stamped(&file, &known, editing).unwrap();
         assert_ne!(stamped, stamp(&file, &known));
+
+        // The list of SQL files changing at each load: a stamp no scan matches.
+        let loads = Cell::new(0);
+        let renaming = |f: &Path| {
+            loads.set(loads.get() + 1);
+            let sql = format!("sql/k{}.sql", loads.get());
+            let text = std::fs::read_to_string(&known[0]).unwrap();
+            std::fs::write(f.parent().unwrap().parent().unwrap().join(&sql), text).unwrap();
+            let yaml = format!(
+                "name: p\noutput: out\nsources:\n  t: {{file: data/t.csv}}\n\
+                 kpis:\n  - {{id: k, sql: {sql}, grain: day}}\n"
+            );
+            std::fs::write(f, yaml).unwrap();
+            crate::config::load(f)
+        };
+        let (_, stamped) = load_stamped(&file, &known, renaming).unwrap();
+        assert_eq!((loads.get(), stamped), (2, Stamp::new()));
     }
 }

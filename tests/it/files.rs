@@ -106,6 +106,8 @@ fn files_gone_when_the_run_starts_fail_the_run_not_the_config() {
         .block_on(kpiforge::run(&pipeline, &Default::default()))
         .unwrap_err();
     assert_eq!(error.exit_code(), kpiforge::error::exit::RUN_FAILED);
+    // Its message names the pipeline: the CLI does not name it again.
+    assert!(error.names_pipeline());
     let message = error.to_string();
     assert!(
         message.contains("sources.t.file: no file matches `data/*.csv`")
