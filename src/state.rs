@@ -218,6 +218,14 @@ pub struct RunFilter {
     pub limit: Option<usize>,
 }
 
+/// SQLite's answer when another connection holds the lock it needs.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 impl StateStore {
     /// Opens (creating if needed) the store at `location`.
     pub fn open(location: &StateLocation) -> Result<StateStore, StateError> {
@@ -233,10 +241,28 @@ impl StateStore {
                 }
                 let conn = Connection::open(path).map_err(|e| fail(e.to_string()))?;
                 // Concurrent runs of different pipelines share the file.
-                conn.busy_timeout(std::time::Duration::from_secs(30))
-                    .and_then(|_| conn.pragma_update(None, "journal_mode", "WAL"))
-                    .and_then(|_| conn.execute_batch(SCHEMA))
+                let wait = std::time::Duration::from_secs(30);
+                conn.busy_timeout(wait)
                     .map_err(|e| fail(format!("{e}: delete the file to start afresh")))?;
+                // A file that several connections create at once (a run's start
+                // record and its sources' watermarks, on its first run) answers
+                // `locked` to all but one of them at once, the busy timeout
+                // notwithstanding: tried again until it is set up.
+                let deadline = std::time::Instant::now() + wait;
+                loop {
+                    let setup = conn
+                        .pragma_update(None, "journal_mode", "WAL")
+                        .and_then(|_| conn.execute_batch(SCHEMA));
+                    match setup {
+                        Ok(()) => break,
+                        Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                            std::thread::sleep(std::time::Duration::from_millis(5))
+                        }
+                        Err(e) => {
+                            return Err(fail(format!("{e}: delete the file to start afresh")));
+                        }
+                    }
+                }
                 Backend::Sqlite(conn)
             }
             StateLocation::Postgres { url, .. } => {
@@ -536,6 +562,25 @@ mod pg;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_store_opened_by_several_connections_at_once_opens_in_each() {
+        // A run records its start while its sources read their watermarks:
+        // on the first run both create the file at the same moment.
+        for _ in 0..200 {
+            let dir = tempfile::tempdir().unwrap();
+            let location = StateLocation::Sqlite(dir.path().join("state.db"));
+            let opened: Vec<_> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..3)
+                    .map(|_| s.spawn(|| StateStore::open(&location).map(|_| ())))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for o in opened {
+                o.unwrap();
+            }
+        }
+    }
 
     #[test]
     fn a_pull_records_its_part_and_watermark_together() {
