@@ -33,7 +33,7 @@ mod stored;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{BooleanArray, UInt32Array};
+use datafusion::arrow::array::{ArrayRef, BooleanArray, UInt32Array};
 use datafusion::arrow::compute::kernels::boolean::not;
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, take};
 use datafusion::arrow::datatypes::{Field, Schema};
@@ -696,29 +696,34 @@ fn split_by_keys(
             .map(|k| Ok(batch.column(batch.schema().index_of(k)?).clone()))
             .collect()
     };
-    let kept_keys = columns(kept)?;
-    // Read back from Parquet, a key may have another type (`Utf8View`).
-    let new_keys = columns(new)?
-        .iter()
-        .zip(&kept_keys)
-        .map(|(c, k)| cast(c, k.data_type()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let fields = kept_keys
-        .iter()
-        .map(|c| SortField::new(c.data_type().clone()))
-        .collect();
-    let converter = RowConverter::new(fields)?;
-    let new_rows = converter.convert_columns(&new_keys)?;
-    let touched: HashSet<Row> = new_rows.iter().collect();
-    let kept_rows = converter.convert_columns(&kept_keys)?;
-    let mask: BooleanArray = kept_rows
-        .iter()
-        .map(|row| Some(touched.contains(&row)))
+    let mask: BooleanArray = found_in(&columns(kept)?, &columns(new)?)?
+        .into_iter()
+        .map(Some)
         .collect();
     Ok((
         filter_record_batch(kept, &mask)?,
         filter_record_batch(kept, &not(&mask)?)?,
     ))
+}
+
+/// Per row of `rows`, whether `set` holds an equal row. Compared in Arrow's
+/// row format, NULL equal to NULL; `set` is cast to `rows`' types first (a
+/// string read back from Parquet as a view, a count typed otherwise).
+fn found_in(rows: &[ArrayRef], set: &[ArrayRef]) -> Result<Vec<bool>, DataFusionError> {
+    let set = set
+        .iter()
+        .zip(rows)
+        .map(|(c, r)| cast(c, r.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let fields = rows
+        .iter()
+        .map(|c| SortField::new(c.data_type().clone()))
+        .collect();
+    let converter = RowConverter::new(fields)?;
+    let set = converter.convert_columns(&set)?;
+    let set: HashSet<Row> = set.iter().collect();
+    let rows = converter.convert_columns(rows)?;
+    Ok(rows.iter().map(|row| set.contains(&row)).collect())
 }
 
 /// The `keys` columns of the rows of `after` that are not rows of `before`,
@@ -732,25 +737,10 @@ fn changed_keys(
     keys: &[String],
     limit: usize,
 ) -> Result<RecordBatch, DataFusionError> {
-    let fields = after
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| SortField::new(f.data_type().clone()))
-        .collect();
-    let converter = RowConverter::new(fields)?;
-    // Typed alike by `merge_plan`; cast should a type still differ.
-    let before = before
-        .columns()
-        .iter()
-        .zip(after.schema().fields())
-        .map(|(c, f)| cast(c, f.data_type()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let kept = converter.convert_columns(&before)?;
-    let kept: HashSet<Row> = kept.iter().collect();
-    let merged = converter.convert_columns(after.columns())?;
-    let changed: Vec<u32> = (0..merged.num_rows())
-        .filter(|&i| !kept.contains(&merged.row(i)))
+    // Typed alike by `merge_plan`; `found_in` casts should a type still differ.
+    let kept = found_in(after.columns(), before.columns())?;
+    let changed: Vec<u32> = (0..after.num_rows())
+        .filter(|&i| !kept[i])
         .take(limit)
         .map(|i| i as u32)
         .collect();
