@@ -30,7 +30,7 @@ mod outputs;
 mod rows;
 mod stored;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, BooleanArray, UInt32Array};
@@ -721,7 +721,9 @@ fn found_in(rows: &[ArrayRef], set: &[ArrayRef]) -> Result<Vec<bool>, DataFusion
         .collect();
     let converter = RowConverter::new(fields)?;
     let set = converter.convert_columns(&set)?;
-    let set: HashSet<Row> = set.iter().collect();
+    // DataFusion's hash set (foldhash), not std's SipHash: a whole kept state,
+    // 100,000 rows at SF1, is probed here on every run.
+    let set: datafusion::common::HashSet<Row> = set.iter().collect();
     let rows = converter.convert_columns(rows)?;
     Ok(rows.iter().map(|row| set.contains(&row)).collect())
 }
@@ -863,13 +865,17 @@ async fn read_parquet(
 /// state, small beside the sources, and on 2 cores the finer split cost more
 /// to plan and run than it saved (BENCHMARKS.md). A state built from all the
 /// files is built in the run's own session. KPIs that recompute some periods
-/// run in it too.
+/// run in it too. Nor does it look for common subexpressions: on these small
+/// inputs computing one twice costs nothing, while the search cost about a
+/// third of the logical optimiser's work in an incremental run (BENCHMARKS.md).
 pub fn narrow(ctx: &SessionContext) -> SessionContext {
     let mut state = ctx.state();
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let execution = &mut state.config_mut().options_mut().execution;
     execution.target_partitions = execution.target_partitions.min(cores);
-    SessionContext::new_with_state(state)
+    let narrowed = SessionContext::new_with_state(state);
+    narrowed.remove_optimizer_rule("common_sub_expression_eliminate");
+    narrowed
 }
 
 /// Plans and runs `plan` on a task of its own. The states are brought up to

@@ -448,7 +448,9 @@ fn series(kpi: &Kpi, rows: Vec<KpiRow>, as_of: NaiveDate) -> Result<Vec<KpiValue
 
 /// The tables a SQL statement reads, lower-cased as DataFusion resolves them.
 pub fn tables_read(ctx: &SessionContext, sql: &str) -> Result<Vec<String>, DataFusionError> {
-    let state = ctx.state();
+    // Borrowed, not cloned as `ctx.state()` would: this runs for every KPI.
+    let state = ctx.state_ref();
+    let state = state.read();
     let dialect = state.config().options().sql_parser.dialect;
     let statement = state.sql_to_statement(sql, &dialect)?;
     Ok(state
