@@ -1043,4 +1043,26 @@ mod tests {
         let changed = changed_keys(&after, &before, &["g0".to_string()], 10).unwrap();
         assert_eq!(keys(&changed), [Some(2)]);
     }
+
+    #[test]
+    fn the_state_session_splits_by_cores_and_skips_common_subexpressions() {
+        let ctx = SessionContext::new_with_config(
+            datafusion::prelude::SessionConfig::new().with_target_partitions(64),
+        );
+        let rules = |ctx: &SessionContext| -> Vec<String> {
+            let state = ctx.state();
+            let rules = &state.optimizer().rules;
+            rules.iter().map(|r| r.name().to_string()).collect()
+        };
+        let cse = "common_sub_expression_eliminate";
+        // The rule's name as DataFusion spells it: removing an unknown name
+        // would change nothing, silently.
+        assert!(rules(&ctx).iter().any(|r| r == cse));
+        let narrowed = narrow(&ctx);
+        assert!(!rules(&narrowed).iter().any(|r| r == cse));
+        assert_eq!(rules(&narrowed).len(), rules(&ctx).len() - 1);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let partitions = narrowed.state().config().target_partitions();
+        assert_eq!(partitions, cores.min(64));
+    }
 }
