@@ -80,6 +80,20 @@ pub fn scorecard(
         .filter(|s| s.kpi.objective.is_some())
         .collect();
     let periods = periods(&mapped, grain, as_of);
+    // Each KPI's values by the key `kpi_node` looks them up by, grouped once:
+    // filtering all of them for every period made the roll-up quadratic.
+    let grouped: Vec<BTreeMap<NaiveDate, Vec<&KpiValue>>> = mapped
+        .iter()
+        .map(|s| {
+            let mut by: BTreeMap<NaiveDate, Vec<&KpiValue>> = BTreeMap::new();
+            for v in &s.values {
+                by.entry(value_key(s.kpi.grain, grain, v.period_start))
+                    .or_default()
+                    .push(v);
+            }
+            by
+        })
+        .collect();
 
     let mut rows = Vec::new();
     for start in periods {
@@ -123,9 +137,10 @@ pub fn scorecard(
                 objective.causes = o.causes.clone();
                 let mut kpi_scores = Vec::new();
                 let mut kpis = Vec::new();
-                for s in mapped
+                for (s, by) in mapped
                     .iter()
-                    .filter(|s| s.kpi.objective.as_deref() == Some(&o.id))
+                    .zip(&grouped)
+                    .filter(|(s, _)| s.kpi.objective.as_deref() == Some(&o.id))
                 {
                     let at = At {
                         grain,
@@ -133,7 +148,9 @@ pub fn scorecard(
                         as_of,
                         targets,
                     };
-                    let node = kpi_node(s, &at);
+                    let key = period_key(s.kpi.grain, grain, start);
+                    let inside = by.get(&key).map_or(&[][..], Vec::as_slice);
+                    let node = kpi_node(s, inside, &at);
                     let mut kpi = row(Level::Kpi, &s.kpi.id, &s.kpi.name, Some(&o.id), Some(&p.id));
                     kpi_scores.push((node.score, s.kpi.weight));
                     kpi.weight = s.kpi.weight;
@@ -228,25 +245,32 @@ struct At<'a> {
     targets: &'a Targets,
 }
 
-fn kpi_node(series: &KpiSeries, at: &At) -> KpiNode {
-    let (grain, start) = (at.grain, at.start);
-    let kpi = &series.kpi;
-    let inside: Vec<&KpiValue> = if kpi.grain <= grain {
-        series
-            .values
-            .iter()
-            .filter(|v| period::start_of(grain, v.period_start) == start)
-            .collect()
+/// The scorecard period a value of a KPI at `kpi_grain` counts in, as a key:
+/// for a KPI as fine as the scorecard or finer, the scorecard period holding
+/// the value; for a coarser one, the value's own period, which
+/// [`period_key`] gives for each scorecard period inside it.
+fn value_key(kpi_grain: Grain, grain: Grain, value_start: NaiveDate) -> NaiveDate {
+    if kpi_grain <= grain {
+        period::start_of(grain, value_start)
     } else {
-        let containing = period::start_of(kpi.grain, start);
-        series
-            .values
-            .iter()
-            .filter(|v| v.period_start == containing)
-            .collect()
-    };
+        value_start
+    }
+}
+
+/// The key of [`value_key`] the values of the scorecard period `start` have.
+fn period_key(kpi_grain: Grain, grain: Grain, start: NaiveDate) -> NaiveDate {
+    if kpi_grain <= grain {
+        start
+    } else {
+        period::start_of(kpi_grain, start)
+    }
+}
+
+/// A KPI at one scorecard period, from its values `inside` that period.
+fn kpi_node(series: &KpiSeries, inside: &[&KpiValue], at: &At) -> KpiNode {
+    let kpi = &series.kpi;
     let mut by_segment: BTreeMap<Option<&str>, Vec<&KpiValue>> = BTreeMap::new();
-    for v in inside {
+    for &v in inside {
         by_segment.entry(v.segment.as_deref()).or_default().push(v);
     }
     let segments: Vec<Rolled> = by_segment
@@ -415,5 +439,40 @@ mod tests {
             combine(&[(Some(10.0), 0.0), (Some(50.0), 1.0)], Rollup::WorstChild),
             Some(50.0)
         );
+    }
+
+    #[test]
+    fn values_are_found_in_the_scorecard_periods_they_count_in() {
+        use Grain::*;
+        // A value counts in a scorecard period when that period holds it (a KPI
+        // as fine or finer), or when it is the value of the KPI's period that
+        // holds the scorecard period (a coarser KPI).
+        let counts_in = |kpi: Grain, card: Grain, value: NaiveDate, start: NaiveDate| {
+            if kpi <= card {
+                period::start_of(card, value) == start
+            } else {
+                value == period::start_of(kpi, start)
+            }
+        };
+        let first = NaiveDate::from_ymd_opt(2023, 11, 1).unwrap();
+        let days: Vec<NaiveDate> = first.iter_days().take(500).collect();
+        let grains = [Day, Week, Month, Quarter, Year];
+        for kpi in grains {
+            for card in grains {
+                let values: BTreeSet<NaiveDate> =
+                    days.iter().map(|&d| period::start_of(kpi, d)).collect();
+                let starts: BTreeSet<NaiveDate> =
+                    days.iter().map(|&d| period::start_of(card, d)).collect();
+                for &value in &values {
+                    for &start in &starts {
+                        assert_eq!(
+                            value_key(kpi, card, value) == period_key(kpi, card, start),
+                            counts_in(kpi, card, value, start),
+                            "KPI by {kpi:?}, scorecard by {card:?}: {value} in {start}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
