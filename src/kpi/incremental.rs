@@ -36,7 +36,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, BooleanArray, UInt32Array};
 use datafusion::arrow::compute::kernels::boolean::not;
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, take};
-use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{Row, RowConverter, SortField};
 use datafusion::catalog::TableProvider;
@@ -438,8 +438,9 @@ impl Incremental {
                 .iter()
                 .map(|t| m.partial_plan(t.clone()))
                 .collect::<Result<Vec<_>, _>>()?;
-            let new =
-                one_batch(&run(ctx, m.merge_plan(partials, None)?, "new partial results").await?)?;
+            let new = one_batch(
+                &run_as_built(ctx, m.merge_plan(partials, None)?, "new partial results").await?,
+            )?;
             let touched = m.partitions(&new, layout)?;
             if !building {
                 change = match m.partition {
@@ -491,7 +492,9 @@ impl Incremental {
                         parts.push(read_parquet(ctx, files, None).await?);
                     }
                     let plan = m.merge_plan(parts, layout)?;
-                    Some(one_batch(&run(ctx, plan, "aggregate state").await?)?)
+                    Some(one_batch(
+                        &run_as_built(ctx, plan, "aggregate state").await?,
+                    )?)
                 }
             };
             // Unchanged: the kept file stays, and only the manifest is new.
@@ -570,7 +573,7 @@ impl Incremental {
                     )));
                 };
                 let output = m.final_plan(state.build()?)?;
-                let result = run(ctx, output, "aggregate result").await?;
+                let result = run_as_built(ctx, output, "aggregate result").await?;
                 Arc::new(MemTable::try_new(result[0].schema(), vec![result])?)
             }
         };
@@ -630,14 +633,14 @@ async fn merge_whole(
     // Read once and split in memory: two joins with the touched groups read
     // the file twice, and cost more to plan than the split to run.
     let kept = read_parquet(ctx, files, None).await?;
-    let kept = one_batch(&run(ctx, kept, "kept state").await?)?;
+    let kept = one_batch(&run_as_built(ctx, kept, "kept state").await?)?;
     let (touched, untouched) = split_by_keys(&kept, new, &names)?;
     // Merged alone, as they are merged with the new parts below: `merge_plan`
     // types the state columns as its last part does, here the kept rows.
     let before = m.merge_plan(vec![ctx.read_batch(touched)?.into_unoptimized_plan()], None)?;
-    let before = one_batch(&run(ctx, before, "kept touched groups").await?)?;
+    let before = one_batch(&run_as_built(ctx, before, "kept touched groups").await?)?;
     parts.push(ctx.read_batch(before.clone())?.into_unoptimized_plan());
-    let after = one_batch(&run(ctx, m.merge_plan(parts, None)?, "touched groups").await?)?;
+    let after = one_batch(&run_as_built(ctx, m.merge_plan(parts, None)?, "touched groups").await?)?;
     let changed = changed_keys(&after, &before, &names, FOLLOWED_KEYS + 1)?;
     if changed.num_rows() == 0 {
         return Ok(None);
@@ -888,21 +891,44 @@ async fn run(
     what: &str,
 ) -> Result<Vec<RecordBatch>, DataFusionError> {
     let (ctx, what) = (ctx.clone(), what.to_string());
-    let task = async move {
+    spawned(async move {
         let frame = ctx.execute_logical_plan(plan).await?;
         let schema = Arc::new(frame.schema().as_arrow().clone());
-        let mut batches = crate::session::collect(frame, &what).await?;
-        if batches.is_empty() {
-            batches.push(RecordBatch::new_empty(schema));
-        }
-        Ok(batches)
-    };
-    // Aborted when dropped, as the caller's future would be (a failed run, a
-    // cancelled one).
-    SpawnedTask::spawn(task.instrument(tracing::Span::current()))
+        let batches = crate::session::collect(frame, &what).await?;
+        Ok((batches, schema))
+    })
+    .await
+}
+
+/// [`run`] for a plan that needs no logical optimisation
+/// ([`crate::session::collect_as_built`]): a merge of partial results, in
+/// memory or read whole from a kept state's files, or partial results over a
+/// KPI's optimised plan with only its scans narrowed to some files. A plan
+/// that filters a kept file's rows goes through [`run`], whose optimizer
+/// pushes the filter into the scan.
+async fn run_as_built(
+    ctx: &SessionContext,
+    plan: LogicalPlan,
+    what: &str,
+) -> Result<Vec<RecordBatch>, DataFusionError> {
+    let (state, what) = (ctx.state(), what.to_string());
+    spawned(async move { crate::session::collect_as_built(&state, plan, &what).await }).await
+}
+
+/// Runs a query on a task of its own, aborted when dropped, as the caller's
+/// future would be (a failed run, a cancelled one). An empty result is one
+/// empty batch.
+async fn spawned(
+    query: impl Future<Output = Result<(Vec<RecordBatch>, SchemaRef), DataFusionError>> + Send + 'static,
+) -> Result<Vec<RecordBatch>, DataFusionError> {
+    let (mut batches, schema) = SpawnedTask::spawn(query.instrument(tracing::Span::current()))
         .join()
         .await
-        .map_err(|e| DataFusionError::Execution(format!("a query stopped: {e}")))?
+        .map_err(|e| DataFusionError::Execution(format!("a query stopped: {e}")))??;
+    if batches.is_empty() {
+        batches.push(RecordBatch::new_empty(schema));
+    }
+    Ok(batches)
 }
 
 fn one_batch(batches: &[RecordBatch]) -> Result<RecordBatch, DataFusionError> {

@@ -153,28 +153,37 @@ impl Maintained {
             .enumerate()
             .map(|(k, g)| g.clone().alias(format!("g{k}")))
             .collect();
+        // Aggregate functions only in the aggregate, the rest in a projection
+        // above it: the plan runs as built, without the optimizer that would
+        // otherwise split them (`run_as_built`).
         let mut partials = Vec::new();
+        let mut columns = self.group_names();
         for (i, a) in self.aggs.iter().enumerate() {
+            let mut partial = |e: Expr, name: String| {
+                partials.push(e.alias(&name));
+                columns.push(col(name));
+            };
             match a {
                 Partial::Sum(x) => {
-                    partials.push(sum(x.clone()).alias(format!("s{i}")));
-                    partials.push(count(x.clone()).alias(format!("n{i}")));
+                    partial(sum(x.clone()), format!("s{i}"));
+                    partial(count(x.clone()), format!("n{i}"));
                 }
                 Partial::Avg(x) => {
-                    partials.push(sum(cast(x.clone(), DataType::Float64)).alias(format!("s{i}")));
-                    partials.push(count(x.clone()).alias(format!("n{i}")));
+                    partial(sum(cast(x.clone(), DataType::Float64)), format!("s{i}"));
+                    partial(count(x.clone()), format!("n{i}"));
                 }
-                Partial::Count(x) => partials.push(count(x.clone()).alias(format!("n{i}"))),
-                Partial::Min(x) => partials.push(min(x.clone()).alias(format!("m{i}"))),
-                Partial::Max(x) => partials.push(max(x.clone()).alias(format!("m{i}"))),
+                Partial::Count(x) => partial(count(x.clone()), format!("n{i}")),
+                Partial::Min(x) => partial(min(x.clone()), format!("m{i}")),
+                Partial::Max(x) => partial(max(x.clone()), format!("m{i}")),
                 // Counted from the new pairs (`pair_counts`).
                 Partial::CountDistinct(_) => {
-                    partials.push(lit(ScalarValue::Int64(None)).alias(format!("n{i}")))
+                    columns.push(lit(ScalarValue::Int64(None)).alias(format!("n{i}")))
                 }
             }
         }
         LogicalPlanBuilder::from(input)
             .aggregate(groups, partials)?
+            .project(columns)?
             .build()
     }
 
@@ -357,14 +366,21 @@ impl Maintained {
         let Some(union) = union else {
             unreachable!("a state merges at least one part")
         };
+        // Cast in a projection above the aggregate, not around its functions
+        // (see `partial_plan`).
         let merged = columns
             .iter()
-            .map(|(name, merge)| {
-                let data_type = types.get(name).cloned().unwrap_or(DataType::Int64);
-                cast(merge(col(name.as_str())), data_type).alias(name)
-            })
+            .map(|(name, merge)| merge(col(name.as_str())).alias(name))
             .collect::<Vec<_>>();
-        let merged = union.aggregate(self.group_names(), merged)?.build()?;
+        let mut typed = self.group_names();
+        typed.extend(columns.iter().map(|(name, _)| {
+            let data_type = types.get(name).cloned().unwrap_or(DataType::Int64);
+            cast(col(name.as_str()), data_type).alias(name)
+        }));
+        let merged = union
+            .aggregate(self.group_names(), merged)?
+            .project(typed)?
+            .build()?;
         self.sorted(merged, sort)
     }
 
