@@ -37,15 +37,19 @@ use datafusion::arrow::array::{ArrayRef, BooleanArray, UInt32Array};
 use datafusion::arrow::compute::kernels::boolean::not;
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, take};
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
-use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchReader};
 use datafusion::arrow::row::{Row, RowConverter, SortField};
 use datafusion::catalog::TableProvider;
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, JoinType, NullEquality};
+use datafusion::datasource::physical_plan::parquet::{
+    transform_binary_to_string, transform_schema_to_view,
+};
 use datafusion::datasource::{MemTable, provider_as_source};
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, TableScanBuilder};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::future::try_join_all;
 use tracing::Instrument;
@@ -451,7 +455,7 @@ impl Incremental {
                 };
             }
             let new_rows = new.clone();
-            let mut parts = vec![ctx.read_batch(new)?.into_unoptimized_plan()];
+            let mut parts = vec![in_memory(new)?];
             for (d, (i, _)) in m.distinct().enumerate() {
                 let mut pairs = m.pairs_plan(&terms, i)?;
                 if let Some(files) = self.store.paths(&key, &pair_files[d]) {
@@ -467,7 +471,7 @@ impl Incremental {
                     pair_files[d].push(name);
                     staged.push(file);
                 }
-                parts.push(m.pair_counts(ctx.read_batch(pairs)?.into_unoptimized_plan(), i)?);
+                parts.push(m.pair_counts(in_memory(pairs)?, i)?);
             }
             let kept_touched: Vec<String> = touched
                 .iter()
@@ -489,7 +493,7 @@ impl Incremental {
                 }
                 before => {
                     if let Some(files) = before {
-                        parts.push(read_parquet(ctx, files, None).await?);
+                        parts.push(in_memory(kept_batch(ctx, &files, None)?)?);
                     }
                     let plan = m.merge_plan(parts, layout)?;
                     Some(one_batch(
@@ -535,7 +539,7 @@ impl Incremental {
         );
         let states = fresh.as_ref().map_or(0, |(merged, _)| merged.num_rows());
         let fresh = match fresh {
-            Some((merged, _)) => Some(ctx.read_batch(merged)?.into_unoptimized_plan()),
+            Some((merged, _)) => Some(in_memory(merged)?),
             None => None,
         };
         let table: Arc<dyn TableProvider> = match kept_files {
@@ -544,10 +548,7 @@ impl Incremental {
             Some(files) if layout.is_some() => {
                 let schema = match &fresh {
                     Some(fresh) => Arc::new(fresh.schema().as_arrow().clone()),
-                    None => {
-                        let first = read_parquet(ctx, files[..1].to_vec(), None).await?;
-                        Arc::new(first.schema().as_arrow().clone())
-                    }
+                    None => kept_batch(ctx, &files[..1], None)?.schema(),
                 };
                 let files = untouched.into_iter().map(|(p, _)| p).zip(files).collect();
                 Arc::new(lazy::LazyState::new(
@@ -561,7 +562,7 @@ impl Incremental {
                 let mut state = fresh.map(LogicalPlanBuilder::from);
                 if let Some(files) = kept_files {
                     let schema = state.as_ref().map(|s| s.schema().as_arrow().clone());
-                    let kept = read_parquet(ctx, files, schema.as_ref()).await?;
+                    let kept = in_memory(kept_batch(ctx, &files, schema.as_ref())?)?;
                     state = Some(match state {
                         None => LogicalPlanBuilder::from(kept),
                         Some(s) => s.union(kept)?,
@@ -632,14 +633,13 @@ async fn merge_whole(
     let names: Vec<String> = (0..m.groups.len()).map(|k| format!("g{k}")).collect();
     // Read once and split in memory: two joins with the touched groups read
     // the file twice, and cost more to plan than the split to run.
-    let kept = read_parquet(ctx, files, None).await?;
-    let kept = one_batch(&run_as_built(ctx, kept, "kept state").await?)?;
+    let kept = kept_batch(ctx, &files, None)?;
     let (touched, untouched) = split_by_keys(&kept, new, &names)?;
     // Merged alone, as they are merged with the new parts below: `merge_plan`
     // types the state columns as its last part does, here the kept rows.
-    let before = m.merge_plan(vec![ctx.read_batch(touched)?.into_unoptimized_plan()], None)?;
+    let before = m.merge_plan(vec![in_memory(touched)?], None)?;
     let before = one_batch(&run_as_built(ctx, before, "kept touched groups").await?)?;
-    parts.push(ctx.read_batch(before.clone())?.into_unoptimized_plan());
+    parts.push(in_memory(before.clone())?);
     let after = one_batch(&run_as_built(ctx, m.merge_plan(parts, None)?, "touched groups").await?)?;
     let changed = changed_keys(&after, &before, &names, FOLLOWED_KEYS + 1)?;
     if changed.num_rows() == 0 {
@@ -861,6 +861,73 @@ async fn read_parquet(
         .read_parquet(files, options)
         .await?
         .into_unoptimized_plan())
+}
+
+/// The rows of a kept state's `files`, read whole with the Parquet reader and
+/// typed as `SessionContext::read_parquet` types them (strings as views, by
+/// the session's settings), or as `schema`. A state's files are small and
+/// read whole: listed, their footers read for a schema, and a scan planned
+/// and run, they cost more than the rows (BENCHMARKS.md).
+fn kept_batch(
+    ctx: &SessionContext,
+    files: &[String],
+    schema: Option<&Schema>,
+) -> Result<RecordBatch, DataFusionError> {
+    // Every column nullable: a file's rows may hold NULLs where the
+    // freshly merged rows' schema says there are none.
+    let nullable = |schema: &Schema| {
+        let fields: Vec<Field> = schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        Arc::new(Schema::new(fields))
+    };
+    let mut batches = Vec::new();
+    let mut read_as: Option<SchemaRef> = schema.map(nullable);
+    for path in files {
+        let file = std::fs::File::open(path)
+            .map_err(|e| DataFusionError::Execution(format!("cannot read {path}: {e}")))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
+        let target = read_as
+            .get_or_insert_with(|| {
+                let state = ctx.state_ref();
+                let state = state.read();
+                let options = &state.config_options().execution.parquet;
+                let mut schema = reader.schema().as_ref().clone();
+                if options.binary_as_string {
+                    schema = transform_binary_to_string(&schema);
+                }
+                if options.schema_force_view_types {
+                    schema = transform_schema_to_view(&schema);
+                }
+                nullable(&schema)
+            })
+            .clone();
+        for batch in reader {
+            let batch = batch?;
+            let columns = batch
+                .columns()
+                .iter()
+                .zip(target.fields())
+                .map(|(c, f)| cast(c, f.data_type()))
+                .collect::<Result<Vec<_>, _>>()?;
+            batches.push(RecordBatch::try_new(target.clone(), columns)?);
+        }
+    }
+    let Some(schema) = read_as else {
+        return Err(DataFusionError::Internal(
+            "a kept state read from no files".into(),
+        ));
+    };
+    Ok(concat_batches(&schema, &batches)?)
+}
+
+/// A plan that scans `batch`, as `SessionContext::read_batch` builds one but
+/// without its copy of the whole session, which costs more than the scan.
+fn in_memory(batch: RecordBatch) -> Result<LogicalPlan, DataFusionError> {
+    let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+    LogicalPlanBuilder::scan("rows", provider_as_source(Arc::new(table)), None)?.build()
 }
 
 /// The session that brings a kept state up to date: at most one partition
