@@ -1085,6 +1085,58 @@ mod tests {
         assert_eq!(values(&untouched), [1, 2]);
     }
 
+    #[tokio::test]
+    async fn kept_files_are_read_as_read_parquet_reads_them() {
+        use datafusion::arrow::array::StringArray;
+        use datafusion::arrow::datatypes::DataType;
+        let dir = tempfile::tempdir().unwrap();
+        let written = RecordBatch::try_from_iter([
+            (
+                "g0",
+                Arc::new(StringArray::from(vec![Some("a"), None, Some("c")])) as Arc<dyn Array>,
+            ),
+            (
+                "m0",
+                Arc::new(Int64Array::from(vec![Some(1), Some(2), None])) as Arc<dyn Array>,
+            ),
+        ])
+        .unwrap();
+        for name in ["groups-1.parquet", "groups-2.parquet"] {
+            crate::publish::stage_parquet_in_place(dir.path(), name, &written, None)
+                .unwrap()
+                .commit()
+                .unwrap();
+        }
+        let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+        let ctx = crate::session::session();
+        let types = |b: &RecordBatch| -> Vec<DataType> {
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.data_type().clone())
+                .collect()
+        };
+        let files = vec![path("groups-1.parquet")];
+        let read = ctx
+            .read_parquet(files.clone(), ParquetReadOptions::default())
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let read = one_batch(&read).unwrap();
+        let kept = kept_batch(&ctx, &files, None).unwrap();
+        assert_eq!(types(&kept), [DataType::Utf8View, DataType::Int64]);
+        assert_eq!(types(&kept), types(&read));
+        assert_eq!(kept.columns(), read.columns());
+        // Several files, in order; typed as the rows they join when given.
+        let both = [path("groups-1.parquet"), path("groups-2.parquet")];
+        let kept = kept_batch(&ctx, &both, Some(written.schema().as_ref())).unwrap();
+        assert_eq!(types(&kept), types(&written));
+        assert_eq!(kept.slice(3, 3).columns(), written.columns());
+        assert!(kept.schema().fields().iter().all(|f| f.is_nullable()));
+    }
+
     #[test]
     fn merged_rows_are_appended_in_the_kept_types() {
         use datafusion::arrow::array::{StringArray, StringViewArray};
