@@ -98,11 +98,13 @@ pub async fn collect_partitioned(
 }
 
 /// Runs `plan` as it is, without DataFusion's logical optimizer: for a plan
-/// built from parts already optimised, or over batches in memory, where the
-/// optimizer finds nothing to improve. Its rules cost more than such a small
-/// query takes to run, and an incremental run plans dozens (BENCHMARKS.md).
-/// The analyzer (type coercion) and the physical optimizer still run. Returns
-/// the batches, partition after partition, and the output schema.
+/// over batches in memory, with no scan to narrow to the columns and rows it
+/// uses, where the optimizer finds nothing to improve. Its rules cost more than
+/// such a small query takes to run, and an incremental run plans dozens
+/// (BENCHMARKS.md). The analyzer (type coercion) and the physical optimizer
+/// still run, and the plan must be one the physical planner takes as it is:
+/// aggregate functions alone in an aggregate's expressions. Returns the
+/// batches, partition after partition, and the output schema.
 pub async fn collect_as_built(
     state: &SessionState,
     plan: LogicalPlan,

@@ -442,9 +442,9 @@ impl Incremental {
                 .iter()
                 .map(|t| m.partial_plan(t.clone()))
                 .collect::<Result<Vec<_>, _>>()?;
-            let new = one_batch(
-                &run_as_built(ctx, m.merge_plan(partials, None)?, "new partial results").await?,
-            )?;
+            // Optimised: the terms' scans read only the columns they use.
+            let new =
+                one_batch(&run(ctx, m.merge_plan(partials, None)?, "new partial results").await?)?;
             let touched = m.partitions(&new, layout)?;
             if !building {
                 change = match m.partition {
@@ -968,11 +968,10 @@ async fn run(
 }
 
 /// [`run`] for a plan that needs no logical optimisation
-/// ([`crate::session::collect_as_built`]): a merge of partial results, in
-/// memory or read whole from a kept state's files, or partial results over a
-/// KPI's optimised plan with only its scans narrowed to some files. A plan
-/// that filters a kept file's rows goes through [`run`], whose optimizer
-/// pushes the filter into the scan.
+/// ([`crate::session::collect_as_built`]): a merge of partial results in
+/// memory, or the output computed from them. A plan that reads a source goes
+/// through [`run`], whose optimizer narrows its scans to the columns and rows
+/// it uses.
 async fn run_as_built(
     ctx: &SessionContext,
     plan: LogicalPlan,
