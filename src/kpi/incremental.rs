@@ -675,15 +675,20 @@ fn append(kept: &RecordBatch, merged: &RecordBatch) -> Result<RecordBatch, DataF
         })
         .collect();
     let schema = Arc::new(Schema::new(fields));
-    let columns = merged
+    let kept = RecordBatch::try_new(schema.clone(), kept.columns().to_vec())?;
+    let merged = cast_to(merged, &schema)?;
+    Ok(concat_batches(&schema, [&kept, &merged])?)
+}
+
+/// `batch`'s columns cast to the types of `schema`'s, in order.
+fn cast_to(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, DataFusionError> {
+    let columns = batch
         .columns()
         .iter()
         .zip(schema.fields())
         .map(|(c, f)| cast(c, f.data_type()))
         .collect::<Result<Vec<_>, _>>()?;
-    let kept = RecordBatch::try_new(schema.clone(), kept.columns().to_vec())?;
-    let merged = RecordBatch::try_new(schema.clone(), columns)?;
-    Ok(concat_batches(&schema, [&kept, &merged])?)
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 /// The rows of `kept` whose `keys` columns hold a group of `new`, and the
@@ -905,14 +910,7 @@ fn kept_batch(
             })
             .clone();
         for batch in reader {
-            let batch = batch?;
-            let columns = batch
-                .columns()
-                .iter()
-                .zip(target.fields())
-                .map(|(c, f)| cast(c, f.data_type()))
-                .collect::<Result<Vec<_>, _>>()?;
-            batches.push(RecordBatch::try_new(target.clone(), columns)?);
+            batches.push(cast_to(&batch?, &target)?);
         }
     }
     let Some(schema) = read_as else {
