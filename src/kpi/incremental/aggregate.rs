@@ -154,8 +154,8 @@ impl Maintained {
             .map(|(k, g)| g.clone().alias(format!("g{k}")))
             .collect();
         // Aggregate functions only in the aggregate, the rest in a projection
-        // above it: the plan runs as built, without the optimizer that would
-        // otherwise split them (`run_as_built`).
+        // above it: DataFusion's physical planner takes no other, and only its
+        // logical optimizer would split them (see `merge_plan`).
         let mut partials = Vec::new();
         let mut columns = self.group_names();
         for (i, a) in self.aggs.iter().enumerate() {
@@ -366,8 +366,9 @@ impl Maintained {
         let Some(union) = union else {
             unreachable!("a state merges at least one part")
         };
-        // Cast in a projection above the aggregate, not around its functions
-        // (see `partial_plan`).
+        // Cast in a projection above the aggregate, not around its functions:
+        // a merge in memory runs as built, without the logical optimizer
+        // (`run_as_built`).
         let merged = columns
             .iter()
             .map(|(name, merge)| merge(col(name.as_str())).alias(name))
