@@ -31,6 +31,7 @@ mod rows;
 mod stored;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, BooleanArray, UInt32Array};
@@ -548,7 +549,7 @@ impl Incremental {
             Some(files) if layout.is_some() => {
                 let schema = match &fresh {
                     Some(fresh) => Arc::new(fresh.schema().as_arrow().clone()),
-                    None => kept_batch(ctx, &files[..1], None)?.schema(),
+                    None => kept_schema(ctx, &files[0])?,
                 };
                 let files = untouched.into_iter().map(|(p, _)| p).zip(files).collect();
                 Arc::new(lazy::LazyState::new(
@@ -878,36 +879,12 @@ fn kept_batch(
     files: &[String],
     schema: Option<&Schema>,
 ) -> Result<RecordBatch, DataFusionError> {
-    // Every column nullable: a file's rows may hold NULLs where the
-    // freshly merged rows' schema says there are none.
-    let nullable = |schema: &Schema| {
-        let fields: Vec<Field> = schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect();
-        Arc::new(Schema::new(fields))
-    };
     let mut batches = Vec::new();
     let mut read_as: Option<SchemaRef> = schema.map(nullable);
     for path in files {
-        let file = std::fs::File::open(path)
-            .map_err(|e| DataFusionError::Execution(format!("cannot read {path}: {e}")))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
+        let reader = kept_file(path)?.build()?;
         let target = read_as
-            .get_or_insert_with(|| {
-                let state = ctx.state_ref();
-                let state = state.read();
-                let options = &state.config_options().execution.parquet;
-                let mut schema = reader.schema().as_ref().clone();
-                if options.binary_as_string {
-                    schema = transform_binary_to_string(&schema);
-                }
-                if options.schema_force_view_types {
-                    schema = transform_schema_to_view(&schema);
-                }
-                nullable(&schema)
-            })
+            .get_or_insert_with(|| kept_types(ctx, &reader.schema()))
             .clone();
         for batch in reader {
             batches.push(cast_to(&batch?, &target)?);
@@ -919,6 +896,44 @@ fn kept_batch(
         ));
     };
     Ok(concat_batches(&schema, &batches)?)
+}
+
+/// The schema [`kept_batch`] reads a kept state's `file` as, from its footer alone.
+fn kept_schema(ctx: &SessionContext, file: &str) -> Result<SchemaRef, DataFusionError> {
+    Ok(kept_types(ctx, kept_file(file)?.schema()))
+}
+
+fn kept_file(path: &str) -> Result<ParquetRecordBatchReaderBuilder<File>, DataFusionError> {
+    let file = File::open(path)
+        .map_err(|e| DataFusionError::Execution(format!("cannot read {path}: {e}")))?;
+    Ok(ParquetRecordBatchReaderBuilder::try_new(file)?)
+}
+
+/// A kept file's `schema` as `SessionContext::read_parquet` types it, by the
+/// session's settings, with every column nullable.
+fn kept_types(ctx: &SessionContext, schema: &Schema) -> SchemaRef {
+    let state = ctx.state_ref();
+    let state = state.read();
+    let options = &state.config_options().execution.parquet;
+    let mut schema = schema.clone();
+    if options.binary_as_string {
+        schema = transform_binary_to_string(&schema);
+    }
+    if options.schema_force_view_types {
+        schema = transform_schema_to_view(&schema);
+    }
+    nullable(&schema)
+}
+
+/// `schema` with every column nullable: a kept file's rows may hold NULLs
+/// where the freshly merged rows' schema says there are none.
+fn nullable(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    Arc::new(Schema::new(fields))
 }
 
 /// A plan that scans `batch`, as `SessionContext::read_batch` builds one but
@@ -1126,6 +1141,7 @@ mod tests {
         assert_eq!(types(&kept), [DataType::Utf8View, DataType::Int64]);
         assert_eq!(types(&kept), types(&read));
         assert_eq!(kept.columns(), read.columns());
+        assert_eq!(kept_schema(&ctx, &files[0]).unwrap(), kept.schema());
         // Several files, in order; typed as the rows they join when given.
         let both = [path("groups-1.parquet"), path("groups-2.parquet")];
         let kept = kept_batch(&ctx, &both, Some(written.schema().as_ref())).unwrap();
