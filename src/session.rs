@@ -9,10 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
-use datafusion::execution::{SessionState, SessionStateBuilder, TaskContext};
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::physical_plan::{self, ExecutionPlan, display::DisplayableExecutionPlan};
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
@@ -95,33 +93,6 @@ pub async fn collect_partitioned(
     let partitions = physical_plan::collect_partitioned(plan.clone(), task).await?;
     profile(what, started, &plan);
     Ok(partitions)
-}
-
-/// Runs `plan` as it is, without DataFusion's logical optimizer: for a plan
-/// over batches in memory, with no scan to narrow to the columns and rows it
-/// uses, where the optimizer finds nothing to improve. Its rules cost more than
-/// such a small query takes to run, and an incremental run plans dozens
-/// (BENCHMARKS.md). The analyzer (type coercion) and the physical optimizer
-/// still run, and the plan must be one the physical planner takes as it is:
-/// aggregate functions alone in an aggregate's expressions. Returns the
-/// batches, partition after partition, and the output schema.
-pub async fn collect_as_built(
-    state: &SessionState,
-    plan: LogicalPlan,
-    what: &str,
-) -> Result<(Vec<RecordBatch>, SchemaRef), DataFusionError> {
-    let started = Instant::now();
-    let plan = state
-        .analyzer()
-        .execute_and_check(plan, state.config_options(), |_, _| {})?;
-    let plan = state
-        .query_planner()
-        .create_physical_plan(&plan, state)
-        .await?;
-    let task = Arc::new(TaskContext::from(state));
-    let batches = physical_plan::collect(plan.clone(), task).await?;
-    profile(what, started, &plan);
-    Ok((batches, plan.schema()))
 }
 
 /// [`collect_partitioned`] into one list of batches, partition after partition

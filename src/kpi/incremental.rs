@@ -26,6 +26,7 @@
 mod aggregate;
 mod counts;
 mod lazy;
+mod merge;
 mod outputs;
 mod rows;
 mod stored;
@@ -455,8 +456,7 @@ impl Incremental {
                     None => Change::All,
                 };
             }
-            let new_rows = new.clone();
-            let mut parts = vec![in_memory(new)?];
+            let mut parts = vec![new];
             for (d, (i, _)) in m.distinct().enumerate() {
                 let mut pairs = m.pairs_plan(&terms, i)?;
                 if let Some(files) = self.store.paths(&key, &pair_files[d]) {
@@ -472,7 +472,7 @@ impl Incremental {
                     pair_files[d].push(name);
                     staged.push(file);
                 }
-                parts.push(m.pair_counts(in_memory(pairs)?, i)?);
+                parts.push(m.pair_ones(&pairs, i)?);
             }
             let kept_touched: Vec<String> = touched
                 .iter()
@@ -481,7 +481,7 @@ impl Incremental {
             let merged = match self.store.paths(&key, &kept_touched) {
                 // Without a period to tell, the groups that changed tell.
                 Some(files) if !building && m.partition.is_none() && !m.groups.is_empty() => {
-                    match merge_whole(ctx, m, &new_rows, parts, files).await? {
+                    match merge_whole(ctx, m, parts, files).await? {
                         Some((merged, changed)) => {
                             change = changed;
                             Some(merged)
@@ -494,12 +494,9 @@ impl Incremental {
                 }
                 before => {
                     if let Some(files) = before {
-                        parts.push(in_memory(kept_batch(ctx, &files, None)?)?);
+                        parts.push(kept_batch(ctx, &files, None)?);
                     }
-                    let plan = m.merge_plan(parts, layout)?;
-                    Some(one_batch(
-                        &run_as_built(ctx, plan, "aggregate state").await?,
-                    )?)
+                    Some(m.merge(&parts, layout).await?)
                 }
             };
             // Unchanged: the kept file stays, and only the manifest is new.
@@ -539,19 +536,17 @@ impl Incremental {
             &untouched.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>(),
         );
         let states = fresh.as_ref().map_or(0, |(merged, _)| merged.num_rows());
-        let fresh = match fresh {
-            Some((merged, _)) => Some(in_memory(merged)?),
-            None => None,
-        };
+        let fresh = fresh.map(|(merged, _)| merged);
         let table: Arc<dyn TableProvider> = match kept_files {
             // A partitioned state's kept files are read when a query reads
             // them, those of the partitions it reads only.
             Some(files) if layout.is_some() => {
                 let schema = match &fresh {
-                    Some(fresh) => Arc::new(fresh.schema().as_arrow().clone()),
+                    Some(fresh) => fresh.schema(),
                     None => kept_schema(ctx, &files[0])?,
                 };
                 let files = untouched.into_iter().map(|(p, _)| p).zip(files).collect();
+                let fresh = fresh.map(in_memory).transpose()?;
                 Arc::new(lazy::LazyState::new(
                     Arc::new(m.clone()),
                     fresh,
@@ -560,23 +555,24 @@ impl Incremental {
                 )?)
             }
             kept_files => {
-                let mut state = fresh.map(LogicalPlanBuilder::from);
-                if let Some(files) = kept_files {
-                    let schema = state.as_ref().map(|s| s.schema().as_arrow().clone());
-                    let kept = in_memory(kept_batch(ctx, &files, schema.as_ref())?)?;
-                    state = Some(match state {
-                        None => LogicalPlanBuilder::from(kept),
-                        Some(s) => s.union(kept)?,
-                    });
-                }
-                let Some(state) = state else {
-                    return Err(DataFusionError::Internal(format!(
-                        "aggregate state {key} has no files"
-                    )));
+                let kept = match kept_files {
+                    Some(files) => {
+                        let schema = fresh.as_ref().map(|f| f.schema());
+                        Some(kept_batch(ctx, &files, schema.as_deref())?)
+                    }
+                    None => None,
                 };
-                let output = m.final_plan(state.build()?)?;
-                let result = run_as_built(ctx, output, "aggregate result").await?;
-                Arc::new(MemTable::try_new(result[0].schema(), vec![result])?)
+                let state = match (kept, fresh) {
+                    (Some(kept), Some(fresh)) => append(&kept, &fresh)?,
+                    (Some(rows), None) | (None, Some(rows)) => rows,
+                    (None, None) => {
+                        return Err(DataFusionError::Internal(format!(
+                            "aggregate state {key} has no files"
+                        )));
+                    }
+                };
+                let output = m.finish(ctx, &state)?;
+                Arc::new(MemTable::try_new(output.schema(), vec![vec![output]])?)
             }
         };
 
@@ -618,30 +614,28 @@ impl Incremental {
 }
 
 /// Brings a state kept in one file (no `DATE` grouping) up to date from the
-/// groups the `new` partial results touch: their kept rows are read and
-/// merged with the new `parts`, and the file is rewritten, as the untouched
-/// rows and the merged ones, only if some group's state changed. Returns the
-/// new state and the groups that changed (`Change::All` beyond
-/// [`FOLLOWED_KEYS`]), or `None` if none did. A new day seldom changes a first
-/// order or a maximum: then the file is not rewritten.
+/// groups the new partial results (the first of `parts`) touch: their kept
+/// rows are read and merged with the new `parts`, and the file is rewritten,
+/// as the untouched rows and the merged ones, only if some group's state
+/// changed. Returns the new state and the groups that changed (`Change::All`
+/// beyond [`FOLLOWED_KEYS`]), or `None` if none did. A new day seldom changes
+/// a first order or a maximum: then the file is not rewritten.
 async fn merge_whole(
     ctx: &SessionContext,
     m: &Maintained,
-    new: &RecordBatch,
-    mut parts: Vec<LogicalPlan>,
+    mut parts: Vec<RecordBatch>,
     files: Vec<String>,
 ) -> Result<Option<(RecordBatch, Change)>, DataFusionError> {
     let names: Vec<String> = (0..m.groups.len()).map(|k| format!("g{k}")).collect();
     // Read once and split in memory: two joins with the touched groups read
     // the file twice, and cost more to plan than the split to run.
     let kept = kept_batch(ctx, &files, None)?;
-    let (touched, untouched) = split_by_keys(&kept, new, &names)?;
-    // Merged alone, as they are merged with the new parts below: `merge_plan`
+    let (touched, untouched) = split_by_keys(&kept, &parts[0], &names)?;
+    // Merged alone, as they are merged with the new parts below: `merge`
     // types the state columns as its last part does, here the kept rows.
-    let before = m.merge_plan(vec![in_memory(touched)?], None)?;
-    let before = one_batch(&run_as_built(ctx, before, "kept touched groups").await?)?;
-    parts.push(in_memory(before.clone())?);
-    let after = one_batch(&run_as_built(ctx, m.merge_plan(parts, None)?, "touched groups").await?)?;
+    let before = m.merge(&[touched], None).await?;
+    parts.push(before.clone());
+    let after = m.merge(&parts, None).await?;
     let changed = changed_keys(&after, &before, &names, FOLLOWED_KEYS + 1)?;
     if changed.num_rows() == 0 {
         return Ok(None);
@@ -656,7 +650,7 @@ async fn merge_whole(
 }
 
 /// The rows of `kept` and then those of `merged`, in `kept`'s types
-/// (`merge_plan` gives `merged` the kept rows' types, but for a string read
+/// (`merge` gives `merged` the kept rows' types, but for a string read
 /// back as a view), as a union query would but without planning one.
 fn append(kept: &RecordBatch, merged: &RecordBatch) -> Result<RecordBatch, DataFusionError> {
     if kept.num_columns() != merged.num_columns() {
@@ -748,7 +742,7 @@ fn changed_keys(
     keys: &[String],
     limit: usize,
 ) -> Result<RecordBatch, DataFusionError> {
-    // Typed alike by `merge_plan`; `found_in` casts should a type still differ.
+    // Typed alike by `merge`; `found_in` casts should a type still differ.
     let kept = found_in(after.columns(), before.columns())?;
     let changed: Vec<u32> = (0..after.num_rows())
         .filter(|&i| !kept[i])
@@ -882,7 +876,12 @@ fn kept_batch(
     let mut batches = Vec::new();
     let mut read_as: Option<SchemaRef> = schema.map(nullable);
     for path in files {
-        let reader = kept_file(path)?.build()?;
+        // In one batch per row group, not the reader's default 1,024 rows:
+        // fewer, larger batches to cast and concatenate.
+        let file = kept_file(path)?;
+        let rows = file.metadata().row_groups().iter().map(|g| g.num_rows());
+        let rows = rows.max().unwrap_or(0).max(1) as usize;
+        let reader = file.with_batch_size(rows).build()?;
         let target = read_as
             .get_or_insert_with(|| kept_types(ctx, &reader.schema()))
             .clone();
@@ -978,20 +977,6 @@ async fn run(
         Ok((batches, schema))
     })
     .await
-}
-
-/// [`run`] for a plan that needs no logical optimisation
-/// ([`crate::session::collect_as_built`]): a merge of partial results in
-/// memory, or the output computed from them. A plan that reads a source goes
-/// through [`run`], whose optimizer narrows its scans to the columns and rows
-/// it uses.
-async fn run_as_built(
-    ctx: &SessionContext,
-    plan: LogicalPlan,
-    what: &str,
-) -> Result<Vec<RecordBatch>, DataFusionError> {
-    let (state, what) = (ctx.state(), what.to_string());
-    spawned(async move { crate::session::collect_as_built(&state, plan, &what).await }).await
 }
 
 /// Runs a query on a task of its own, aborted when dropped, as the caller's

@@ -145,7 +145,7 @@ pub fn stage_parquet(
     tag: &str,
 ) -> Result<Staged, PublishError> {
     stage(dir, name, Some(tag), |file, target| {
-        write_parquet_to(file, target, batch, None)
+        write_parquet_to(file, target, batch, None, Compression::SNAPPY)
     })
 }
 
@@ -153,7 +153,8 @@ pub fn stage_parquet(
 /// file nothing names until a later commit does (a kept state's file, named
 /// by its manifest): committed, it is flushed but not renamed. Row groups of
 /// at most `rows` rows: small groups of sorted rows let a filtered read skip
-/// most of them.
+/// most of them. Uncompressed: every incremental run reads kept states back,
+/// and decompressing their pages was 6% of its instructions (BENCHMARKS.md).
 pub fn stage_parquet_in_place(
     dir: &Path,
     name: &str,
@@ -161,7 +162,7 @@ pub fn stage_parquet_in_place(
     rows: Option<usize>,
 ) -> Result<Staged, PublishError> {
     stage(dir, name, None, |file, target| {
-        write_parquet_to(file, target, batch, rows)
+        write_parquet_to(file, target, batch, rows, Compression::UNCOMPRESSED)
     })
 }
 
@@ -170,12 +171,13 @@ fn write_parquet_to(
     target: &Path,
     batch: &RecordBatch,
     rows: Option<usize>,
+    compression: Compression,
 ) -> Result<File, PublishError> {
     let parquet = |source| PublishError::Parquet {
         path: target.to_path_buf(),
         source,
     };
-    let mut props = WriterProperties::builder().set_compression(Compression::SNAPPY);
+    let mut props = WriterProperties::builder().set_compression(compression);
     if rows.is_some() {
         props = props.set_max_row_group_row_count(rows);
     }

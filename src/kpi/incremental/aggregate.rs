@@ -2,6 +2,7 @@
 //! results, and the plans that compute, merge and finish them.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, Date32Array};
 use datafusion::arrow::compute::kernels::partition::partition;
@@ -10,9 +11,12 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::error::DataFusionError;
 use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
+use datafusion::functions_aggregate::min_max::{max_udaf, min_udaf};
+use datafusion::functions_aggregate::sum::sum_udaf;
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{
-    Aggregate, Expr, ExprSchemable, LogicalPlan, LogicalPlanBuilder, cast, col, lit, when,
+    Aggregate, AggregateUDF, Expr, ExprSchemable, LogicalPlan, LogicalPlanBuilder, cast, col, lit,
+    when,
 };
 
 use super::Split;
@@ -20,7 +24,7 @@ use super::rows::{linear, narrowed, substitute};
 use super::stored::{Stamp, hash};
 
 /// How a state column merges: `sum`, `min` or `max`.
-type Merge = fn(Expr) -> Expr;
+type Merge = fn() -> Arc<AggregateUDF>;
 
 /// An aggregate whose result can be kept and brought up to date.
 #[derive(Debug, Clone)]
@@ -132,14 +136,14 @@ impl Maintained {
         for (i, a) in self.aggs.iter().enumerate() {
             match a {
                 Partial::Sum(_) | Partial::Avg(_) => {
-                    columns.push((format!("s{i}"), sum));
-                    columns.push((format!("n{i}"), sum));
+                    columns.push((format!("s{i}"), sum_udaf));
+                    columns.push((format!("n{i}"), sum_udaf));
                 }
                 Partial::Count(_) | Partial::CountDistinct(_) => {
-                    columns.push((format!("n{i}"), sum))
+                    columns.push((format!("n{i}"), sum_udaf))
                 }
-                Partial::Min(_) => columns.push((format!("m{i}"), min)),
-                Partial::Max(_) => columns.push((format!("m{i}"), max)),
+                Partial::Min(_) => columns.push((format!("m{i}"), min_udaf)),
+                Partial::Max(_) => columns.push((format!("m{i}"), max_udaf)),
             }
         }
         columns
@@ -154,8 +158,7 @@ impl Maintained {
             .map(|(k, g)| g.clone().alias(format!("g{k}")))
             .collect();
         // Aggregate functions only in the aggregate, the rest in a projection
-        // above it: DataFusion's physical planner takes no other, and only its
-        // logical optimizer would split them (see `merge_plan`).
+        // above it, as DataFusion's physical planner takes them.
         let mut partials = Vec::new();
         let mut columns = self.group_names();
         for (i, a) in self.aggs.iter().enumerate() {
@@ -175,7 +178,7 @@ impl Maintained {
                 Partial::Count(x) => partial(count(x.clone()), format!("n{i}")),
                 Partial::Min(x) => partial(min(x.clone()), format!("m{i}")),
                 Partial::Max(x) => partial(max(x.clone()), format!("m{i}")),
-                // Counted from the new pairs (`pair_counts`).
+                // Counted from the new pairs (`pair_ones`).
                 Partial::CountDistinct(_) => {
                     columns.push(lit(ScalarValue::Int64(None)).alias(format!("n{i}")))
                 }
@@ -221,21 +224,6 @@ impl Maintained {
             return union.build();
         }
         union.distinct()?.build()
-    }
-
-    /// New pairs counted per group, as state rows (other columns NULL).
-    pub(super) fn pair_counts(
-        &self,
-        pairs: LogicalPlan,
-        i: usize,
-    ) -> Result<LogicalPlan, DataFusionError> {
-        let counted = LogicalPlanBuilder::from(pairs)
-            .aggregate(
-                self.group_names(),
-                vec![count(lit(1)).alias(format!("n{i}"))],
-            )?
-            .build()?;
-        Ok(counted)
     }
 
     /// The partitions (values of the partition column, as text) of state rows.
@@ -324,8 +312,9 @@ impl Maintained {
             .collect())
     }
 
-    /// The state rows of every part merged per group (sorted by the grouping
-    /// column `sort`, if any). Parts may lack state columns (pair counts have only theirs):
+    /// The partial results of every part merged per group (sorted by the
+    /// grouping column `sort`, if any): the plan of [`Maintained::merge`], for
+    /// parts that are plans over the sources. A part may lack state columns:
     /// those are NULL, which merges as nothing.
     pub(super) fn merge_plan(
         &self,
@@ -366,12 +355,10 @@ impl Maintained {
         let Some(union) = union else {
             unreachable!("a state merges at least one part")
         };
-        // Cast in a projection above the aggregate, not around its functions:
-        // a merge in memory runs as built, without the logical optimizer
-        // (`run_as_built`).
+        // Cast in a projection above the aggregate, not around its functions.
         let merged = columns
             .iter()
-            .map(|(name, merge)| merge(col(name.as_str())).alias(name))
+            .map(|(name, merge)| merge().call(vec![col(name.as_str())]).alias(name))
             .collect::<Vec<_>>();
         let mut typed = self.group_names();
         typed.extend(columns.iter().map(|(name, _)| {
@@ -387,8 +374,17 @@ impl Maintained {
 
     /// The aggregate's output from its merged state, typed as the node's.
     pub(super) fn final_plan(&self, state: LogicalPlan) -> Result<LogicalPlan, DataFusionError> {
+        let exprs = self.final_exprs()?;
+        let exprs = exprs.into_iter().map(|(name, e)| e.alias(name));
+        LogicalPlanBuilder::from(state).project(exprs)?.build()
+    }
+
+    /// The output's columns, by name, as expressions over the merged state.
+    pub(super) fn final_exprs(&self) -> Result<Vec<(String, Expr)>, DataFusionError> {
         let fields = self.node.schema().fields().clone();
-        let mut exprs = self.group_names();
+        let mut exprs: Vec<(String, Expr)> = (0..self.groups.len())
+            .map(|k| (format!("g{k}"), col(format!("g{k}"))))
+            .collect();
         for (i, a) in self.aggs.iter().enumerate() {
             let (s, n, m) = (
                 col(format!("s{i}")),
@@ -405,9 +401,9 @@ impl Maintained {
                 Partial::Min(_) | Partial::Max(_) => m,
             };
             let field = &fields[self.groups.len() + i];
-            exprs.push(cast(value, field.data_type().clone()).alias(format!("a{i}")));
+            exprs.push((format!("a{i}"), cast(value, field.data_type().clone())));
         }
-        LogicalPlanBuilder::from(state).project(exprs)?.build()
+        Ok(exprs)
     }
 
     /// The rows of the input not in the state yet, as terms whose rows add up

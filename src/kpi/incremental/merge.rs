@@ -1,0 +1,380 @@
+//! Partial results held in memory, merged per group and finished into the
+//! aggregate's output without planning a query: an incremental run makes
+//! dozens of these merges over a few hundred rows each, and planning them
+//! (analyzer, physical planner and its rules, a repartitioned aggregate) cost
+//! several times what they take to run (BENCHMARKS.md). The merge is one
+//! physical aggregate built by hand over the rows, DataFusion's own, so its
+//! functions behave as they do in a query.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, new_null_array};
+use datafusion::arrow::compute::{
+    SortOptions, cast, concat_batches, sort_to_indices, take_record_batch,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::DFSchema;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::aggregate::AggregateExprBuilder;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
+use datafusion::physical_plan::{collect, expressions};
+use datafusion::prelude::SessionContext;
+
+use super::aggregate::Maintained;
+
+impl Maintained {
+    /// The state rows of every part merged per group, as [`Maintained::merge_plan`]
+    /// merges plans (sorted by the grouping column `sort`, if any). A part may
+    /// lack state columns (pair counts have only theirs): those are NULL, which
+    /// merges as nothing. A column takes its type from the last part that has
+    /// it, the kept state's, which callers list last.
+    pub(super) async fn merge(
+        &self,
+        parts: &[RecordBatch],
+        sort: Option<usize>,
+    ) -> Result<RecordBatch, DataFusionError> {
+        let groups = self.groups.len();
+        let columns = self.state_columns();
+        let names = (0..groups)
+            .map(|k| format!("g{k}"))
+            .chain(columns.iter().map(|(name, _)| name.clone()));
+        let fields: Vec<Field> = names
+            .map(|name| {
+                let data_type = parts
+                    .iter()
+                    .rev()
+                    .find_map(|p| {
+                        Some(
+                            p.schema_ref()
+                                .field_with_name(&name)
+                                .ok()?
+                                .data_type()
+                                .clone(),
+                        )
+                    })
+                    .unwrap_or(DataType::Int64);
+                Field::new(name, data_type, true)
+            })
+            .collect();
+        let schema = Arc::new(Schema::new(fields));
+        let typed = parts
+            .iter()
+            .map(|part| typed_as(part, &schema))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows = concat_batches(&schema, &typed)?;
+
+        let column = |k: usize| expressions::col(schema.field(k).name(), &schema);
+        let group_by = PhysicalGroupBy::new_single(
+            (0..groups)
+                .map(|k| Ok((column(k)?, schema.field(k).name().clone())))
+                .collect::<Result<_, DataFusionError>>()?,
+        );
+        let aggregates = columns
+            .iter()
+            .enumerate()
+            .map(|(c, (name, merge))| {
+                AggregateExprBuilder::new(merge(), vec![column(groups + c)?])
+                    .schema(schema.clone())
+                    .alias(name)
+                    .build()
+                    .map(Arc::new)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let filters = vec![None; aggregates.len()];
+        let input = MemorySourceConfig::try_new_exec(&[vec![rows]], schema.clone(), None)?;
+        let merged = AggregateExec::try_new(
+            AggregateMode::Single,
+            group_by,
+            aggregates,
+            filters,
+            input,
+            schema.clone(),
+        )?;
+        let batches = collect(Arc::new(merged), Arc::new(TaskContext::default())).await?;
+        // The merged columns back in the parts' types (a sum of decimals widens).
+        let merged = batches
+            .iter()
+            .map(|b| typed_as(b, &schema))
+            .collect::<Result<Vec<_>, _>>()?;
+        let merged = concat_batches(&schema, &merged)?;
+        match sort {
+            None => Ok(merged),
+            Some(p) => {
+                let ascending = SortOptions {
+                    descending: false,
+                    nulls_first: true,
+                };
+                let order = sort_to_indices(merged.column(p), Some(ascending), None)?;
+                Ok(take_record_batch(&merged, &order)?)
+            }
+        }
+    }
+
+    /// The distinct pairs of a `count(DISTINCT)`, the `i`th aggregate, as
+    /// state rows to merge: one per pair, counting 1.
+    pub(super) fn pair_ones(
+        &self,
+        pairs: &RecordBatch,
+        i: usize,
+    ) -> Result<RecordBatch, DataFusionError> {
+        let mut fields: Vec<Field> = Vec::new();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        for k in 0..self.groups.len() {
+            let name = format!("g{k}");
+            let column = pairs.column_by_name(&name).ok_or_else(|| {
+                DataFusionError::Internal(format!("distinct pairs without their column {name}"))
+            })?;
+            fields.push(Field::new(name, column.data_type().clone(), true));
+            columns.push(column.clone());
+        }
+        fields.push(Field::new(format!("n{i}"), DataType::Int64, false));
+        columns.push(Arc::new(Int64Array::from_value(1, pairs.num_rows())));
+        Ok(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?)
+    }
+
+    /// The aggregate's output from its merged `state`, as
+    /// [`Maintained::final_plan`] computes it, its expressions evaluated on the
+    /// rows in memory.
+    pub(super) fn finish(
+        &self,
+        ctx: &SessionContext,
+        state: &RecordBatch,
+    ) -> Result<RecordBatch, DataFusionError> {
+        let input = DFSchema::try_from(state.schema())?;
+        let mut fields = Vec::new();
+        let mut columns = Vec::new();
+        for (name, expr) in self.final_exprs()? {
+            let column = ctx
+                .create_physical_expr(expr, &input)?
+                .evaluate(state)?
+                .into_array(state.num_rows())?;
+            fields.push(Field::new(name, column.data_type().clone(), true));
+            columns.push(column);
+        }
+        Ok(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?)
+    }
+}
+
+/// `part`'s columns by name, cast to `schema`'s types; a column it lacks is NULL.
+fn typed_as(part: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, DataFusionError> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match part.column_by_name(f.name()) {
+            Some(c) => cast(c, f.data_type()),
+            None => Ok(new_null_array(f.data_type(), part.num_rows())),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use datafusion::arrow::array::{Date32Array, Decimal128Array, StringArray};
+    use datafusion::arrow::compute::{SortColumn, lexsort_to_indices};
+    use datafusion::functions_aggregate::expr_fn::{avg, count, count_distinct, max, min, sum};
+    use datafusion::logical_expr::{LogicalPlan, col};
+    use datafusion::prelude::ParquetReadOptions;
+
+    use super::*;
+    use crate::kpi::incremental::{in_memory, one_batch, stored::Stamp};
+
+    /// A source file: key (with a NULL), day, a decimal amount and a count.
+    fn source(
+        keys: Vec<Option<&str>>,
+        days: Vec<i32>,
+        amounts: Vec<i128>,
+        counts: Vec<Option<i64>>,
+    ) -> RecordBatch {
+        RecordBatch::try_from_iter([
+            ("k", Arc::new(StringArray::from(keys)) as ArrayRef),
+            ("d", Arc::new(Date32Array::from(days)) as ArrayRef),
+            (
+                "x",
+                Arc::new(
+                    Decimal128Array::from(amounts)
+                        .with_precision_and_scale(15, 2)
+                        .unwrap(),
+                ) as ArrayRef,
+            ),
+            ("y", Arc::new(Int64Array::from(counts)) as ArrayRef),
+        ])
+        .unwrap()
+    }
+
+    /// Rows sorted by every column, to compare results whose order is free.
+    fn sorted(batch: &RecordBatch) -> RecordBatch {
+        let columns: Vec<SortColumn> = batch
+            .columns()
+            .iter()
+            .map(|c| SortColumn {
+                values: c.clone(),
+                options: None,
+            })
+            .collect();
+        take_record_batch(batch, &lexsort_to_indices(&columns, None).unwrap()).unwrap()
+    }
+
+    async fn planned(ctx: &SessionContext, plan: LogicalPlan) -> RecordBatch {
+        one_batch(
+            &ctx.execute_logical_plan(plan)
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn merges_in_memory_equal_the_planned_merges() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let rows = source(
+            vec![Some("a"), Some("a"), None, Some("b"), Some("b")],
+            vec![10, 10, 10, 11, 12],
+            vec![150, 250, 5, 1, 2],
+            vec![Some(1), Some(2), None, Some(7), Some(7)],
+        );
+        crate::publish::stage_parquet_in_place(dir.path(), "t.parquet", &rows, None)
+            .unwrap()
+            .commit()
+            .unwrap();
+        let ctx = crate::session::session();
+        let frame = ctx
+            .read_parquet(
+                path.to_string_lossy().into_owned(),
+                ParquetReadOptions::default(),
+            )
+            .await
+            .unwrap()
+            .aggregate(
+                vec![col("k"), col("d")],
+                vec![
+                    sum(col("x")),
+                    avg(col("y")),
+                    count(col("y")),
+                    min(col("d")),
+                    max(col("k")),
+                    count_distinct(col("y")),
+                ],
+            )
+            .unwrap();
+        let node = frame.logical_plan().clone();
+        let LogicalPlan::Aggregate(agg) = &node else {
+            panic!("an aggregate: {node}")
+        };
+        let files = HashMap::from([("t".to_string(), vec![Stamp::of(&path).unwrap()])]);
+        let m = Maintained::analyse(agg, &node, &files).unwrap();
+
+        // Partial results of the file, twice over (as a kept state and new
+        // rows would be), and the distinct pairs counted as ones.
+        let partials = planned(
+            &ctx,
+            m.merge_plan(vec![m.partial_plan(m.input.clone()).unwrap()], None)
+                .unwrap(),
+        )
+        .await;
+        let pairs = planned(
+            &ctx,
+            m.pairs_plan(std::slice::from_ref(&m.input), 5).unwrap(),
+        )
+        .await;
+        let parts = vec![partials.clone(), m.pair_ones(&pairs, 5).unwrap(), partials];
+
+        let merged = m.merge(&parts, Some(1)).await.unwrap();
+        let plans = parts
+            .iter()
+            .map(|p| in_memory(p.clone()).unwrap())
+            .collect();
+        let expected = planned(&ctx, m.merge_plan(plans, Some(1)).unwrap()).await;
+        // Sorted by the day (g1) as asked, and the same rows and types.
+        let days = merged
+            .column(1)
+            .as_any()
+            .downcast_ref::<Date32Array>()
+            .unwrap();
+        assert!(days.values().windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(merged.num_rows(), 4);
+        assert_eq!(sorted(&merged).columns(), sorted(&expected).columns());
+
+        let finished = m.finish(&ctx, &merged).unwrap();
+        let expected = planned(
+            &ctx,
+            m.final_plan(in_memory(merged.clone()).unwrap()).unwrap(),
+        )
+        .await;
+        assert_eq!(sorted(&finished).columns(), sorted(&expected).columns());
+        // Typed as the aggregate's own output.
+        for (got, want) in finished
+            .schema()
+            .fields()
+            .iter()
+            .zip(node.schema().fields().iter())
+        {
+            assert_eq!(got.data_type(), want.data_type(), "{}", want.name());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_aggregate_without_groups_merges_to_one_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let rows = source(vec![Some("a")], vec![1], vec![100], vec![Some(3)]);
+        crate::publish::stage_parquet_in_place(dir.path(), "t.parquet", &rows, None)
+            .unwrap()
+            .commit()
+            .unwrap();
+        let ctx = crate::session::session();
+        let frame = ctx
+            .read_parquet(
+                path.to_string_lossy().into_owned(),
+                ParquetReadOptions::default(),
+            )
+            .await
+            .unwrap()
+            .aggregate(vec![], vec![sum(col("y")), count(col("y"))])
+            .unwrap();
+        let node = frame.logical_plan().clone();
+        let LogicalPlan::Aggregate(agg) = &node else {
+            panic!("an aggregate: {node}")
+        };
+        let files = HashMap::from([("t".to_string(), vec![Stamp::of(&path).unwrap()])]);
+        let m = Maintained::analyse(agg, &node, &files).unwrap();
+        let partials = planned(
+            &ctx,
+            m.merge_plan(vec![m.partial_plan(m.input.clone()).unwrap()], None)
+                .unwrap(),
+        )
+        .await;
+        let merged = m.merge(&[partials.clone(), partials], None).await.unwrap();
+        let finished = m.finish(&ctx, &merged).unwrap();
+        assert_eq!(finished.num_rows(), 1);
+        let value = |b: &RecordBatch, i: usize| {
+            b.column(i)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .value(0)
+        };
+        assert_eq!((value(&finished, 0), value(&finished, 1)), (6, 2));
+        // Nothing to merge: one row still, the sum NULL and the count 0.
+        let empty = m.merge(&[merged.slice(0, 0)], None).await.unwrap();
+        let finished = m.finish(&ctx, &empty).unwrap();
+        assert_eq!(finished.num_rows(), 1);
+        assert!(finished.column(0).is_null(0));
+        assert_eq!(value(&finished, 1), 0);
+    }
+}
