@@ -42,6 +42,7 @@ use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchReader};
 use datafusion::arrow::row::{Row, RowConverter, SortField};
 use datafusion::catalog::TableProvider;
+use datafusion::common::hash_utils::{RandomState as HashState, create_hashes};
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, JoinType, NullEquality};
@@ -709,26 +710,56 @@ fn split_by_keys(
     ))
 }
 
-/// Per row of `rows`, whether `set` holds an equal row. Compared in Arrow's
-/// row format, NULL equal to NULL; `set` is cast to `rows`' types first (a
-/// string read back from Parquet as a view, a count typed otherwise).
+/// Per row of `rows`, whether `set` holds an equal row, NULL equal to NULL;
+/// `set` is cast to `rows`' types first (a string read back from Parquet as a
+/// view, a count typed otherwise). A whole kept state, 100,000 rows at SF1, is
+/// probed here on every run for a few hundred new groups: its rows are hashed
+/// column by column (DataFusion's vectorised hashing), and only those whose
+/// hash the set holds are compared, in Arrow's row format.
 fn found_in(rows: &[ArrayRef], set: &[ArrayRef]) -> Result<Vec<bool>, DataFusionError> {
+    let Some(first) = rows.first() else {
+        return Err(DataFusionError::Internal(
+            "rows compared on no columns".into(),
+        ));
+    };
     let set = set
         .iter()
         .zip(rows)
         .map(|(c, r)| cast(c, r.data_type()))
         .collect::<Result<Vec<_>, _>>()?;
+    let hashes = |columns: &[ArrayRef]| -> Result<Vec<u64>, DataFusionError> {
+        let mut hashes = vec![0; columns[0].len()];
+        create_hashes(columns, &HashState::with_seed(0), &mut hashes)?;
+        Ok(hashes)
+    };
+    let hashed: datafusion::common::HashSet<u64> = hashes(&set)?.into_iter().collect();
+    let candidates: Vec<u32> = hashes(rows)?
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| hashed.contains(*h))
+        .map(|(i, _)| i as u32)
+        .collect();
+    let mut found = vec![false; first.len()];
+    if candidates.is_empty() {
+        return Ok(found);
+    }
     let fields = rows
         .iter()
         .map(|c| SortField::new(c.data_type().clone()))
         .collect();
     let converter = RowConverter::new(fields)?;
     let set = converter.convert_columns(&set)?;
-    // DataFusion's hash set (foldhash), not std's SipHash: a whole kept state,
-    // 100,000 rows at SF1, is probed here on every run.
     let set: datafusion::common::HashSet<Row> = set.iter().collect();
-    let rows = converter.convert_columns(rows)?;
-    Ok(rows.iter().map(|row| set.contains(&row)).collect())
+    let indices = UInt32Array::from(candidates);
+    let taken = rows
+        .iter()
+        .map(|c| take(c, &indices, None))
+        .collect::<Result<Vec<_>, _>>()?;
+    let taken = converter.convert_columns(&taken)?;
+    for (row, i) in taken.iter().zip(indices.values()) {
+        found[*i as usize] = set.contains(&row);
+    }
+    Ok(found)
 }
 
 /// The `keys` columns of the rows of `after` that are not rows of `before`,
