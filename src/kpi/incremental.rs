@@ -497,7 +497,7 @@ impl Incremental {
                     if let Some(files) = before {
                         parts.push(kept_batch(ctx, &files, None)?);
                     }
-                    Some(m.merge(&parts, layout).await?)
+                    Some(m.merge(ctx, &parts, layout).await?)
                 }
             };
             // Unchanged: the kept file stays, and only the manifest is new.
@@ -634,9 +634,9 @@ async fn merge_whole(
     let (touched, untouched) = split_by_keys(&kept, &parts[0], &names)?;
     // Merged alone, as they are merged with the new parts below: `merge`
     // types the state columns as its last part does, here the kept rows.
-    let before = m.merge(&[touched], None).await?;
+    let before = m.merge(ctx, &[touched], None).await?;
     parts.push(before.clone());
-    let after = m.merge(&parts, None).await?;
+    let after = m.merge(ctx, &parts, None).await?;
     let changed = changed_keys(&after, &before, &names, FOLLOWED_KEYS + 1)?;
     if changed.num_rows() == 0 {
         return Ok(None);

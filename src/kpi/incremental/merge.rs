@@ -1,8 +1,9 @@
 //! Partial results held in memory, merged per group and finished into the
-//! aggregate's output without planning a query: an incremental run makes
-//! dozens of these merges over a few hundred rows each, and planning them
-//! (analyzer, physical planner and its rules, a repartitioned aggregate) cost
-//! several times what they take to run (BENCHMARKS.md). The merge is one
+//! aggregate's output without planning a query: an incremental run makes a
+//! dozen or more of these merges, most over a few hundred rows, and planning
+//! each as a query (analyzer, physical planner and its rules, an aggregate
+//! split around a repartition) cost more than running it: dropping that cut
+//! 8% of the TPC-H incremental run's instructions (BENCHMARKS.md). The merge is one
 //! physical aggregate built by hand over the rows, DataFusion's own, so its
 //! functions behave as they do in a query.
 
@@ -17,7 +18,6 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::DFSchema;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::DataFusionError;
-use datafusion::execution::TaskContext;
 use datafusion::physical_expr::aggregate::AggregateExprBuilder;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
 use datafusion::physical_plan::{collect, expressions};
@@ -27,12 +27,14 @@ use super::aggregate::Maintained;
 
 impl Maintained {
     /// The state rows of every part merged per group, as [`Maintained::merge_plan`]
-    /// merges plans (sorted by the grouping column `sort`, if any). A part may
+    /// merges plans (sorted by the grouping column `sort`, if any), in the
+    /// session `ctx` (its memory pool, its batch size). A part may
     /// lack state columns (pair counts have only theirs): those are NULL, which
     /// merges as nothing. A column takes its type from the last part that has
     /// it, the kept state's, which callers list last.
     pub(super) async fn merge(
         &self,
+        ctx: &SessionContext,
         parts: &[RecordBatch],
         sort: Option<usize>,
     ) -> Result<RecordBatch, DataFusionError> {
@@ -93,7 +95,7 @@ impl Maintained {
             input,
             schema.clone(),
         )?;
-        let batches = collect(Arc::new(merged), Arc::new(TaskContext::default())).await?;
+        let batches = collect(Arc::new(merged), ctx.task_ctx()).await?;
         // The merged columns back in the parts' types (a sum of decimals widens).
         let merged = batches
             .iter()
@@ -184,7 +186,7 @@ mod tests {
     use datafusion::arrow::array::{Date32Array, Decimal128Array, StringArray};
     use datafusion::arrow::compute::{SortColumn, lexsort_to_indices};
     use datafusion::functions_aggregate::expr_fn::{avg, count, count_distinct, max, min, sum};
-    use datafusion::logical_expr::{LogicalPlan, col};
+    use datafusion::logical_expr::{Expr, LogicalPlan, col};
     use datafusion::prelude::ParquetReadOptions;
 
     use super::*;
@@ -238,16 +240,15 @@ mod tests {
         .unwrap()
     }
 
-    #[tokio::test]
-    async fn merges_in_memory_equal_the_planned_merges() {
+    /// The aggregate of `rows`, written as the Parquet source `t`, grouped by
+    /// `groups` into `aggs`, as maintained. The directory holds the file.
+    async fn maintained(
+        rows: RecordBatch,
+        groups: Vec<Expr>,
+        aggs: Vec<Expr>,
+    ) -> (tempfile::TempDir, SessionContext, Maintained) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.parquet");
-        let rows = source(
-            vec![Some("a"), Some("a"), None, Some("b"), Some("b")],
-            vec![10, 10, 10, 11, 12],
-            vec![150, 250, 5, 1, 2],
-            vec![Some(1), Some(2), None, Some(7), Some(7)],
-        );
         crate::publish::stage_parquet_in_place(dir.path(), "t.parquet", &rows, None)
             .unwrap()
             .commit()
@@ -260,17 +261,7 @@ mod tests {
             )
             .await
             .unwrap()
-            .aggregate(
-                vec![col("k"), col("d")],
-                vec![
-                    sum(col("x")),
-                    avg(col("y")),
-                    count(col("y")),
-                    min(col("d")),
-                    max(col("k")),
-                    count_distinct(col("y")),
-                ],
-            )
+            .aggregate(groups, aggs)
             .unwrap();
         let node = frame.logical_plan().clone();
         let LogicalPlan::Aggregate(agg) = &node else {
@@ -278,15 +269,36 @@ mod tests {
         };
         let files = HashMap::from([("t".to_string(), vec![Stamp::of(&path).unwrap()])]);
         let m = Maintained::analyse(agg, &node, &files).unwrap();
+        (dir, ctx, m)
+    }
+
+    /// The partial results of all of the source's rows, by the planned merge.
+    async fn partials(ctx: &SessionContext, m: &Maintained) -> RecordBatch {
+        let partial = m.partial_plan(m.input.clone()).unwrap();
+        planned(ctx, m.merge_plan(vec![partial], None).unwrap()).await
+    }
+
+    #[tokio::test]
+    async fn merges_in_memory_equal_the_planned_merges() {
+        let rows = source(
+            vec![Some("a"), Some("a"), None, Some("b"), Some("b")],
+            vec![10, 10, 10, 11, 12],
+            vec![150, 250, 5, 1, 2],
+            vec![Some(1), Some(2), None, Some(7), Some(7)],
+        );
+        let aggs = vec![
+            sum(col("x")),
+            avg(col("y")),
+            count(col("y")),
+            min(col("d")),
+            max(col("k")),
+            count_distinct(col("y")),
+        ];
+        let (_dir, ctx, m) = maintained(rows, vec![col("k"), col("d")], aggs).await;
 
         // Partial results of the file, twice over (as a kept state and new
         // rows would be), and the distinct pairs counted as ones.
-        let partials = planned(
-            &ctx,
-            m.merge_plan(vec![m.partial_plan(m.input.clone()).unwrap()], None)
-                .unwrap(),
-        )
-        .await;
+        let partials = partials(&ctx, &m).await;
         let pairs = planned(
             &ctx,
             m.pairs_plan(std::slice::from_ref(&m.input), 5).unwrap(),
@@ -294,7 +306,7 @@ mod tests {
         .await;
         let parts = vec![partials.clone(), m.pair_ones(&pairs, 5).unwrap(), partials];
 
-        let merged = m.merge(&parts, Some(1)).await.unwrap();
+        let merged = m.merge(&ctx, &parts, Some(1)).await.unwrap();
         let plans = parts
             .iter()
             .map(|p| in_memory(p.clone()).unwrap())
@@ -322,7 +334,7 @@ mod tests {
             .schema()
             .fields()
             .iter()
-            .zip(node.schema().fields().iter())
+            .zip(m.node.schema().fields().iter())
         {
             assert_eq!(got.data_type(), want.data_type(), "{}", want.name());
         }
@@ -330,36 +342,14 @@ mod tests {
 
     #[tokio::test]
     async fn an_aggregate_without_groups_merges_to_one_row() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.parquet");
         let rows = source(vec![Some("a")], vec![1], vec![100], vec![Some(3)]);
-        crate::publish::stage_parquet_in_place(dir.path(), "t.parquet", &rows, None)
-            .unwrap()
-            .commit()
-            .unwrap();
-        let ctx = crate::session::session();
-        let frame = ctx
-            .read_parquet(
-                path.to_string_lossy().into_owned(),
-                ParquetReadOptions::default(),
-            )
+        let aggs = vec![sum(col("y")), count(col("y"))];
+        let (_dir, ctx, m) = maintained(rows, vec![], aggs).await;
+        let partials = partials(&ctx, &m).await;
+        let merged = m
+            .merge(&ctx, &[partials.clone(), partials], None)
             .await
-            .unwrap()
-            .aggregate(vec![], vec![sum(col("y")), count(col("y"))])
             .unwrap();
-        let node = frame.logical_plan().clone();
-        let LogicalPlan::Aggregate(agg) = &node else {
-            panic!("an aggregate: {node}")
-        };
-        let files = HashMap::from([("t".to_string(), vec![Stamp::of(&path).unwrap()])]);
-        let m = Maintained::analyse(agg, &node, &files).unwrap();
-        let partials = planned(
-            &ctx,
-            m.merge_plan(vec![m.partial_plan(m.input.clone()).unwrap()], None)
-                .unwrap(),
-        )
-        .await;
-        let merged = m.merge(&[partials.clone(), partials], None).await.unwrap();
         let finished = m.finish(&ctx, &merged).unwrap();
         assert_eq!(finished.num_rows(), 1);
         let value = |b: &RecordBatch, i: usize| {
@@ -371,7 +361,7 @@ mod tests {
         };
         assert_eq!((value(&finished, 0), value(&finished, 1)), (6, 2));
         // Nothing to merge: one row still, the sum NULL and the count 0.
-        let empty = m.merge(&[merged.slice(0, 0)], None).await.unwrap();
+        let empty = m.merge(&ctx, &[merged.slice(0, 0)], None).await.unwrap();
         let finished = m.finish(&ctx, &empty).unwrap();
         assert_eq!(finished.num_rows(), 1);
         assert!(finished.column(0).is_null(0));
