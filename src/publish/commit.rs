@@ -154,7 +154,7 @@ pub fn stage_parquet(
 /// by its manifest): committed, it is flushed but not renamed. Row groups of
 /// at most `rows` rows: small groups of sorted rows let a filtered read skip
 /// most of them. Uncompressed: every incremental run reads kept states back,
-/// and decompressing their pages was 6% of its instructions (BENCHMARKS.md).
+/// and decompressing their pages was 4% of its instructions (BENCHMARKS.md).
 pub fn stage_parquet_in_place(
     dir: &Path,
     name: &str,
