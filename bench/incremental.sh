@@ -9,11 +9,13 @@
 #
 # The new day is the last day's orders (and their lines) again, one day later,
 # under new order keys past the last one, as an order system appends them. Each
-# round prints three wall times, all with the history plus the new day:
+# round prints four wall times, all with the history plus the new day:
 #   full        `incremental: false`, everything computed;
 #   incremental `incremental: true`, states kept from a run over the history alone;
+#   unchanged   `incremental: true` again, nothing new since: what a run costs when
+#               there is no new row to read (planning, checks, scoring, publishing);
 #   rebuild     `incremental: true` with `--full`: a first run, which builds the states.
-# and at the end the medians, and whether the two outputs are equal.
+# and at the end the medians, and whether the incremental outputs equal the full one.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 DATA=$(cd "$1" && pwd)
@@ -58,24 +60,29 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2
 KPIFORGE_WORK=$T/primed KPIFORGE_INCREMENTAL=true "$HERE/bench/tpch.sh" "$T/history" "$T/primed.parquet" >/dev/null
 cp "$T/day/"*.parquet "$T/history/"
 
-: > "$T/full.txt"; : > "$T/incremental.txt"; : > "$T/rebuild.txt"
+: > "$T/full.txt"; : > "$T/incremental.txt"; : > "$T/unchanged.txt"; : > "$T/rebuild.txt"
 for round in $(seq "$ROUNDS"); do
   rm -rf "$T/inc"; cp -r "$T/primed" "$T/inc"
   full=$(timed "$HERE/bench/tpch.sh" "$T/history" "$T/full.parquet")
   inc=$(KPIFORGE_WORK=$T/inc KPIFORGE_INCREMENTAL=true timed "$HERE/bench/tpch.sh" "$T/history" "$T/inc.parquet")
+  same=$(KPIFORGE_WORK=$T/inc KPIFORGE_INCREMENTAL=true timed "$HERE/bench/tpch.sh" "$T/history" "$T/same.parquet")
   rebuild=$(KPIFORGE_WORK=$T/inc KPIFORGE_INCREMENTAL=true KPIFORGE_RUN_FLAGS=--full timed "$HERE/bench/tpch.sh" "$T/history" "$T/rebuild.parquet")
-  echo "round $round: full ${full}s incremental ${inc}s rebuild ${rebuild}s"
-  echo "$full" >> "$T/full.txt"; echo "$inc" >> "$T/incremental.txt"; echo "$rebuild" >> "$T/rebuild.txt"
+  echo "round $round: full ${full}s incremental ${inc}s unchanged ${same}s rebuild ${rebuild}s"
+  echo "$full" >> "$T/full.txt"; echo "$inc" >> "$T/incremental.txt"
+  echo "$same" >> "$T/unchanged.txt"; echo "$rebuild" >> "$T/rebuild.txt"
 done
 f=$(median < "$T/full.txt"); i=$(median < "$T/incremental.txt"); r=$(median < "$T/rebuild.txt")
-echo "median: full ${f}s incremental ${i}s ($(echo "scale=1; 100 * $i / $f" | bc)% of full) rebuild ${r}s"
-"$PY" - "$T/full.parquet" "$T/inc.parquet" <<'PY'
+u=$(median < "$T/unchanged.txt")
+share() { echo "scale=1; 100 * $1 / $f" | bc; }
+echo "median: full ${f}s incremental ${i}s ($(share "$i")% of full) unchanged ${u}s ($(share "$u")% of full) rebuild ${r}s"
+"$PY" - "$T/full.parquet" "$T/inc.parquet" "$T/same.parquet" <<'PY'
 import json, sys, duckdb
-a, b = sys.argv[1], sys.argv[2]
-diff = duckdb.sql(f"""SELECT count(*) AS rows, max(abs(x.value - y.value) / greatest(abs(x.value), 1)) AS worst
-    FROM '{a}' x FULL JOIN '{b}' y USING (kpi, month)""").fetchall()[0]
-missing = duckdb.sql(f"SELECT count(*) FROM '{a}' x FULL JOIN '{b}' y USING (kpi, month) WHERE (x.value IS NULL) <> (y.value IS NULL)").fetchall()[0][0]
-print(f"outputs: {diff[0]} values, worst relative difference {diff[1] or 0:.2e}, {missing} missing on one side")
-checks = [json.load(open(f"{p}.checks.json")) for p in (a, b)]
-print(f"checks: {len(checks[0])} results, {'the same' if checks[0] == checks[1] else 'DIFFERENT'}")
+a = sys.argv[1]
+for label, b in zip(("incremental", "unchanged"), sys.argv[2:]):
+    diff = duckdb.sql(f"""SELECT count(*) AS rows, max(abs(x.value - y.value) / greatest(abs(x.value), 1)) AS worst
+        FROM '{a}' x FULL JOIN '{b}' y USING (kpi, month)""").fetchall()[0]
+    missing = duckdb.sql(f"SELECT count(*) FROM '{a}' x FULL JOIN '{b}' y USING (kpi, month) WHERE (x.value IS NULL) <> (y.value IS NULL)").fetchall()[0][0]
+    print(f"{label} against full: {diff[0]} values, worst relative difference {diff[1] or 0:.2e}, {missing} missing on one side")
+    checks = [json.load(open(f"{p}.checks.json")) for p in (a, b)]
+    print(f"  checks: {len(checks[0])} results, {'the same' if checks[0] == checks[1] else 'DIFFERENT'}")
 PY
