@@ -62,6 +62,7 @@ use crate::config::{FileFormat, Pipeline, SourceKind};
 use crate::publish::Staged;
 use aggregate::Maintained;
 pub use counts::{DeltaInput, Files, row};
+use merge::typed_as;
 pub use outputs::Output;
 pub use stored::Pending;
 use stored::{Manifest, Stamp, Store};
@@ -672,19 +673,8 @@ fn append(kept: &RecordBatch, merged: &RecordBatch) -> Result<RecordBatch, DataF
         .collect();
     let schema = Arc::new(Schema::new(fields));
     let kept = RecordBatch::try_new(schema.clone(), kept.columns().to_vec())?;
-    let merged = cast_to(merged, &schema)?;
+    let merged = typed_as(merged, &schema)?;
     Ok(concat_batches(&schema, [&kept, &merged])?)
-}
-
-/// `batch`'s columns cast to the types of `schema`'s, in order.
-fn cast_to(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, DataFusionError> {
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(|(c, f)| cast(c, f.data_type()))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 /// The rows of `kept` whose `keys` columns hold a group of `new`, and the
@@ -917,7 +907,7 @@ fn kept_batch(
             .get_or_insert_with(|| kept_types(ctx, &reader.schema()))
             .clone();
         for batch in reader {
-            batches.push(cast_to(&batch?, &target)?);
+            batches.push(typed_as(&batch?, &target)?);
         }
     }
     let Some(schema) = read_as else {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, Date32Array};
 use datafusion::arrow::compute::kernels::partition::partition;
-use datafusion::arrow::datatypes::{DataType, Date32Type};
+use datafusion::arrow::datatypes::{DataType, Date32Type, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::error::DataFusionError;
@@ -147,6 +147,28 @@ impl Maintained {
             }
         }
         columns
+    }
+
+    /// The columns of parts merged: the groups `g0`, `g1`, ... and the state
+    /// columns, in [`Maintained::state_columns`]' order. Each takes its type
+    /// from the last part that has it, the kept state's, which callers list
+    /// last (a sum of decimals read back keeps its type); one that no part has
+    /// is a count's, `Int64`.
+    pub(super) fn merged_schema(&self, parts: &[&Schema]) -> Schema {
+        let groups = (0..self.groups.len()).map(|k| format!("g{k}"));
+        let states = self.state_columns().into_iter().map(|(name, _)| name);
+        let fields: Vec<Field> = groups
+            .chain(states)
+            .map(|name| {
+                let data_type = parts
+                    .iter()
+                    .rev()
+                    .find_map(|p| p.field_with_name(&name).ok())
+                    .map_or(DataType::Int64, |f| f.data_type().clone());
+                Field::new(name, data_type, true)
+            })
+            .collect();
+        Schema::new(fields)
     }
 
     /// The input grouped as the aggregate groups it, with partial results.
@@ -322,24 +344,16 @@ impl Maintained {
         sort: Option<usize>,
     ) -> Result<LogicalPlan, DataFusionError> {
         let columns = self.state_columns();
-        // A column takes its type from the last part that has it: the kept
-        // state's, which callers list last.
-        let types: HashMap<String, DataType> = parts
-            .iter()
-            .flat_map(|p| {
-                p.schema()
-                    .fields()
-                    .iter()
-                    .map(|f| (f.name().clone(), f.data_type().clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let groups = self.groups.len();
+        let schemas: Vec<&Schema> = parts.iter().map(|p| p.schema().as_arrow()).collect();
+        let merged_schema = self.merged_schema(&schemas);
+        let data_type = |c: usize| merged_schema.field(groups + c).data_type().clone();
         let mut union: Option<LogicalPlanBuilder> = None;
         for part in parts {
             let has = |name: &str| part.schema().fields().iter().any(|f| f.name() == name);
             let mut exprs = self.group_names();
-            for (name, _) in &columns {
-                let data_type = types.get(name).cloned().unwrap_or(DataType::Int64);
+            for (c, (name, _)) in columns.iter().enumerate() {
+                let data_type = data_type(c);
                 exprs.push(if has(name) {
                     cast(col(name.as_str()), data_type).alias(name)
                 } else {
@@ -361,10 +375,12 @@ impl Maintained {
             .map(|(name, merge)| merge().call(vec![col(name.as_str())]).alias(name))
             .collect::<Vec<_>>();
         let mut typed = self.group_names();
-        typed.extend(columns.iter().map(|(name, _)| {
-            let data_type = types.get(name).cloned().unwrap_or(DataType::Int64);
-            cast(col(name.as_str()), data_type).alias(name)
-        }));
+        typed.extend(
+            columns
+                .iter()
+                .enumerate()
+                .map(|(c, (name, _))| cast(col(name.as_str()), data_type(c)).alias(name)),
+        );
         let merged = union
             .aggregate(self.group_names(), merged)?
             .project(typed)?

@@ -16,12 +16,15 @@ use datafusion::arrow::compute::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::DFSchema;
+use datafusion::common::runtime::SpawnedTask;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
 use datafusion::physical_expr::aggregate::AggregateExprBuilder;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
 use datafusion::physical_plan::{collect, expressions};
 use datafusion::prelude::SessionContext;
+use tracing::Instrument;
 
 use super::aggregate::Maintained;
 
@@ -30,38 +33,34 @@ impl Maintained {
     /// merges plans (sorted by the grouping column `sort`, if any), in the
     /// session `ctx` (its memory pool, its batch size). A part may
     /// lack state columns (pair counts have only theirs): those are NULL, which
-    /// merges as nothing. A column takes its type from the last part that has
-    /// it, the kept state's, which callers list last.
+    /// merges as nothing. The columns are typed as [`Maintained::merged_schema`] says.
     pub(super) async fn merge(
         &self,
         ctx: &SessionContext,
         parts: &[RecordBatch],
         sort: Option<usize>,
     ) -> Result<RecordBatch, DataFusionError> {
+        // On a task of its own, as the states' queries are: the states are
+        // brought up to date side by side from one task, and a rebuild merges
+        // every group (a million or more) on one core otherwise.
+        let (m, parts, task) = (self.clone(), parts.to_vec(), ctx.task_ctx());
+        let merging = async move { m.merge_in(task, &parts, sort).await };
+        SpawnedTask::spawn(merging.instrument(tracing::Span::current()))
+            .join()
+            .await
+            .map_err(|e| DataFusionError::Execution(format!("a merge stopped: {e}")))?
+    }
+
+    async fn merge_in(
+        &self,
+        task: Arc<TaskContext>,
+        parts: &[RecordBatch],
+        sort: Option<usize>,
+    ) -> Result<RecordBatch, DataFusionError> {
         let groups = self.groups.len();
         let columns = self.state_columns();
-        let names = (0..groups)
-            .map(|k| format!("g{k}"))
-            .chain(columns.iter().map(|(name, _)| name.clone()));
-        let fields: Vec<Field> = names
-            .map(|name| {
-                let data_type = parts
-                    .iter()
-                    .rev()
-                    .find_map(|p| {
-                        Some(
-                            p.schema_ref()
-                                .field_with_name(&name)
-                                .ok()?
-                                .data_type()
-                                .clone(),
-                        )
-                    })
-                    .unwrap_or(DataType::Int64);
-                Field::new(name, data_type, true)
-            })
-            .collect();
-        let schema = Arc::new(Schema::new(fields));
+        let schemas: Vec<&Schema> = parts.iter().map(|p| p.schema_ref().as_ref()).collect();
+        let schema = Arc::new(self.merged_schema(&schemas));
         let typed = parts
             .iter()
             .map(|part| typed_as(part, &schema))
@@ -95,7 +94,7 @@ impl Maintained {
             input,
             schema.clone(),
         )?;
-        let batches = collect(Arc::new(merged), ctx.task_ctx()).await?;
+        let batches = collect(Arc::new(merged), task).await?;
         // The merged columns back in the parts' types (a sum of decimals widens).
         let merged = batches
             .iter()
@@ -167,7 +166,10 @@ impl Maintained {
 }
 
 /// `part`'s columns by name, cast to `schema`'s types; a column it lacks is NULL.
-fn typed_as(part: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, DataFusionError> {
+pub(super) fn typed_as(
+    part: &RecordBatch,
+    schema: &SchemaRef,
+) -> Result<RecordBatch, DataFusionError> {
     let columns = schema
         .fields()
         .iter()
