@@ -22,6 +22,7 @@ use std::sync::Arc;
 use datafusion::catalog::TableProvider;
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::LogicalPlan;
@@ -147,7 +148,7 @@ async fn register_each(
         let reading = progress.stage(Stage::Source, &s.name);
         let table = match (&s.incremental, mode) {
             (Some(inc), Mode::Load) => register_incremental(ctx, pipeline, s, inc).await,
-            _ => register(ctx, s, mode).await,
+            _ => register_on_own_task(ctx, s, mode).await,
         }
         .map_err(|error| locate(error, pipeline, &s.name));
         if table.is_ok() {
@@ -345,6 +346,27 @@ async fn register_incremental(
 
 /// Registers one source as a table named after it. The single place that decides
 /// how a source becomes a DataFusion table (a distributed mode swaps it here).
+/// [`register`] on a task of its own. The sources are registered side by
+/// side from one task, and registering a file source is mostly CPU work
+/// (its footers decoded, its row count planned): on its own task it runs on
+/// any core, not only on the one polling the caller.
+async fn register_on_own_task(
+    ctx: &SessionContext,
+    source: &Source,
+    mode: Mode,
+) -> Result<SourceTable, SourceError> {
+    let (ctx, source) = (ctx.clone(), source.clone());
+    let name = source.name.clone();
+    let registering = async move { register(&ctx, &source, mode).await };
+    SpawnedTask::spawn(registering.instrument(tracing::Span::current()))
+        .join()
+        .await
+        .map_err(|e| SourceError::Engine {
+            name,
+            source: DataFusionError::Execution(format!("registering the source stopped: {e}")),
+        })?
+}
+
 pub async fn register(
     ctx: &SessionContext,
     source: &Source,
