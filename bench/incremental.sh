@@ -47,26 +47,63 @@ n_l = con.execute(f"SELECT count(*) FROM '{day}/lineitem_day.parquet'").fetchone
 print(f"new day {last} + 1: {n_o} orders, {n_l} lines", file=sys.stderr)
 PY
 
-timed() { # label, then the command; prints seconds
+timed() { # the command; prints seconds. With LOG_TO set, the command's stderr
+           # goes to that file and its start and end (ns) to LOG_TO.span.
   local start end
-  start=$(date +%s.%N)
-  "$@" >/dev/null
-  end=$(date +%s.%N)
-  echo "$end - $start" | bc
+  start=$(date +%s%N)
+  if [ -n "${LOG_TO:-}" ]; then "$@" >/dev/null 2>"$LOG_TO"; else "$@" >/dev/null; fi
+  end=$(date +%s%N)
+  [ -z "${LOG_TO:-}" ] || echo "$start $end" > "$LOG_TO.span"
+  echo "scale=9; ($end - $start) / 1000000000" | bc
 }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+
+# STAGES=1 also says where the incremental and unchanged runs' time goes, from
+# their logs' timestamps (KPIFORGE_LOG=kpiforge=info, every run) and the wall
+# clock around them: before the run proper (this adapter, process start,
+# pipeline load), sources registered, checks and KPIs (side by side, from the
+# sources' registration), publishing, and after the run (run history closed,
+# exit, the adapter's JSON).
+[ -z "${STAGES:-}" ] || export KPIFORGE_LOG=kpiforge=info
+log() { [ -z "${STAGES:-}" ] || echo "$T/$1.log"; }
+stages() { # a run's log: one line of stage times, ms
+  "$PY" - "$1" <<'PY'
+import datetime, re, sys
+log = sys.argv[1]
+start, end = (int(x) for x in open(log + ".span").read().split())
+marks = {}
+for line in open(log):
+    m = re.match(r"(\S+?)Z\s", line)
+    if not m:
+        continue
+    at = datetime.datetime.fromisoformat(m.group(1)).replace(tzinfo=datetime.timezone.utc)
+    t = int(at.timestamp() * 1e6) * 1000
+    for key, text in (("started", "run started"), ("sources", "source ready"),
+                      ("checks", "checks done"), ("kpis", "KPI computed"), ("finished", "run finished")):
+        if text in line:
+            marks[key] = max(marks.get(key, t), t)
+src = marks["sources"]
+spans = [marks["started"] - start, src - marks["started"], marks["checks"] - src, marks["kpis"] - src,
+         marks["finished"] - max(marks["checks"], marks["kpis"]), end - marks["finished"], end - start]
+print(" ".join(f"{s / 1e6:.1f}" for s in spans))
+PY
+}
 
 # The state as kept after a nightly run over the history alone.
 KPIFORGE_WORK=$T/primed KPIFORGE_INCREMENTAL=true "$HERE/bench/tpch.sh" "$T/history" "$T/primed.parquet" >/dev/null
 cp "$T/day/"*.parquet "$T/history/"
 
 : > "$T/full.txt"; : > "$T/incremental.txt"; : > "$T/unchanged.txt"; : > "$T/rebuild.txt"
+: > "$T/stages_inc.txt"; : > "$T/stages_same.txt"
 for round in $(seq "$ROUNDS"); do
   rm -rf "$T/inc"; cp -r "$T/primed" "$T/inc"
-  full=$(timed "$HERE/bench/tpch.sh" "$T/history" "$T/full.parquet")
-  inc=$(KPIFORGE_WORK=$T/inc KPIFORGE_INCREMENTAL=true timed "$HERE/bench/tpch.sh" "$T/history" "$T/inc.parquet")
-  same=$(KPIFORGE_WORK=$T/inc KPIFORGE_INCREMENTAL=true timed "$HERE/bench/tpch.sh" "$T/history" "$T/same.parquet")
-  rebuild=$(KPIFORGE_WORK=$T/inc KPIFORGE_INCREMENTAL=true KPIFORGE_RUN_FLAGS=--full timed "$HERE/bench/tpch.sh" "$T/history" "$T/rebuild.parquet")
+  full=$(LOG_TO=$(log full) timed "$HERE/bench/tpch.sh" "$T/history" "$T/full.parquet")
+  inc=$(LOG_TO=$(log inc) KPIFORGE_WORK=$T/inc KPIFORGE_INCREMENTAL=true timed "$HERE/bench/tpch.sh" "$T/history" "$T/inc.parquet")
+  same=$(LOG_TO=$(log same) KPIFORGE_WORK=$T/inc KPIFORGE_INCREMENTAL=true timed "$HERE/bench/tpch.sh" "$T/history" "$T/same.parquet")
+  rebuild=$(LOG_TO=$(log rebuild) KPIFORGE_WORK=$T/inc KPIFORGE_INCREMENTAL=true KPIFORGE_RUN_FLAGS=--full timed "$HERE/bench/tpch.sh" "$T/history" "$T/rebuild.parquet")
+  if [ -n "${STAGES:-}" ]; then
+    stages "$T/inc.log" >> "$T/stages_inc.txt"; stages "$T/same.log" >> "$T/stages_same.txt"
+  fi
   echo "round $round: full ${full}s incremental ${inc}s unchanged ${same}s rebuild ${rebuild}s"
   echo "$full" >> "$T/full.txt"; echo "$inc" >> "$T/incremental.txt"
   echo "$same" >> "$T/unchanged.txt"; echo "$rebuild" >> "$T/rebuild.txt"
@@ -75,6 +112,14 @@ f=$(median < "$T/full.txt"); i=$(median < "$T/incremental.txt"); r=$(median < "$
 u=$(median < "$T/unchanged.txt")
 share() { echo "scale=1; 100 * $1 / $f" | bc; }
 echo "median: full ${f}s incremental ${i}s ($(share "$i")% of full) unchanged ${u}s ($(share "$u")% of full) rebuild ${r}s"
+[ -z "${STAGES:-}" ] || "$PY" - "$T/stages_inc.txt" "$T/stages_same.txt" <<'PY'
+import statistics, sys
+heads = ["before the run", "sources", "checks", "KPIs", "publish", "after the run", "whole"]
+print("stages, medians in ms: " + " | ".join(heads))
+for label, path in zip(("incremental", "unchanged"), sys.argv[1:]):
+    rows = [[float(x) for x in line.split()] for line in open(path) if line.strip()]
+    print(f"  {label}: " + " | ".join(f"{statistics.median(c):.1f}" for c in zip(*rows)))
+PY
 "$PY" - "$T/full.parquet" "$T/inc.parquet" "$T/same.parquet" <<'PY'
 import json, sys, duckdb
 a = sys.argv[1]
