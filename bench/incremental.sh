@@ -48,10 +48,14 @@ print(f"new day {last} + 1: {n_o} orders, {n_l} lines", file=sys.stderr)
 PY
 
 timed() { # the command; prints seconds. With LOG_TO set, the command's stderr
-           # goes to that file and its start and end (ns) to LOG_TO.span.
+           # is logged at info to that file and its start and end (ns) go to LOG_TO.span.
   local start end
   start=$(date +%s%N)
-  if [ -n "${LOG_TO:-}" ]; then "$@" >/dev/null 2>"$LOG_TO"; else "$@" >/dev/null; fi
+  if [ -n "${LOG_TO:-}" ]; then
+    KPIFORGE_LOG=kpiforge=info "$@" >/dev/null 2>"$LOG_TO"
+  else
+    "$@" >/dev/null
+  fi
   end=$(date +%s%N)
   [ -z "${LOG_TO:-}" ] || echo "$start $end" > "$LOG_TO.span"
   echo "scale=9; ($end - $start) / 1000000000" | bc
@@ -59,12 +63,11 @@ timed() { # the command; prints seconds. With LOG_TO set, the command's stderr
 median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
 # STAGES=1 also says where the incremental and unchanged runs' time goes, from
-# their logs' timestamps (KPIFORGE_LOG=kpiforge=info, every run) and the wall
+# their logs' timestamps (KPIFORGE_LOG=kpiforge=info, every timed run) and the wall
 # clock around them: before the run proper (this adapter, process start,
 # pipeline load), sources registered, checks and KPIs (side by side, from the
 # sources' registration), publishing, and after the run (run history closed,
 # exit, the adapter's JSON).
-[ -z "${STAGES:-}" ] || export KPIFORGE_LOG=kpiforge=info
 log() { [ -z "${STAGES:-}" ] || echo "$T/$1.log"; }
 stages() { # a run's log: one line of stage times, ms
   "$PY" - "$1" <<'PY'
@@ -82,6 +85,9 @@ for line in open(log):
                       ("checks", "checks done"), ("kpis", "KPI computed"), ("finished", "run finished")):
         if text in line:
             marks[key] = max(marks.get(key, t), t)
+missing = {"started", "sources", "checks", "kpis", "finished"} - marks.keys()
+if missing:
+    sys.exit(f"{log}: no {', '.join(sorted(missing))} in the log; its end:\n" + "".join(open(log).readlines()[-5:]))
 src = marks["sources"]
 spans = [marks["started"] - start, src - marks["started"], marks["checks"] - src, marks["kpis"] - src,
          marks["finished"] - max(marks["checks"], marks["kpis"]), end - marks["finished"], end - start]

@@ -117,18 +117,25 @@ fi
 # bash built-ins (no `$(<file)`, no regular expressions, no `rm`): a Python
 # start-up here (70 ms on this machine) would be timed as kpiforge's, and even
 # a fork costs about a millisecond. Each row is
-# {"name":"...","violations":N,"checked_rows":N}.
+# {"name":"...","violations":N,"checked_rows":N}; a NULL (a check that could
+# not run) leaves its key out, and is written as null, not passed.
 IFS= read -r -d '' rows < "$WORK/checks.rows.json" || true
 json="{" sep=""
 while [[ $rows == *'{"name":"'* ]]; do
-  rows=${rows#*'{"name":"'}
-  name=${rows%%'"'*}
-  violations=${rows#*'"violations":'}; violations=${violations%%,*}
-  checked=${rows#*'"checked_rows":'}; checked=${checked%%'}'*}
+  row=${rows#*'{"name":"'}
+  rows=${row#*'}'}
+  row=${row%%'}'*}
+  name=${row%%'"'*}
+  violations=null checked=null
+  if [[ $row == *'"violations":'* ]]; then
+    violations=${row#*'"violations":'}; violations=${violations%%,*}
+  fi
+  if [[ $row == *'"checked_rows":'* ]]; then
+    checked=${row#*'"checked_rows":'}; checked=${checked%%,*}
+  fi
   passed=false
   [ "$violations" = 0 ] && passed=true
   json+="$sep\"$name\": {\"violations\": $violations, \"checked_rows\": $checked, \"passed\": $passed}"
   sep=", "
-  rows=${rows#*'}'}
 done
 echo "$json}" > "$OUT.checks.json"

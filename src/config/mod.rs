@@ -49,13 +49,15 @@ pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
 
 /// Parses and checks pipeline `text`, read from `path` (which anchors relative paths).
 pub fn parse(text: &str, path: &Path) -> Result<Pipeline, (Option<String>, Vec<Problem>)> {
-    let map = SourceMap::build(text);
+    // The map of every key's position is built only to locate a problem: it
+    // costs about as much as parsing the file, and a valid file needs none.
     let raw: RawPipeline = match serde_norway::from_str(text) {
         Ok(raw) => raw,
-        Err(e) => return Err((None, vec![serde_problem(&e, &map)])),
+        Err(e) => return Err((None, vec![serde_problem(&e, &SourceMap::build(text))])),
     };
     let name = raw.name.clone();
     Pipeline::from_raw(raw, path).map_err(|problems| {
+        let map = SourceMap::build(text);
         let located = problems
             .into_iter()
             .map(|mut p| {

@@ -344,8 +344,6 @@ async fn register_incremental(
     Ok(table)
 }
 
-/// Registers one source as a table named after it. The single place that decides
-/// how a source becomes a DataFusion table (a distributed mode swaps it here).
 /// [`register`] on a task of its own. The sources are registered side by
 /// side from one task, and registering a file source is mostly CPU work
 /// (its footers decoded, its row count planned): on its own task it runs on
@@ -359,7 +357,7 @@ async fn register_on_own_task(
     let name = source.name.clone();
     let registering = async move { register(&ctx, &source, mode).await };
     SpawnedTask::spawn(registering.instrument(tracing::Span::current()))
-        .join()
+        .join_unwind()
         .await
         .map_err(|e| SourceError::Engine {
             name,
@@ -367,6 +365,8 @@ async fn register_on_own_task(
         })?
 }
 
+/// Registers one source as a table named after it. The single place that decides
+/// how a source becomes a DataFusion table (a distributed mode swaps it here).
 pub async fn register(
     ctx: &SessionContext,
     source: &Source,

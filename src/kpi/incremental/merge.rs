@@ -46,7 +46,7 @@ impl Maintained {
         let (m, parts, task) = (self.clone(), parts.to_vec(), ctx.task_ctx());
         let merging = async move { m.merge_in(task, &parts, sort).await };
         SpawnedTask::spawn(merging.instrument(tracing::Span::current()))
-            .join()
+            .join_unwind()
             .await
             .map_err(|e| DataFusionError::Execution(format!("a merge stopped: {e}")))?
     }
@@ -63,7 +63,7 @@ impl Maintained {
         let schema = Arc::new(self.merged_schema(&schemas));
         let typed = parts
             .iter()
-            .map(|part| typed_as(part, &schema))
+            .map(|part| part_typed_as(part, &schema))
             .collect::<Result<Vec<_>, _>>()?;
         let rows = concat_batches(&schema, &typed)?;
 
@@ -165,19 +165,41 @@ impl Maintained {
     }
 }
 
-/// `part`'s columns by name, cast to `schema`'s types; a column it lacks is NULL.
+/// `batch`'s columns by name, cast to `schema`'s types. A column it lacks is
+/// an error: a kept state's file, or a merged one, holds every column.
 pub(super) fn typed_as(
-    part: &RecordBatch,
+    batch: &RecordBatch,
     schema: &SchemaRef,
+) -> Result<RecordBatch, DataFusionError> {
+    cast_by_name(batch, schema, |name| {
+        Err(DataFusionError::Internal(format!(
+            "a kept state without its column {name}; `kpiforge run --full` rebuilds it"
+        )))
+    })
+}
+
+/// [`typed_as`] for a part of a merge, which may lack state columns (pair
+/// counts have only theirs): those are NULL, which merges as nothing.
+fn part_typed_as(part: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, DataFusionError> {
+    cast_by_name(part, schema, |_| Ok(None))
+}
+
+/// `batch`'s columns cast to `schema`'s types by name; `missing` decides for
+/// a column it lacks (`Ok(None)`: NULL).
+fn cast_by_name(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+    missing: impl Fn(&str) -> Result<Option<ArrayRef>, DataFusionError>,
 ) -> Result<RecordBatch, DataFusionError> {
     let columns = schema
         .fields()
         .iter()
-        .map(|f| match part.column_by_name(f.name()) {
-            Some(c) => cast(c, f.data_type()),
-            None => Ok(new_null_array(f.data_type(), part.num_rows())),
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) => Ok(cast(c, f.data_type())?),
+            None => Ok(missing(f.name())?
+                .unwrap_or_else(|| new_null_array(f.data_type(), batch.num_rows()))),
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, DataFusionError>>()?;
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
@@ -340,6 +362,50 @@ mod tests {
         {
             assert_eq!(got.data_type(), want.data_type(), "{}", want.name());
         }
+    }
+
+    #[tokio::test]
+    async fn merged_columns_take_the_last_part_types() {
+        let rows = source(vec![Some("a")], vec![1], vec![100], vec![Some(3)]);
+        let aggs = vec![sum(col("x")), count(col("y"))];
+        let (_dir, _ctx, m) = maintained(rows, vec![col("k")], aggs).await;
+        // New rows (a wider sum, a string view), then the kept state, which
+        // lacks the count `n1`; `n0` is the sum's count.
+        let new = Schema::new(vec![
+            Field::new("g0", DataType::Utf8View, true),
+            Field::new("s0", DataType::Decimal128(25, 2), true),
+        ]);
+        let kept = Schema::new(vec![
+            Field::new("g0", DataType::Utf8, true),
+            Field::new("s0", DataType::Decimal128(15, 2), true),
+            Field::new("n0", DataType::Int64, false),
+        ]);
+        let typed = |parts: &[&Schema]| -> Vec<(String, DataType, bool)> {
+            let merged = m.merged_schema(parts);
+            let fields = merged.fields().iter();
+            fields
+                .map(|f| (f.name().clone(), f.data_type().clone(), f.is_nullable()))
+                .collect()
+        };
+        let column = |name: &str, data_type| (name.to_string(), data_type, true);
+        assert_eq!(
+            typed(&[&new, &kept]),
+            [
+                column("g0", DataType::Utf8),
+                column("s0", DataType::Decimal128(15, 2)),
+                column("n0", DataType::Int64),
+                column("n1", DataType::Int64),
+            ]
+        );
+        assert_eq!(
+            typed(&[&kept, &new]),
+            [
+                column("g0", DataType::Utf8View),
+                column("s0", DataType::Decimal128(25, 2)),
+                column("n0", DataType::Int64),
+                column("n1", DataType::Int64),
+            ]
+        );
     }
 
     #[tokio::test]
