@@ -1007,7 +1007,7 @@ async fn spawned(
     query: impl Future<Output = Result<(Vec<RecordBatch>, SchemaRef), DataFusionError>> + Send + 'static,
 ) -> Result<Vec<RecordBatch>, DataFusionError> {
     let (mut batches, schema) = SpawnedTask::spawn(query.instrument(tracing::Span::current()))
-        .join()
+        .join_unwind()
         .await
         .map_err(|e| DataFusionError::Execution(format!("a query stopped: {e}")))??;
     if batches.is_empty() {

@@ -173,7 +173,7 @@ pub(super) fn typed_as(
 ) -> Result<RecordBatch, DataFusionError> {
     cast_by_name(batch, schema, |name| {
         Err(DataFusionError::Internal(format!(
-            "a kept state without its column {name}; `kpiforge run --full` rebuilds it"
+            "a state without its column {name}; `kpiforge run --full` rebuilds the kept states"
         )))
     })
 }
@@ -388,24 +388,26 @@ mod tests {
                 .collect()
         };
         let column = |name: &str, data_type| (name.to_string(), data_type, true);
-        assert_eq!(
-            typed(&[&new, &kept]),
-            [
-                column("g0", DataType::Utf8),
-                column("s0", DataType::Decimal128(15, 2)),
-                column("n0", DataType::Int64),
-                column("n1", DataType::Int64),
-            ]
-        );
-        assert_eq!(
-            typed(&[&kept, &new]),
-            [
-                column("g0", DataType::Utf8View),
-                column("s0", DataType::Decimal128(25, 2)),
-                column("n0", DataType::Int64),
-                column("n1", DataType::Int64),
-            ]
-        );
+        // Whichever part comes last types the columns both have.
+        let orders = [
+            ([&new, &kept], DataType::Utf8, DataType::Decimal128(15, 2)),
+            (
+                [&kept, &new],
+                DataType::Utf8View,
+                DataType::Decimal128(25, 2),
+            ),
+        ];
+        for (parts, key, sum) in orders {
+            assert_eq!(
+                typed(&parts),
+                [
+                    column("g0", key),
+                    column("s0", sum),
+                    column("n0", DataType::Int64),
+                    column("n1", DataType::Int64),
+                ]
+            );
+        }
     }
 
     #[tokio::test]
